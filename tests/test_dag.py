@@ -1,0 +1,83 @@
+"""dvc.yaml and the Snakefile describe the same DAG: stages, commands, inputs, outputs, params."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import PROJECT_ROOT
+
+
+def dvc_stages() -> dict[str, dict[str, Any]]:
+    spec = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    out = {}
+    for name, stage in spec.items():
+        outs = [o if isinstance(o, str) else next(iter(o)) for o in stage.get("outs", [])]
+        for kind in ("metrics", "plots"):
+            outs += [o if isinstance(o, str) else next(iter(o)) for o in stage.get(kind, [])]
+        out[name] = {
+            "cmd": stage["cmd"],
+            "deps": sorted(stage.get("deps", [])),
+            "outs": sorted(outs),
+            "params": sorted(stage.get("params", [])),
+        }
+    return out
+
+
+def snakemake_rules() -> dict[str, Any]:
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import OutputSettings, ResourceSettings
+
+    with SnakemakeApi(OutputSettings(quiet=True)) as api:
+        workflow = api.workflow(resource_settings=ResourceSettings(), snakefile=PROJECT_ROOT / "Snakefile",
+                                workdir=PROJECT_ROOT)._workflow
+        return {rule.name: rule for rule in workflow.rules}
+
+
+def block_names(rule: Any, params: dict[str, Any]) -> list[str]:
+    """The params.yaml blocks a rule declares: ``params: <block>=config["<block>"]``."""
+    declared = dict(rule.params.items())
+    for name, value in declared.items():
+        assert value == params.get(name), f"rule {rule.name}: params {name} is not params.yaml block {name!r}"
+    return sorted(declared)
+
+
+def test_dvc_and_snakemake_describe_the_same_dag() -> None:
+    stages = dvc_stages()
+    rules = snakemake_rules()
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    assert set(rules) - {"all"} == set(stages)
+    for name, stage in stages.items():
+        rule = rules[name]
+        assert rule.shellcmd.replace(" > {log} 2>&1", "") == stage["cmd"], name
+        assert sorted(rule.input) == stage["deps"], name
+        assert sorted(rule.output) == stage["outs"], name
+        assert block_names(rule, params) == stage["params"], name
+
+
+def test_every_rule_logs_and_all_is_the_default_target() -> None:
+    rules = snakemake_rules()
+    first = (PROJECT_ROOT / "Snakefile").read_text().split("\nrule ", 1)[1].split(":", 1)[0]
+    assert first == "all"
+    for name, rule in rules.items():
+        if name != "all":
+            assert list(rule.log), f"rule {name} has no log:"
+    consumed = {f for rule in rules.values() for f in rule.input}
+    leaves = {f for name, rule in rules.items() if name != "all" for f in rule.output} - consumed
+    assert leaves <= set(rules["all"].input), f"rule all misses {sorted(leaves - set(rules['all'].input))}"
+
+
+def test_every_dependency_file_exists() -> None:
+    for name, stage in dvc_stages().items():
+        for dep in stage["deps"]:
+            if not dep.startswith(("data/", "results/")):
+                assert (PROJECT_ROOT / dep).exists(), f"{name}: dependency {dep} does not exist"
+
+
+def test_stage_params_blocks_exist() -> None:
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    for name, stage in dvc_stages().items():
+        for block in stage["params"]:
+            assert block in params, f"{name}: params block {block!r} missing from params.yaml"
+    assert Path(PROJECT_ROOT / "Snakefile").exists()
