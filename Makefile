@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run demo test test-fast bench ui clean
+.PHONY: setup run demo iterate test test-fast bench ui clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,12 @@ demo: setup  ## the whole DAG offline on the generated synthetic set (checks mec
 	dvc exp show --md --no-pager
 
 DEMO_ARGS ?= -S data.source=synthetic -S faces.on_miss=center
+
+# One named iteration: make iterate NAME=wider-margin NOTE="why this change" ARGS="-S faces.margin=0.4"
+# (add ARGS="--queue ..." to queue it; then: dvc queue start)
+iterate: setup
+	@test -n "$(NAME)" || { echo 'usage: make iterate NAME=<name> NOTE="<why>" ARGS="-S <block>.<key>=<value> ..."'; exit 2; }
+	dvc exp run --name "$(NAME)" -S "tracking.note='$(NOTE)'" $(ARGS)
 
 test: setup  ## the whole suite (slow tests included; they skip when ../shared/data is absent)
 	$(BIN)/python -m pytest

@@ -1,26 +1,40 @@
 # The same DAG as dvc.yaml, for `snakemake --cores N` (tests/test_dag.py keeps them equal).
 # A rule's `params:` names its params.yaml block, so Snakemake reruns it when that block changes.
+# `report` reads the MLflow DB, which Snakemake cannot track: refresh it with --forcerun report.
 configfile: "params.yaml"
 
 
 rule all:
     input:
         "data/raw/summary.json",
-        "data/faces/images",
-        "data/faces/metrics.json",
-        "data/splits/train.csv",
-        "data/splits/val.csv",
-        "data/splits/test.csv",
-        "data/splits/summary.json",
+        "results/classifier/history.png",
+        "results/classifier/metrics.json",
+        "results/classifier/history.csv",
+        "results/eval/scores.csv",
+        "results/eval/figures",
+        "results/eval/plots/roc.csv",
+        "results/eval/plots/pr.csv",
+        "results/eval/plots/confusion.csv",
+        "results/eval/plots/reliability.csv",
+        "results/eval/plots/reliability_before_temperature.csv",
+        "results/generator/samples",
+        "results/generator/summary.json",
+        "results/generator/history.csv",
+        "results/report",
 
 
 rule download:
     input:
         "stages/download.py",
-        "stages/common/source_hf.py",
-        "stages/common/source_folder.py",
-        "stages/common/synthetic.py",
         "stages/common/images.py",
+        "stages/common/io.py",
+        "stages/common/params.py",
+        "stages/common/rawset.py",
+        "stages/common/schema.py",
+        "stages/common/source_folder.py",
+        "stages/common/source_hf.py",
+        "stages/common/synthetic.py",
+        "stages/common/tracking.py",
     output:
         directory("data/raw/images"),
         "data/raw/manifest.csv",
@@ -29,6 +43,8 @@ rule download:
         data=config["data"],
     log:
         "logs/download.log",
+    conda:
+        "envs/pipeline.yaml"
     shell:
         "python -m stages.download > {log} 2>&1"
 
@@ -36,8 +52,13 @@ rule download:
 rule faces:
     input:
         "stages/faces.py",
+        "stages/common/device.py",
         "stages/common/faces.py",
         "stages/common/images.py",
+        "stages/common/io.py",
+        "stages/common/params.py",
+        "stages/common/schema.py",
+        "stages/common/tracking.py",
         "data/raw/images",
         "data/raw/manifest.csv",
     output:
@@ -48,6 +69,8 @@ rule faces:
         faces=config["faces"],
     log:
         "logs/faces.log",
+    conda:
+        "envs/pipeline.yaml"
     shell:
         "python -m stages.faces > {log} 2>&1"
 
@@ -55,7 +78,11 @@ rule faces:
 rule split:
     input:
         "stages/split.py",
+        "stages/common/io.py",
+        "stages/common/params.py",
+        "stages/common/schema.py",
         "stages/common/splitting.py",
+        "stages/common/tracking.py",
         "data/faces/manifest.csv",
     output:
         "data/splits/train.csv",
@@ -66,5 +93,163 @@ rule split:
         split=config["split"],
     log:
         "logs/split.log",
+    conda:
+        "envs/pipeline.yaml"
     shell:
         "python -m stages.split > {log} 2>&1"
+
+
+rule train_classifier:
+    input:
+        "stages/train_classifier.py",
+        "models/classifier.py",
+        "stages/common/checkpoint.py",
+        "stages/common/classifier_data.py",
+        "stages/common/classifier_train.py",
+        "stages/common/device.py",
+        "stages/common/images.py",
+        "stages/common/io.py",
+        "stages/common/metrics.py",
+        "stages/common/params.py",
+        "stages/common/plots.py",
+        "stages/common/pretrained.py",
+        "stages/common/schema.py",
+        "stages/common/tracking.py",
+        "data/splits/train.csv",
+        "data/splits/val.csv",
+        "data/faces/images",
+        "data/faces/metrics.json",
+    output:
+        "results/classifier/model.pt",
+        "results/classifier/history.png",
+        "results/classifier/metrics.json",
+        "results/classifier/history.csv",
+    params:
+        classifier=config["classifier"],
+    log:
+        "logs/train_classifier.log",
+    conda:
+        "envs/pipeline.yaml"
+    shell:
+        "python -m stages.train_classifier > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        "stages/evaluate.py",
+        "models/classifier.py",
+        "stages/common/checkpoint.py",
+        "stages/common/classifier_data.py",
+        "stages/common/classifier_eval.py",
+        "stages/common/classifier_train.py",
+        "stages/common/device.py",
+        "stages/common/images.py",
+        "stages/common/io.py",
+        "stages/common/metrics.py",
+        "stages/common/params.py",
+        "stages/common/plots.py",
+        "stages/common/schema.py",
+        "stages/common/tracking.py",
+        "results/classifier/model.pt",
+        "data/splits/train.csv",
+        "data/splits/test.csv",
+        "data/faces/images",
+        "data/raw/images",
+    output:
+        "results/eval/scores.csv",
+        directory("results/eval/figures"),
+        "results/eval/metrics.json",
+        "results/eval/plots/roc.csv",
+        "results/eval/plots/pr.csv",
+        "results/eval/plots/confusion.csv",
+        "results/eval/plots/reliability.csv",
+        "results/eval/plots/reliability_before_temperature.csv",
+    params:
+        evaluate=config["evaluate"],
+    log:
+        "logs/evaluate.log",
+    conda:
+        "envs/pipeline.yaml"
+    shell:
+        "python -m stages.evaluate > {log} 2>&1"
+
+
+rule train_generator:
+    input:
+        "stages/train_generator.py",
+        "models/generator.py",
+        "stages/common/device.py",
+        "stages/common/fidelity.py",
+        "stages/common/gan_training.py",
+        "stages/common/images.py",
+        "stages/common/io.py",
+        "stages/common/params.py",
+        "stages/common/pretrained.py",
+        "stages/common/tracking.py",
+        "data/splits/train.csv",
+        "data/faces/images",
+    output:
+        "results/generator/model.pt",
+        directory("results/generator/samples"),
+        "results/generator/summary.json",
+        "results/generator/history.csv",
+    params:
+        generator=config["generator"],
+    log:
+        "logs/train_generator.log",
+    conda:
+        "envs/pipeline.yaml"
+    shell:
+        "python -m stages.train_generator > {log} 2>&1"
+
+
+rule fid:
+    input:
+        "stages/fid.py",
+        "models/generator.py",
+        "stages/common/device.py",
+        "stages/common/fidelity.py",
+        "stages/common/gan_training.py",
+        "stages/common/images.py",
+        "stages/common/io.py",
+        "stages/common/params.py",
+        "stages/common/pretrained.py",
+        "stages/common/tracking.py",
+        "results/generator/model.pt",
+        "data/splits/test.csv",
+        "data/faces/images",
+    output:
+        "results/fid/metrics.json",
+    params:
+        fid=config["fid"],
+    log:
+        "logs/fid.log",
+    conda:
+        "envs/pipeline.yaml"
+    shell:
+        "python -m stages.fid > {log} 2>&1"
+
+
+rule report:
+    input:
+        "stages/report.py",
+        "stages/common/io.py",
+        "stages/common/params.py",
+        "stages/common/plots.py",
+        "stages/common/report_data.py",
+        "stages/common/report_render.py",
+        "stages/common/tracking.py",
+        "results/eval/metrics.json",
+        "results/fid/metrics.json",
+        "data/splits/summary.json",
+        "data/faces/metrics.json",
+    output:
+        directory("results/report"),
+    params:
+        report=config["report"],
+    log:
+        "logs/report.log",
+    conda:
+        "envs/pipeline.yaml"
+    shell:
+        "python -m stages.report > {log} 2>&1"

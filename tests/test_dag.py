@@ -81,3 +81,32 @@ def test_stage_params_blocks_exist() -> None:
         for block in stage["params"]:
             assert block in params, f"{name}: params block {block!r} missing from params.yaml"
     assert Path(PROJECT_ROOT / "Snakefile").exists()
+
+
+def local_imports(module: str) -> set[str]:
+    """Files of this project that ``python -m <module>`` imports, transitively."""
+    import ast
+
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        path = PROJECT_ROOT / (name.replace(".", "/") + ".py")
+        if not path.exists() or str(path.relative_to(PROJECT_ROOT)) in seen:
+            continue
+        seen.add(str(path.relative_to(PROJECT_ROOT)))
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                todo.append(node.module)
+                todo += [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                todo += [a.name for a in node.names]
+    return {f for f in seen if not f.endswith("__init__.py")}
+
+
+def test_code_deps_are_exactly_what_each_stage_imports() -> None:
+    """A stage reruns when code it runs changes, and only then."""
+    for name, stage in dvc_stages().items():
+        module = stage["cmd"].split("python -m ", 1)[1].split()[0]
+        code_deps = {d for d in stage["deps"] if d.startswith(("stages/", "models/"))}
+        assert code_deps == local_imports(module), f"{name}: dvc.yaml code deps differ from its imports"

@@ -56,10 +56,13 @@ def test_atomic_output_dir_replaces_only_on_success(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp debris left behind
 
 
-def test_main_worktree_from_a_dvc_temp_experiment(tmp_path: Path) -> None:
+def test_main_worktree_from_a_dvc_temp_experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DVC_ROOT", raising=False)
     temp_workspace = tmp_path / "proj" / ".dvc" / "tmp" / "exps" / "tmpabc123"
     temp_workspace.mkdir(parents=True)
     assert main_worktree(temp_workspace) == tmp_path / "proj"
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "main"))
+    assert main_worktree() == tmp_path / "main"
 
 
 def test_tracking_uri_defaults_to_sqlite_in_main_worktree(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,4 +90,7 @@ def test_stage_run_logs_params_and_provenance_tags(in_tmp_project: Path, monkeyp
     assert got.data.tags["data_manifest_sha1"] == sha1_file(manifest)
     assert got.data.tags["stage"] == "faces"
     assert got.data.metrics["drop_rate"] == 0.1
-    assert got.info.experiment_id == mlflow.get_experiment_by_name("deepfake-pipeline").experiment_id
+    experiment = mlflow.get_experiment_by_name("deepfake-pipeline")
+    assert got.info.experiment_id == experiment.experiment_id
+    # artifacts live beside the DB, not in the cwd (which may be a temporary DVC workspace)
+    assert experiment.artifact_location == (in_tmp_project / "mlartifacts" / "deepfake-pipeline").as_uri()

@@ -14,7 +14,7 @@ from tests.conftest import PROJECT_ROOT, shared_set
 from tests.helpers import set_params
 
 DATA_STAGES = ("download", "faces", "split")
-COPIED = ("stages", "models", "dvc.yaml", "Snakefile", "params.yaml")
+COPIED = ("stages", "models", "envs", "profiles", "dvc.yaml", "Snakefile", "params.yaml")
 
 
 def project_copy(dest: Path) -> Path:
@@ -64,6 +64,16 @@ def test_dvc_repro_and_snakemake_build_the_same_data(tmp_path: Path) -> None:
     again = run(["dvc", "repro", *DATA_STAGES], dvc_root)
     assert "didn't change, skipping" in again.stdout + again.stderr
     assert mlflow_stages(dvc_root / "mlflow.db") == sorted(DATA_STAGES)  # nothing reran, no new runs
+
+    # a DVC remote on a local folder: push, lose the workspace outputs and the cache, pull them back
+    run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote")], dvc_root)
+    run(["dvc", "push"], dvc_root)
+    pushed = (dvc_root / "data/faces/manifest.csv").read_bytes()
+    shutil.rmtree(dvc_root / "data")
+    shutil.rmtree(dvc_root / ".dvc" / "cache")
+    run(["dvc", "pull"], dvc_root)
+    assert (dvc_root / "data/faces/manifest.csv").read_bytes() == pushed
+    assert any((dvc_root / "data/faces/images").iterdir())
 
     run(["snakemake", "--cores", "2", "data/splits/summary.json"], smk_root)
     assert mlflow_stages(smk_root / "mlflow.db") == sorted(DATA_STAGES)

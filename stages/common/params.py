@@ -70,7 +70,7 @@ class FacesParams:
     jpeg_quality: int = bounded(95, 1, 100)
     device: str = choice("auto", "cpu", "cuda", default="auto")
     min_face: int = bounded(20, 8, 4096)
-    threads: int = bounded(0, 0, 256)
+    threads: int = bounded(1, 0, 256)
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,7 @@ class ClassifierParams:
     aug_noise_std: float = bounded(0.02, 0.0, 1.0)
     amp: bool = True
     device: str = choice("auto", "cpu", "cuda", default="auto")
+    threads: int = bounded(0, 0, 256)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -148,6 +149,7 @@ class EvaluateParams:
     robust_downscale: float = bounded(0.5, 0.05, 1.0)
     robust_noise_std: float = bounded(0.05, 0.0, 1.0)
     device: str = choice("auto", "cpu", "cuda", default="auto")
+    threads: int = bounded(0, 0, 256)
     seed: int = 0
 
 
@@ -182,12 +184,15 @@ class GeneratorParams:
     kl_weight: float = bounded(1.0, 0.0, 1000.0)
     max_minutes: float = bounded(10.0, 0.0)
     grid_size: int = bounded(8, 1, 32)
+    fd_every_epochs: int = bounded(0, 0, 100_000)
+    fd_every_samples: int = bounded(128, 2, 100_000)
     device: str = choice("auto", "cpu", "cuda", default="auto")
+    threads: int = bounded(0, 0, 256)
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.size & (self.size - 1):
-            raise ParamsError(f"generator.size: got {self.size}; allowed: a power of two (16, 32, 64, 128, 256)")
+            raise ParamsError(f"generator.size: got {self.size}; allowed: a power of two (8, 16, 32, 64, 128, 256)")
         unknown = [op for op in self.augment_ops if op not in DIFFAUGMENT_OPS]
         if unknown:
             raise ParamsError(f"generator.augment: unknown operation {unknown[0]!r}; allowed: a comma-separated "
@@ -215,9 +220,43 @@ class FidParams:
     prc_neighborhood: int = bounded(3, 1, 100)
     inception_weights: str = ""
     references: bool = True
-    every_epochs: int = bounded(0, 0, 100_000)
-    every_samples: int = bounded(128, 2, 100_000)
     seed: int = 0
+
+
+def _names(*names: str) -> Any:
+    """A list-of-strings field (metric names, artifact patterns) with a default."""
+    return field(default_factory=lambda: list(names))
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    title: str = "Results"
+    experiment: str = ""  # "" = tracking.experiment
+    classifier_metrics: list[str] = _names("roc_auc", "f1", "ece", "accuracy")
+    classifier_primary: str = "roc_auc"
+    generator_metrics: list[str] = _names("fid", "kid", "fd_mobilenet")
+    generator_primary: str = "fid"
+    lower_is_better: list[str] = _names("ece", "brier", "eer", "log_loss", "fid", "kid", "fd_mobilenet")
+    classifier_curves: list[str] = _names("train_loss", "val_loss", "train_roc_auc", "val_roc_auc")
+    generator_curves: list[str] = _names()
+    curve_exclude: list[str] = _names("lr*", "*seconds*", "*_per_s", "*frozen*", "epoch*", "best_*", "final_*")
+    roc_artifacts: list[str] = _names("*roc*.csv")
+    confusion_artifacts: list[str] = _names("*confusion*.png")
+    misclassified_artifacts: list[str] = _names("*misclassified*.png", "*worst*.png")
+    sample_artifacts: list[str] = _names("*epoch*.png")
+    grid_epochs: int = bounded(6, 1, 50)
+    max_curves: int = bounded(10, 1, 200)
+    dvc_exp_show: bool = True
+    dvc_timeout_s: float = bounded(60.0, 1.0, 3600.0)
+
+    def __post_init__(self) -> None:
+        for track in ("classifier", "generator"):
+            names, primary = getattr(self, f"{track}_metrics"), getattr(self, f"{track}_primary")
+            if not names:
+                raise ParamsError(f"report.{track}_metrics: empty; list at least one metric name")
+            if primary not in names:
+                raise ParamsError(f"report.{track}_primary: got {primary!r}; allowed: one of "
+                                  f"report.{track}_metrics ({', '.join(map(repr, names))})")
 
 
 def read_params(path: Path = PARAMS_FILE) -> dict[str, Any]:

@@ -24,8 +24,12 @@ DVC_TEMP_MARKER = (".dvc", "tmp", "exps")
 
 
 def main_worktree(start: Path | None = None) -> Path:
-    """The project's main checkout, also from inside a DVC temp experiment workspace."""
-    here = (start or Path.cwd()).resolve()
+    """The project's main checkout, also from inside a DVC temp experiment workspace.
+
+    DVC sets ``DVC_ROOT`` to the main checkout for stages it runs (temp and queued experiments
+    included); without it, the path itself or git tells.
+    """
+    here = (start or Path(os.environ.get("DVC_ROOT") or Path.cwd())).resolve()
     parts = here.parts
     for i in range(len(parts) - len(DVC_TEMP_MARKER) + 1):
         if parts[i:i + len(DVC_TEMP_MARKER)] == DVC_TEMP_MARKER:
@@ -61,6 +65,22 @@ def flat_params(params: Any, prefix: str) -> dict[str, Any]:
     return out
 
 
+def artifact_root() -> Path:
+    """Where run artifacts go: beside the DB, never inside a temporary experiment workspace."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+    return main_worktree() / "mlartifacts"
+
+
+def ensure_experiment(name: str) -> None:
+    import mlflow
+
+    if mlflow.get_experiment_by_name(name) is None:
+        mlflow.create_experiment(name, artifact_location=(artifact_root() / name).as_uri())
+    mlflow.set_experiment(name)
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, block: str, params: Any, manifest: Path | None = None) -> Iterator[Any]:
     """Open one MLflow run for this stage execution and log its params and provenance tags."""
@@ -68,7 +88,7 @@ def stage_run(stage: str, block: str, params: Any, manifest: Path | None = None)
 
     tracking = load_block("tracking", TrackingParams)
     mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(tracking.experiment)
+    ensure_experiment(tracking.experiment)
     exp_name = os.environ.get("DVC_EXP_NAME", "")
     tags = {
         "stage": stage,

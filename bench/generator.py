@@ -1,0 +1,130 @@
+"""Benchmark of the generator track on this machine (prints figures; nothing is asserted).
+
+    python -m bench.generator [--models vae,dcgan,wgan_gp] [--size 64] [--n-train 256] [--n-fid 500] [--threads 0]
+
+1. generator training throughput (real images through the model per second) per model, with the
+   params.yaml generator block (widths, batch size, DiffAugment, n_critic) at --size;
+2. wall time of the fid stage's computations for --n-fid generated vs --n-fid real images:
+   fd_mobilenet (feature extraction + Fréchet distance) and, for Inception, extraction + FID + KID.
+   Without the real Inception weights the Inception timing uses a randomly initialised state dict
+   of the same shapes (same cost, meaningless values; labelled "random weights").
+Results also go to bench/out/generator.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from unittest import mock
+
+import torch
+from torch_fidelity import feature_extractor_inceptionv3 as inception_module
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+from stages.common import fidelity as fd
+from stages.common import gan_training as gt
+from stages.common.device import pick_device, set_threads
+from stages.common.params import FidParams, GeneratorParams, as_dict, load_block, parse_block
+
+OUT = Path("bench/out/generator.json")
+
+
+def train_throughput(model: str, size: int, n: int, epochs: int, base: GeneratorParams) -> dict[str, float]:
+    raw = as_dict(base) | {"model": model, "size": size, "device": "auto", "n_critic": "auto"}
+    p = parse_block("generator", GeneratorParams, raw)
+    device = pick_device(p.device)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    trainer = gt.build_trainer(p, device)
+    trainer.train_epoch(1, images)  # warm-up
+    t0 = time.perf_counter()
+    for e in range(epochs):
+        trainer.train_epoch(e + 2, images)
+    seconds = time.perf_counter() - t0
+    return {"images_per_second": n * epochs / seconds, "seconds_per_epoch": seconds / epochs,
+            "critic_steps": p.critic_steps, "device": str(device)}
+
+
+def random_inception(path: Path) -> Path:
+    with mock.patch.object(inception_module, "load_state_dict_from_url", lambda *a, **k: None), \
+            mock.patch.object(inception_module.FeatureExtractorInceptionV3, "load_state_dict", lambda s, *a, **k: None):
+        net = inception_module.FeatureExtractorInceptionV3(fd.INCEPTION, [fd.INCEPTION_LAYER])
+    torch.save({k: torch.full_like(v, 0.15) if k.endswith("running_var") else v
+                for k, v in net.state_dict().items()}, path)
+    return path
+
+
+def fid_timings(n: int, size: int, batch_size: int, inception_weights: str, tmp: Path) -> dict[str, object]:
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    b = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    out: dict[str, object] = {"n": n, "size": size}
+    mobilenet = fd.mobilenet_weights()
+    if mobilenet.available:
+        t0 = time.perf_counter()
+        feats = fd.Features(fd.MOBILENET, fd.MOBILENET_LAYER, mobilenet.path, batch_size)
+        fa, fb = feats(a), feats(b)
+        t1 = time.perf_counter()
+        fd.frechet_distance(fa, fb)
+        t2 = time.perf_counter()
+        out["fd_mobilenet"] = {"extract_s": t1 - t0, "frechet_s": t2 - t1, "total_s": t2 - t0}
+    else:
+        out["fd_mobilenet"] = {"skipped": mobilenet.reason}
+    status = fd.resolve_inception_weights(inception_weights)
+    path = status.path if status.available else random_inception(tmp / "random-inception.pth")
+    t0 = time.perf_counter()
+    feats = fd.Features(fd.INCEPTION, fd.INCEPTION_LAYER, path, batch_size)  # type: ignore[arg-type]
+    fa, fb = feats(a), feats(b)
+    t1 = time.perf_counter()
+    fd.frechet_distance(fa, fb)
+    t2 = time.perf_counter()
+    fd.kernel_distance(fa, fb, 100, 100, 0)
+    fd.precision_recall(fa, fb, 3)
+    t3 = time.perf_counter()
+    fid_statistics_to_metric(fid_features_to_statistics(fa), fid_features_to_statistics(fb), verbose=False)
+    t4 = time.perf_counter()
+    out["inception"] = {"weights": "official" if status.available else "random weights (timing only)",
+                        "extract_s": t1 - t0, "fid_s": t2 - t1, "kid_prc_s": t3 - t2, "total_s": t3 - t0,
+                        "torch_fidelity_eigvals_fid_s": t4 - t3}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="vae,dcgan,wgan_gp")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--n-train", type=int, default=256)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--n-fid", type=int, default=500)
+    ap.add_argument("--skip-fid", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = every available core)")
+    args = ap.parse_args()
+    set_threads(args.threads)
+    base = load_block("generator", GeneratorParams)
+    fid_params = load_block("fid", FidParams)
+    results: dict[str, object] = {"torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+                                  "load_average_at_start": os.getloadavg()[0], "train": {}}
+    print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} "
+          f"(other processes on this machine slow every figure below)")
+    for model in args.models.split(","):
+        r = train_throughput(model, args.size, args.n_train, args.epochs, base)
+        results["train"][model] = r  # type: ignore[index]
+        print(f"train {model:8s} {args.size}px: {r['images_per_second']:7.1f} img/s "
+              f"({r['seconds_per_epoch']:.2f} s/epoch of {args.n_train}, n_critic {r['critic_steps']}, {r['device']})")
+    if not args.skip_fid:
+        with tempfile.TemporaryDirectory() as tmp:
+            t = fid_timings(args.n_fid, args.size, fid_params.batch_size, fid_params.inception_weights, Path(tmp))
+        results["fid"] = t
+        print(f"fid stage, {args.n_fid} vs {args.n_fid} images at {args.size}px:")
+        for key in ("fd_mobilenet", "inception"):
+            print(f"  {key:13s} " + ", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
+                                            for k, v in t[key].items()))  # type: ignore[union-attr]
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(results, indent=2))
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""Benchmark: classifier training throughput (images/s) of the real loop against two references.
+
+    python -m bench.train [--arch mobilenet_v2] [--size 128] [--n 512] [--batch-size 32] [--split CSV]
+
+1. pure compute: the same model, optimiser and batch size on batches already in memory as
+   normalised float tensors (no decoding, no augmentation) - the ceiling for this machine;
+2. real loop: ``train_loop`` (uint8 memory-mapped cache + batched tensor augmentations, params
+   defaults) - ``train_images_per_s`` of its second epoch;
+3. ImageFolder: torchvision ``ImageFolder`` + PIL decoding + torchvision PIL transforms (random
+   resized crop, flip, colour jitter) through a ``DataLoader``, with the same model.
+
+Data loading alone is timed too (no model): the cache + augmentations against ImageFolder + PIL.
+Face crops come from ``--split`` (a split CSV of the project) or are synthetic PNGs of ``--size``.
+Prints one table; nothing is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch import nn
+
+from models.classifier import ArchSpec, build_classifier
+from stages.common.classifier_data import AugmentConfig, Augmenter, batch_indices, gather, load_split, normalise
+from stages.common.classifier_train import LoopConfig, prepare_input, smoothed_bce, train_loop
+from stages.common.device import pick_device, set_threads
+from stages.common.io import write_csv
+from stages.common.params import ClassifierParams
+from stages.common.schema import SPLIT_COLUMNS
+
+
+def synthetic_split(root: Path, n: int, size: int, seed: int = 0) -> Path:
+    """n photo-like PNG crops (smooth colour fields + texture + noise) in ImageFolder layout + a split CSV."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for i in range(n):
+        label = "fake" if i % 2 else "real"
+        base = rng.uniform(0.2, 0.8, 3) + yy[..., None] * rng.uniform(-0.3, 0.3, 3) + xx[..., None] * rng.uniform(-0.3, 0.3, 3)
+        texture = 0.08 * np.sin(xx[..., None] * rng.uniform(5, 40) + yy[..., None] * rng.uniform(5, 40))
+        img = np.clip(base + texture + rng.normal(0, 0.03, (size, size, 3)), 0, 1)
+        path = root / label / f"{i:05d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img * 255).astype(np.uint8)).save(path)
+        rows.append({"id": f"{i:05d}", "path": str(path), "label": label, "generator": "bench" if i % 2 else "real",
+                     "status": "ok", "split": "train"})
+    csv = root / "train.csv"
+    write_csv(csv, pd.DataFrame(rows).reindex(columns=SPLIT_COLUMNS, fill_value=""))
+    return csv
+
+
+def imagefolder_from_split(csv: Path, root: Path) -> Path:
+    """ImageFolder layout (label/<file>) of the split's crops, as symlinks."""
+    frame = pd.read_csv(csv, keep_default_na=False)
+    for i, (path, label) in enumerate(zip(frame["path"], frame["label"])):
+        link = root / label / f"{i:05d}{Path(path).suffix}"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path(path).resolve())
+    return root
+
+
+def pure_compute(model: nn.Module, batches: list[torch.Tensor], labels: list[torch.Tensor], device: torch.device,
+                 steps: int, warmup: int = 2) -> float:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+    seen, t0 = 0, 0.0
+    for k in range(steps + warmup):
+        if k == warmup:
+            seen, t0 = 0, time.perf_counter()
+        x, y = batches[k % len(batches)], labels[k % len(labels)]
+        loss = smoothed_bce(model(x), y, (1.0, 1.0), 0.05)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        seen += len(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - t0)
+
+
+def imagefolder_loader(folder: Path, size: int, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose([
+        transforms.RandomResizedCrop(size, scale=(0.8, 1.0)),
+        transforms.RandomHorizontalFlip(),
+        transforms.ColorJitter(0.2, 0.2, 0.2),
+        transforms.ToTensor(),
+        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ])
+    ds = datasets.ImageFolder(str(folder), transform=tf)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                       drop_last=True, persistent_workers=workers > 0)
+
+
+def imagefolder_train(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
+                      steps: int, warmup: int = 2) -> float:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+    seen, t0, k = 0, time.perf_counter(), 0
+    while k < steps + warmup:
+        for x, y in loader:
+            if k == warmup:
+                seen, t0 = 0, time.perf_counter()
+            if k >= steps + warmup:
+                break
+            x, y = x.to(device), y.float().to(device)
+            loss = smoothed_bce(model(x), y, (1.0, 1.0), 0.05)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(x)
+            k += 1
+    return seen / (time.perf_counter() - t0)
+
+
+def loader_only_cache(images: np.ndarray, aug: AugmentConfig, batch_size: int, device: torch.device) -> float:
+    augment = Augmenter(aug, torch.Generator().manual_seed(0), device)
+    t0, seen = time.perf_counter(), 0
+    for idx in batch_indices(len(images), batch_size, torch.Generator().manual_seed(1), drop_singleton=True):
+        x = prepare_input(augment(gather(images, idx)), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), device)
+        seen += len(x)
+    return seen / (time.perf_counter() - t0)
+
+
+def loader_only_imagefolder(loader: torch.utils.data.DataLoader) -> float:
+    it = iter(loader)
+    next(it)  # start workers
+    t0, seen = time.perf_counter(), 0
+    for x, _ in it:
+        seen += len(x)
+    return seen / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    defaults = ClassifierParams()
+    ap.add_argument("--arch", default=defaults.arch, choices=("mobilenet_v2", "resnet18", "efficientnet_b0", "cnn"))
+    ap.add_argument("--size", type=int, default=defaults.image_size)
+    ap.add_argument("--n", type=int, default=384, help="synthetic images (ignored with --split)")
+    ap.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    ap.add_argument("--steps", type=int, default=8, help="timed steps of the pure-compute and ImageFolder runs")
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="ImageFolder DataLoader workers")
+    ap.add_argument("--split", type=Path, default=None, help="use this split CSV's face crops")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    threads = set_threads(args.threads)
+    device = pick_device(args.device)
+    spec = ArchSpec(args.arch)
+    mean, std = spec.normalisation
+    aug = AugmentConfig.from_params(defaults)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        if args.split is None:
+            csv = synthetic_split(tmp_path / "folder", args.n, args.size)
+            folder = tmp_path / "folder"
+        else:
+            csv = args.split
+            folder = imagefolder_from_split(csv, tmp_path / "folder")
+        t0 = time.perf_counter()
+        data = load_split(csv, args.size, cache_dir=tmp_path / "cache")
+        cache_s = time.perf_counter() - t0
+        n = len(data)
+        rows: list[tuple[str, float]] = []
+
+        # data only
+        rows.append(("data only: uint8 cache + tensor augmentations", loader_only_cache(data.images, aug, args.batch_size, device)))
+        for w in args.workers:
+            rows.append((f"data only: ImageFolder + PIL transforms, {w} workers",
+                         loader_only_imagefolder(imagefolder_loader(folder, args.size, args.batch_size, w))))
+
+        # training
+        torch.manual_seed(0)
+        x = torch.from_numpy(np.ascontiguousarray(data.images[: args.batch_size * 2]))
+        batches = [prepare_input(normalise(x[i:i + args.batch_size].float() / 255, (0, 0, 0), (1, 1, 1)), mean, std, device)
+                   for i in range(0, len(x), args.batch_size)]
+        labels = [torch.from_numpy(data.labels[i:i + args.batch_size]).to(device) for i in range(0, len(x), args.batch_size)]
+        compute = pure_compute(build_classifier(spec).to(device), batches, labels, device, args.steps)
+        rows.append(("train: pure compute (in-memory tensors)", compute))
+        cfg = LoopConfig(epochs=2, batch_size=args.batch_size, augment=aug, label_smoothing=0.05)
+        val_idx = np.arange(min(n, 2 * args.batch_size))
+        result = train_loop(build_classifier(spec), data.images, data.labels, data.images[val_idx], data.labels[val_idx],
+                            cfg, device, mean, std, progress=False)
+        real = result.history[-1].train_images_per_s
+        rows.append(("train: real loop (cache + augmentations), epoch 2", real))
+        for w in args.workers:
+            loader = imagefolder_loader(folder, args.size, args.batch_size, w)
+            rows.append((f"train: ImageFolder + PIL, {w} workers",
+                         imagefolder_train(build_classifier(spec).to(device), loader, device, args.steps)))
+
+    print(f"\nbench.train: arch {args.arch}, {args.size}px, batch {args.batch_size}, {n} images, device {device}, "
+          f"torch threads {threads}; cache built in {cache_s:.1f}s ({n / cache_s:.0f} img/s)")
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measurement':<{width}}  images/s")
+    for name, value in rows:
+        print(f"{name:<{width}}  {value:8.1f}")
+    fastest_folder_data = max(v for k, v in rows if k.startswith("data only: ImageFolder"))
+    fastest_folder_train = max(v for k, v in rows if k.startswith("train: ImageFolder"))
+    print(f"real loop / pure compute: {real / compute:.2f} (target >= 1/1.2 = 0.83)")
+    print(f"data: cache+aug / best ImageFolder loader: {rows[0][1] / fastest_folder_data:.1f}x (target >= 5x)")
+    print(f"train: real loop / best ImageFolder training loop: {real / fastest_folder_train:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Stage faces: MTCNN face crops of every usable raw image → data/faces/{images/,manifest.csv,metrics.json}.
+
+Reads only params.yaml block ``faces``. Per-image work is cached under
+<main checkout>/data/cache/faces/<hash of result params + detector version>/, so a killed run
+resumes where it stopped (and DVC temp experiments share the work); data/faces is then assembled
+from the cache (hard links) in one atomic rename.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import mlflow
+
+from stages.common.device import pick_device, set_threads
+from stages.common.faces import FaceCache, FaceCropper, cache_key, face_metrics, flat_metrics, run_faces
+from stages.common.io import atomic_output_dir, link_or_copy, read_csv, write_csv, write_json
+from stages.common.params import FacesParams, load_block
+from stages.common.tracking import main_worktree, stage_run
+
+RAW_MANIFEST = Path("data/raw/manifest.csv")
+OUT_DIR = Path("data/faces")
+CACHE_DIR = Path("data/cache/faces")  # under the main checkout, shared with `dvc exp run --temp` copies
+
+
+def main() -> None:
+    params = load_block("faces", FacesParams)
+    threads = set_threads(params.threads)
+    raw = read_csv(RAW_MANIFEST)
+    cropper = FaceCropper(params, device=pick_device(params.device))
+    cache = FaceCache(main_worktree() / CACHE_DIR / cache_key(params), cropper.extension)
+
+    # The per-image work runs before the MLflow run opens, so a killed run leaves no dangling run.
+    start = time.perf_counter()
+    faces, sources, counts = run_faces(raw, cropper, cache)
+    seconds = time.perf_counter() - start
+    metrics = face_metrics(raw, faces)
+
+    with stage_run(stage="faces", block="faces", params=params, manifest=RAW_MANIFEST):
+        with atomic_output_dir(OUT_DIR) as tmp:
+            (tmp / "images").mkdir()
+            for out_path, cached in sources.items():
+                link_or_copy(cached, tmp / Path(out_path).relative_to(OUT_DIR))
+            write_csv(tmp / "manifest.csv", faces)
+            write_json(tmp / "metrics.json", metrics)
+
+        mlflow.log_metrics(flat_metrics(metrics))
+        mlflow.log_metrics({"faces.run.computed": counts.computed, "faces.run.reused": counts.reused,
+                            "faces.run.seconds": seconds,
+                            "faces.run.images_per_s": counts.computed / seconds if seconds else 0.0})
+        mlflow.set_tags({"faces.device": str(cropper.device), "faces.threads": threads,
+                         "faces.cache": str(cache.root)})
+        mlflow.log_artifact(str(OUT_DIR / "metrics.json"))
+
+    o = metrics["overall"]
+    print(f"faces: {o['inputs']} inputs → {o['ok']} ok, {o['center']} center, {o['dropped']} dropped, "
+          f"{o['error']} error (detection rate {o['detection_rate']}, drop rate {o['drop_rate']}); "
+          f"{counts.computed} computed, {counts.reused} reused from {cache.root}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""CLI: probability that each face image is fake, from the trained classifier (not a DAG stage).
+
+    python -m stages.predict PATH... [--checkpoint results/classifier/model.pt] [--out scores.csv]
+
+PATHs are image files or folders (searched recursively for image files). Faces are found and
+cropped with the faces params the classifier was trained with. Every file gets a status:
+ok / no_face / unreadable (with the reason). Runs on CPU; uses CUDA when present (--device).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from stages.common.checkpoint import load_model
+from stages.common.classifier_predict import COLUMNS, collect_files, faces_params_for, predict_files
+from stages.common.device import pick_device
+from stages.common.faces import FaceCropper
+from stages.common.io import write_csv
+
+DEFAULT_CHECKPOINT = Path("results/classifier/model.pt")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m stages.predict", description=__doc__.split("\n\n")[0])
+    ap.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (recursive)")
+    ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="default: %(default)s")
+    ap.add_argument("--out", type=Path, default=None, help="write the results as CSV here (else only printed)")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
+    ap.add_argument("--batch-size", type=int, default=16, help="images per detection/scoring batch")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    files, ignored = collect_files(args.paths)
+    if not files:
+        print(f"predict: no image files under {', '.join(map(str, args.paths))} "
+              f"({ignored} non-image files ignored)", file=sys.stderr)
+        return 2
+    device = pick_device(args.device)
+    model, ckpt = load_model(args.checkpoint, device)
+    faces, faces_from = faces_params_for(ckpt)
+    cropper = FaceCropper(faces, device=device)
+    preds = predict_files(files, model, ckpt, cropper, device, args.batch_size)
+    table = pd.DataFrame([p.row() for p in preds], columns=COLUMNS)
+    if args.out is not None:
+        write_csv(args.out, table)
+    with pd.option_context("display.max_rows", 200, "display.max_colwidth", 60, "display.width", 200):
+        print(table[["file", "status", "prob_fake", "predicted", "reason"]].to_string(index=False))
+    counts = table["status"].value_counts().to_dict()
+    print(f"predict: {len(table)} files: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+          + (f"; {ignored} non-image files in folders ignored" if ignored else "")
+          + f"; faces params from {faces_from}; threshold {ckpt.threshold:.4f} (validation)"
+          + (f"; wrote {args.out}" if args.out else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Stage train_classifier: real-vs-fake classifier on the face crops of data/splits/{train,val}.csv.
+
+Reads params blocks ``classifier`` (and records ``faces`` in the checkpoint for predict). Writes
+results/classifier/{model.pt, history.csv, history.png, metrics.json}. The temperature and the
+decision threshold are fitted on the validation split only.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from models.classifier import ArchSpec, build_classifier
+from stages.common.checkpoint import ClassifierCheckpoint, save_checkpoint
+from stages.common.classifier_data import load_split
+from stages.common.classifier_train import EpochRecord, LoopConfig, train_loop
+from stages.common.device import pick_device, set_threads
+from stages.common.io import write_csv, write_json
+from stages.common.metrics import binary_metrics, calibrated, choose_threshold, fit_temperature
+from stages.common.params import ClassifierParams, FacesParams, as_dict, load_block
+from stages.common.plots import history_figure, save_figure
+from stages.common.pretrained import find_weights
+from stages.common.tracking import stage_run
+
+SPLITS_DIR = Path("data/splits")
+OUT_DIR = Path("results/classifier")
+HISTORY_PANELS = {"loss": ["train_loss", "val_loss"], "accuracy": ["train_accuracy", "val_accuracy"],
+                  "ROC-AUC": ["train_roc_auc", "val_roc_auc"]}
+
+
+def spec_of(p: ClassifierParams) -> ArchSpec:
+    return ArchSpec(p.arch, p.dropout, p.cnn_depth, p.cnn_width, p.cnn_block)
+
+
+def main() -> None:
+    p = load_block("classifier", ClassifierParams)
+    faces = load_block("faces", FacesParams)
+    torch.manual_seed(p.seed)
+    set_threads(p.threads)
+    device = pick_device(p.device)
+    # Fail before any work when ImageNet weights are asked for but absent (never train from scratch instead).
+    weights = find_weights(p.arch) if p.pretrained == "imagenet" else None
+    train = load_split(SPLITS_DIR / "train.csv", p.image_size)
+    val = load_split(SPLITS_DIR / "val.csv", p.image_size)
+    spec = spec_of(p)
+    model = build_classifier(spec, weights.path if weights else None)
+    mean, std = spec.normalisation
+    history: list[dict] = []
+
+    with stage_run(stage="train_classifier", block="classifier", params=p, manifest=SPLITS_DIR / "train.csv"):
+        mlflow.set_tags({"classifier.device": str(device), "classifier.torch_threads": torch.get_num_threads(),
+                         "classifier.pretrained_weights": f"{weights.origin}:{weights.path}" if weights else "none"})
+
+        def on_epoch(record: EpochRecord) -> None:
+            history.append(record.as_dict())
+            write_csv(OUT_DIR / "history.csv", pd.DataFrame(history))
+            mlflow.log_metrics({k: float(v) for k, v in record.as_dict().items() if k != "epoch"},
+                               step=record.epoch)
+            print(f"epoch {record.epoch}: train loss {record.train_loss:.4f} auc {record.train_roc_auc:.3f} | "
+                  f"val loss {record.val_loss:.4f} acc {record.val_accuracy:.3f} auc {record.val_roc_auc:.3f} "
+                  f"({record.seconds:.1f}s)")
+
+        result = train_loop(model, train.images, train.labels, val.images, val.labels,
+                            LoopConfig.from_params(p), device, mean, std, on_epoch=on_epoch)
+        temperature = fit_temperature(result.val_logits, val.labels)
+        p_raw = calibrated(result.val_logits, 1.0)
+        p_cal = calibrated(result.val_logits, temperature)
+        threshold = choose_threshold(val.labels, p_cal, p.threshold_rule)
+        val_metrics = binary_metrics(val.labels, p_cal, threshold)
+        summary = {
+            "best_epoch": result.best_epoch, "epochs_run": len(result.history), "stop_reason": result.stop_reason,
+            "seconds": round(result.seconds, 2), "temperature": temperature, "threshold": threshold,
+            "threshold_rule": p.threshold_rule, "class_weight_real": result.class_weights[0],
+            "class_weight_fake": result.class_weights[1], "n_train": len(train), "n_val": len(val),
+            "train_images_per_s": float(np.mean([r.train_images_per_s for r in result.history])),
+            "val": {**val_metrics, "ece_before_temperature": binary_metrics(val.labels, p_raw, 0.5)["ece"]},
+        }
+        ckpt = ClassifierCheckpoint(
+            state_dict=result.model.state_dict(), arch=spec.to_dict(), temperature=temperature, threshold=threshold,
+            threshold_rule=p.threshold_rule, mean=list(mean), std=list(std), image_size=p.image_size,
+            faces=as_dict(faces),
+            info={"best_epoch": result.best_epoch, "best_val_roc_auc": result.best_val_roc_auc,
+                  "pretrained": p.pretrained, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        save_checkpoint(OUT_DIR / "model.pt", ckpt)
+        write_json(OUT_DIR / "metrics.json", summary)
+        save_figure(history_figure(pd.DataFrame(history), "epoch", HISTORY_PANELS), OUT_DIR / "history.png")
+        mlflow.log_metrics({"best_epoch": result.best_epoch, "temperature": temperature, "threshold": threshold,
+                            **{f"final_val_{k}": float(v) for k, v in summary["val"].items()
+                               if isinstance(v, (int, float)) and v is not None}})
+        mlflow.set_tag("classifier.stop_reason", result.stop_reason)
+        for name in ("history.csv", "history.png", "metrics.json"):
+            mlflow.log_artifact(str(OUT_DIR / name))
+    print(f"train_classifier: best epoch {result.best_epoch}/{len(result.history)} ({result.stop_reason}), "
+          f"val ROC-AUC {result.best_val_roc_auc:.4f}, T={temperature:.3f}, threshold={threshold:.4f} "
+          f"({p.threshold_rule}) -> {OUT_DIR / 'model.pt'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Stage `train_generator`: a VAE, DCGAN or WGAN-GP on the train split's faces (see README "Generator").
+
+Resumable: the working checkpoint lives in data/cache/generator/<params hash>/ (DVC deletes stage
+outputs before a rerun, so it cannot live in results/); results/generator/ is written once, at the end.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from stages.common.device import pick_device, set_threads
+from stages.common.gan_training import (TrainingResult, fd_mobilenet_hook, load_image_cache, model_payload,
+                                        params_hash, save_torch, tensor_fingerprint, train, training_rows)
+from stages.common.io import atomic_output_dir, link_or_copy, read_csv, write_csv, write_json
+from stages.common.params import GeneratorParams, load_block
+from stages.common.tracking import stage_run
+
+TRAIN_SPLIT = Path("data/splits/train.csv")
+WORK_ROOT = Path("data/cache/generator")
+OUT_DIR = Path("results/generator")
+# the same columns for every model (empty where a model has no such value), so one DVC plot spec fits all
+HISTORY_COLUMNS = ["epoch", "d_loss", "g_loss", "d_real", "d_fake", "gp", "wasserstein", "loss", "recon", "kl",
+                   "fd_mobilenet", "instance_noise", "seconds"]
+
+
+def main() -> None:
+    p = load_block("generator", GeneratorParams)
+    device = pick_device(p.device)
+    threads = set_threads(p.threads)
+    rows = training_rows(read_csv(TRAIN_SPLIT), p.train_on)
+    images = load_image_cache([Path(x) for x in rows["path"]], p.size, desc=f"caching {len(rows)} faces")
+    run_hash = params_hash(p, tensor_fingerprint(images))
+    work_dir = WORK_ROOT / run_hash
+    print(f"train_generator: {p.model} {p.size}px on {len(rows)} {p.train_on} train faces, device {device} "
+          f"({threads} CPU threads), work dir {work_dir}")
+    hook = fd_mobilenet_hook(p.fd_every_epochs, p.fd_every_samples, images, p.latent_dim, p.seed, p.batch_size,
+                             device)
+
+    def log_epoch(epoch: int, metrics: dict[str, float], grid: Path) -> None:
+        mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+        mlflow.log_artifact(str(grid), artifact_path="samples")
+
+    with stage_run("train_generator", "generator", p, manifest=TRAIN_SPLIT):
+        mlflow.set_tags({"generator.params_hash": run_hash, "generator.n_train": len(rows)})
+        result = train(p, images, work_dir, run_hash, device, on_epoch=log_epoch, extra_metrics=hook)
+        for metrics, grid in zip(result.history[:result.resumed_from], result.grids):  # earlier runs' epochs
+            log_epoch(int(metrics["epoch"]), metrics, grid)
+        summary = write_outputs(result, p, len(rows))
+        mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not
+                            isinstance(v, bool)})
+        mlflow.set_tag("generator.complete", str(summary["complete"]))
+        for name in ("model.pt", "history.csv", "summary.json"):
+            mlflow.log_artifact(str(OUT_DIR / name))
+    state = "complete" if summary["complete"] else "STOPPED by generator.max_minutes (rerun to continue)"
+    print(f"train_generator: {summary['epochs_done']}/{p.epochs} epochs, {state}; "
+          f"{summary['train_images_per_second']:.1f} img/s; outputs in {OUT_DIR}")
+
+
+def write_outputs(result: TrainingResult, p: GeneratorParams, n_train: int) -> dict[str, object]:
+    """results/generator/: model.pt (EMA weights), history.csv, samples/epoch_XXX.png, summary.json (atomic)."""
+    run_epochs = result.history[result.resumed_from:]
+    train_seconds = sum(float(m["seconds"]) for m in run_epochs)
+    summary: dict[str, object] = {
+        "model": p.model, "size": p.size, "train_on": p.train_on, "n_train": n_train,
+        "epochs_done": result.epochs_done, "epochs_planned": p.epochs, "complete": result.complete,
+        "stopped_by_budget": result.stopped_by_budget, "resumed_from_epoch": result.resumed_from,
+        "params_hash": result.run_hash, "seconds_this_run": round(result.seconds, 2),
+        "train_images_per_second": n_train * len(run_epochs) / train_seconds if train_seconds > 0 else 0.0,
+    }
+    if result.history:
+        summary.update({f"final_{k}": v for k, v in result.history[-1].items() if k not in ("epoch", "seconds")})
+    with atomic_output_dir(OUT_DIR) as tmp:
+        save_torch(tmp / "model.pt", model_payload(result.trainer, p, result.run_hash, result.epochs_done))
+        history = pd.DataFrame(result.history)
+        write_csv(tmp / "history.csv", history.reindex(columns=HISTORY_COLUMNS + sorted(
+            set(history.columns) - set(HISTORY_COLUMNS))))
+        for grid in result.grids:
+            link_or_copy(grid, tmp / "samples" / grid.name)
+        write_json(tmp / "summary.json", summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,449 @@
+"""Stage download: folder source with bad files, DFF zips read by range requests, zip slip, offline."""
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+import threading
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+from PIL import Image
+
+from stages.common import source_folder, source_hf
+from stages.common.io import read_csv, sha1_file
+from stages.common.params import DataParams
+from stages.common.schema import RAW_COLUMNS
+from stages.common.synthetic import write_bad_files
+from tests.helpers import set_params
+
+
+def _jpeg(seed: int, size: int = 80) -> bytes:
+    """A small valid RGB JPEG (noise; different for every seed)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+# ---- folder source -----------------------------------------------------------------------------
+
+def test_folder_stage_records_every_file_with_a_reason(in_tmp_project: Path) -> None:
+    from stages import download
+
+    col = in_tmp_project / "col"
+    for i in range(3):
+        _write(col / "real" / "sub" / f"r{i}.jpg", _jpeg(i))
+        _write(col / "fake" / "genA" / f"f{i}.jpg", _jpeg(100 + i))
+    _write(col / "fake" / "loose.jpg", _jpeg(200))
+    expected = write_bad_files(col / "real" / "bad")
+    set_params(in_tmp_project / "params.yaml", "data", source="folder:col", per_source="all", min_side=64)
+
+    download.main()
+
+    frame = read_csv(Path("data/raw/manifest.csv"))
+    assert list(frame.columns) == RAW_COLUMNS
+    n_files = sum(1 for p in col.rglob("*") if p.is_file())
+    assert len(frame) == n_files and frame["id"].is_unique
+    by_name = {Path(o).name: row for o, (_, row) in zip(frame["origin"], frame.iterrows())}
+    for name, (status, reason) in expected.items():
+        row = by_name[name]
+        assert row["status"] == status, (name, row["reason"])
+        assert reason in row["reason"], (name, row["reason"])
+        if status == "skipped":
+            assert row["path"] == ""
+        else:  # converted: the original bytes are kept unchanged, conversion happens at decode
+            assert sha1_file(Path(row["path"])) == sha1_file(col / "real" / "bad" / name) == row["sha1"]
+    assert by_name["loose.jpg"]["generator"] == "unknown"
+    assert set(frame.loc[frame["label"] == "fake", "generator"]) == {"genA", "unknown"}
+    assert set(frame.loc[frame["label"] == "real", "generator"]) == {"real"}
+    ok = frame[frame["status"] == "ok"]
+    assert len(ok) == 7 and all(Path(p).exists() for p in ok["path"])
+    assert len(list(Path("data/raw/images").iterdir())) == int((frame["status"] != "skipped").sum())
+    summary = json.loads(Path("data/raw/summary.json").read_text())
+    assert summary["total"] == len(frame)
+    assert summary["counts"]["real"]["real"]["skipped"] == sum(s == "skipped" for s, _ in expected.values())
+    assert summary["counts"]["real"]["real"]["converted"] == sum(s == "converted" for s, _ in expected.values())
+
+
+def test_predefined_split_layout(tmp_path: Path) -> None:
+    col = tmp_path / "rf"
+    for i, split in enumerate(("train", "valid", "test")):
+        _write(col / split / "real" / f"r{i}.jpg", _jpeg(i))
+        _write(col / split / "fake" / f"f{i}.jpg", _jpeg(10 + i))
+    params = DataParams(source=f"folder:{col}", per_source="all")
+    rows = pd.DataFrame(source_folder.collect(params, tmp_path / "images"))
+    assert sorted(rows["predefined_split"]) == ["test", "test", "train", "train", "val", "val"]
+    assert set(rows.loc[rows["label"] == "fake", "generator"]) == {"unknown"}
+    assert (rows["status"] == "ok").all()
+
+
+def test_mixed_layout_is_refused(tmp_path: Path) -> None:
+    _write(tmp_path / "c" / "train" / "real" / "a.jpg", _jpeg(0))
+    _write(tmp_path / "c" / "real" / "b.jpg", _jpeg(1))
+    with pytest.raises(source_folder.FolderLayoutError, match="use one layout"):
+        source_folder.scan_folder(tmp_path / "c")
+
+
+def test_near_dup_group_from_manifest_and_own_group_otherwise(tmp_path: Path) -> None:
+    col = tmp_path / "set"
+    for name in ("real/a.jpg", "real/b.jpg", "fake/g/c.jpg", "fake/g/d.jpg"):
+        _write(col / name, _jpeg(hash(name) % 1000))
+    pd.DataFrame({"file": ["real/a.jpg", "real/b.jpg", "fake/g/c.jpg"],
+                  "near_dup_group": ["G1", "G1", "G2"]}).to_csv(col / "manifest.csv", index=False)
+    rows = pd.DataFrame(source_folder.collect(DataParams(source=f"folder:{col}", per_source="all"),
+                                              tmp_path / "images"))
+    group = dict(zip(rows["origin"].map(lambda o: o.split("/set/")[1]), rows["group"]))
+    assert group == {"real/a.jpg": "G1", "real/b.jpg": "G1", "fake/g/c.jpg": "G2", "fake/g/d.jpg": "fake/g/d.jpg"}
+
+
+def test_folder_sampling_is_per_label_generator_and_seeded(tmp_path: Path) -> None:
+    col = tmp_path / "s"
+    for i in range(6):
+        _write(col / "real" / f"r{i}.jpg", _jpeg(i))
+        _write(col / "fake" / "g1" / f"a{i}.jpg", _jpeg(20 + i))
+    _write(col / "fake" / "g2" / "only.jpg", _jpeg(40))
+    _write(col / "real" / "readme.txt", b"notes")
+    files = source_folder.scan_folder(col)
+    picked = source_folder.sample_files(files, 2, seed=3)
+    counts = pd.Series([(f.label, f.generator) for f in picked if f.rel.endswith(".jpg")]).value_counts()
+    assert counts.to_dict() == {("real", "real"): 2, ("fake", "g1"): 2, ("fake", "g2"): 1}
+    assert any(f.rel == "real/readme.txt" for f in picked)  # non-images are recorded, never sampled away
+    assert picked == source_folder.sample_files(files, 2, seed=3)
+
+
+# ---- DFF zips through a local fsspec filesystem -------------------------------------------------
+
+class _CountingFile:
+    """A file object that records every read (offset, length) into a shared list."""
+
+    def __init__(self, f: Any, path: str, log: list[tuple[str, int, int]]) -> None:
+        self._f, self._path, self._log = f, path, log
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        pos = self._f.tell()
+        data = self._f.read(n)
+        self._log.append((self._path, pos, len(data)))
+        return data
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> _CountingFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class CountingFS:
+    """LocalFileSystem standing in for HfFileSystem, counting what is read."""
+
+    def __init__(self, fail_first_reads: int = 0) -> None:
+        self.fs = LocalFileSystem()
+        self.reads: list[tuple[str, int, int]] = []
+        self._fail = fail_first_reads
+        self._lock = threading.Lock()
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        return self.fs.info(path)
+
+    def open(self, path: str, mode: str = "rb", **kwargs: Any) -> _CountingFile:
+        with self._lock:
+            if self._fail > 0:
+                self._fail -= 1
+                raise OSError("simulated flaky read")
+        return _CountingFile(self.fs.open(path, mode), path, self.reads)
+
+
+PERSONS = [f"{10000 + 37 * i}_1970-01-0{1 + i % 9}_2009" for i in range(12)]
+
+
+def _rel(i: int) -> str:
+    return f"{PERSONS[i][3:5]}/{PERSONS[i]}.jpg"
+
+
+def build_dff_zips(folder: Path, extra_members: dict[str, bytes] | None = None) -> dict[str, Path]:
+    """Four DFF-like zips: 10 common paths, wiki has 2 more; text2img nests under 'text2img/';
+    one zip is stored, the others deflated (both decompression paths)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for z, name in enumerate(source_hf.DFF_ZIPS):
+        stem = name[:-4]
+        n = 12 if stem == "wiki" else 10
+        method = zipfile.ZIP_STORED if stem == "inpainting" else zipfile.ZIP_DEFLATED
+        path = folder / name
+        with zipfile.ZipFile(path, "w", compression=method) as zf:
+            for i in range(n):
+                prefix = "text2img/" if stem == "text2img" else ""
+                zf.writestr(prefix + _rel(i), _jpeg(1000 * z + i, size=96))
+            for member, data in (extra_members or {}).items():
+                zf.writestr(member, data)
+        out[name] = path
+    return out
+
+
+def _offsets(path: Path) -> dict[int, str]:
+    with zipfile.ZipFile(path) as zf:
+        return {i.header_offset: i.filename for i in zf.infolist()}
+
+
+def test_subset_reads_only_the_chosen_members_and_keeps_pairs(tmp_path: Path) -> None:
+    zips = build_dff_zips(tmp_path / "zips")
+    fs = CountingFS()
+    params = DataParams(source="hf", per_source=3, seed=1, workers=4)
+    rows = pd.DataFrame(source_hf.collect(params, tmp_path / "images", tmp_path / "cache", fs=fs,
+                                          root=str(tmp_path / "zips"), sleep=lambda s: None))
+    assert len(rows) == 4 * 3 and (rows["status"] == "ok").all()
+    rows["rel"] = rows["origin"].str.split("::").str[1].str.replace("text2img/", "", regex=False)
+    # pairs: each chosen path appears once per source, all four in one group; paths only in wiki never chosen
+    per_rel = rows.groupby("rel")
+    assert per_rel["generator"].apply(frozenset).eq(frozenset(source_hf.DFF_ZIPS.values())).all()
+    assert (per_rel["group"].nunique() == 1).all()
+    assert not set(rows["rel"]) & {_rel(10), _rel(11)}
+    for name, path in zips.items():
+        offsets = _offsets(path)
+        reads = [(pos, n) for p, pos, n in fs.reads if p.endswith(name)]
+        members_read = {offsets[pos] for pos, _ in reads if pos in offsets}
+        chosen = {o.split("::")[1] for o in rows["origin"] if o.split("::")[0].endswith("/" + name)}
+        assert members_read == chosen and len(chosen) == 3
+        data_end = max(offsets) + 1
+        assert all(pos in offsets or pos >= data_end for pos, _ in reads)  # else: central directory only
+        assert sum(n for _, n in reads) < 0.5 * path.stat().st_size
+    # the images are the members' bytes, unchanged
+    first = rows.iloc[0]
+    with zipfile.ZipFile(tmp_path / "zips" / next(n for n, g in source_hf.DFF_ZIPS.items()
+                                                  if g == first["generator"])) as zf:
+        assert zf.read(first["origin"].split("::")[1]) == Path(tmp_path, first["path"].replace(
+            "data/raw/images", "images")).read_bytes()
+
+    # a rerun (e.g. after a kill) is served from data/cache/download: no reads at all
+    fs.reads.clear()
+    again = source_hf.collect(params, tmp_path / "images2", tmp_path / "cache", fs=fs,
+                              root=str(tmp_path / "zips"), sleep=lambda s: None)
+    assert fs.reads == []
+    assert [r["sha1"] for r in again] == list(rows["sha1"])
+
+
+def test_retries_then_records_a_skip(tmp_path: Path) -> None:
+    build_dff_zips(tmp_path / "zips")
+    params = DataParams(source="hf", per_source=2, workers=1, retries=3)
+    flaky = CountingFS(fail_first_reads=2)  # the central-directory read of wiki.zip fails twice
+    rows = source_hf.collect(params, tmp_path / "a", tmp_path / "cache_a", fs=flaky,
+                             root=str(tmp_path / "zips"), sleep=lambda s: None)
+    assert all(r["status"] == "ok" for r in rows) and len(rows) == 8
+
+    wiki = source_hf.open_zip(LocalFileSystem(), str(tmp_path / "zips" / "wiki.zip"))
+    entry = source_hf.list_entries(wiki, tmp_path / "entries.json")[0]
+    broken = source_hf.ZipSource(CountingFS(fail_first_reads=10**6), wiki.path, wiki.size)
+    with pytest.raises(source_hf.FetchError, match="read failed after 3 attempts"):
+        source_hf.with_retries(lambda: source_hf.read_entry(broken, entry), 3, "x", lambda s: None)
+
+
+def test_all_mode_extracts_every_member_and_refuses_zip_slip(tmp_path: Path) -> None:
+    extra = {"../../evil.jpg": _jpeg(7), "/abs/evil2.jpg": _jpeg(8), "README.txt": b"hello"}
+    zips = build_dff_zips(tmp_path / "zips", extra)
+    # flip one data byte of a member of the stored (uncompressed) zip: its CRC-32 no longer matches
+    stored = zips["inpainting.zip"]
+    with zipfile.ZipFile(stored) as zf:
+        victim = zf.getinfo(_rel(0))
+    raw = bytearray(stored.read_bytes())
+    raw[victim.header_offset + 30 + len(victim.filename) + len(victim.extra) + 20] ^= 0xFF
+    stored.write_bytes(bytes(raw))
+
+    params = DataParams(source="hf", per_source="all", workers=2, retries=2)
+    rows = pd.DataFrame(source_hf.collect(params, tmp_path / "out" / "images", tmp_path / "cache", fs=CountingFS(),
+                                          root=str(tmp_path / "zips"), fetch_zip=lambda n: zips[n],
+                                          sleep=lambda s: None))
+    n_members = 12 + 10 * 3 + 4 * len(extra)
+    assert len(rows) == n_members and rows["id"].is_unique
+    unsafe = rows[rows["origin"].str.contains("evil")]
+    assert len(unsafe) == 8 and (unsafe["status"] == "skipped").all()
+    assert unsafe["reason"].str.startswith("unsafe zip member path").all()
+    assert not list(tmp_path.rglob("evil*.jpg"))
+    txt = rows[rows["origin"].str.endswith("README.txt")]
+    assert (txt["status"] == "skipped").all() and txt["reason"].str.contains("not an image file").all()
+    bad = rows[rows["origin"].str.endswith(f"inpainting.zip::{_rel(0)}")].iloc[0]
+    assert bad["status"] == "skipped" and "CRC-32 mismatch" in bad["reason"]
+    assert (rows["status"] == "ok").sum() == n_members - 8 - 4 - 1
+
+
+@pytest.mark.parametrize("name", ["../evil.jpg", "a/../../evil.jpg", "/etc/passwd", "C:\\evil.jpg",
+                                  "c:/evil.jpg", "..\\..\\evil.jpg", "", "a/\x00.jpg", "./"])
+def test_safe_member_path_refuses_escapes(tmp_path: Path, name: str) -> None:
+    with pytest.raises(source_hf.UnsafeMemberError, match="unsafe zip member path"):
+        source_hf.safe_member_path(tmp_path, name)
+
+
+def test_safe_member_path_accepts_nested_names(tmp_path: Path) -> None:
+    assert source_hf.safe_member_path(tmp_path, "wiki/00/1_2_3.jpg") == tmp_path / "wiki" / "00" / "1_2_3.jpg"
+    assert source_hf.safe_member_path(tmp_path, "a\\b.jpg") == tmp_path / "a" / "b.jpg"
+
+
+def test_relative_key_and_group() -> None:
+    assert source_hf.relative_key("text2img/00/123_1980_2009.jpg", "text2img") == "00/123_1980_2009.jpg"
+    assert source_hf.relative_key("00/123_1980_2009.jpg", "wiki") == "00/123_1980_2009.jpg"
+    # the same person (id before the first '_') in two photos shares a group
+    assert source_hf.person_group("00/123_1980_2009.jpg") == source_hf.person_group("00/123_1980_2012.jpg")
+    assert source_hf.person_group("00/123_1980_2009.jpg") != source_hf.person_group("00/124_1980_2009.jpg")
+
+
+# ---- the real Hub client (HfFileSystem, hf_hub_download) against a local fake Hub -------------
+
+class _FakeHub(BaseHTTPRequestHandler):
+    """The three Hub endpoints the client uses (repo info, tree listing, file resolve with Range),
+    serving the zips of ``root``; every request is logged as (method, file, Range header)."""
+
+    root = Path(".")
+    log: list[tuple[str, str, str | None]] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(self, code: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(code)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.do_GET()
+
+    def do_GET(self) -> None:  # noqa: N802
+        path = self.path.split("?")[0]
+        self.log.append((self.command, path.rsplit("/", 1)[-1], self.headers.get("range")))
+        if re.fullmatch(r"/api/datasets/[^/]+/[^/]+/revision/[^/]+", path):
+            body = {"id": "OpenRL/DeepFakeFace", "sha": "0" * 40}
+            return self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        if re.match(r"/api/datasets/[^/]+/[^/]+/tree/", path):
+            body = [{"type": "file", "oid": "1" * 40, "size": f.stat().st_size, "path": f.name}
+                    for f in sorted(self.root.glob("*.zip"))]
+            return self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        m = re.fullmatch(r"/datasets/[^/]+/[^/]+/resolve/[^/]+/(.+)", path)
+        if not m or not (self.root / m.group(1)).exists():
+            return self._send(404, b"not found", {})
+        data = (self.root / m.group(1)).read_bytes()
+        headers = {"ETag": '"e"', "X-Repo-Commit": "0" * 40, "Accept-Ranges": "bytes"}
+        if self.headers.get("range"):
+            a, b = self.headers["range"].split("=")[1].split("-")
+            start, end = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+            return self._send(206, data[start:end + 1], headers)
+        return self._send(200, data, headers)
+
+
+@dataclass
+class Hub:
+    endpoint: str
+    zips: dict[str, Path]
+    log: list[tuple[str, str, str | None]]
+
+
+@pytest.fixture
+def fake_hub(tmp_path: Path) -> Iterator[Hub]:
+    zips = build_dff_zips(tmp_path / "hub")
+    log: list[tuple[str, str, str | None]] = []
+    handler = type("Handler", (_FakeHub,), {"root": tmp_path / "hub", "log": log})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield Hub(f"http://127.0.0.1:{server.server_address[1]}", zips, log)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_hub_client_subset_uses_range_requests_only(tmp_path: Path, fake_hub: Hub) -> None:
+    rows = source_hf.collect(DataParams(source="hf", per_source=2, workers=2), tmp_path / "images",
+                             tmp_path / "cache", endpoint=fake_hub.endpoint)
+    assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
+    log = [entry for entry in fake_hub.log if entry[1].endswith(".zip")]
+    assert log and all(rng is not None for _, _, rng in log)  # never a whole-file GET
+    for name, path in fake_hub.zips.items():
+        offsets = _offsets(path)
+        starts = {int(rng.split("=")[1].split("-")[0]) for _, f, rng in log if f == name}
+        assert len(starts & set(offsets)) == 2  # one range request per chosen member
+
+
+def test_hub_client_all_downloads_whole_zips(tmp_path: Path, fake_hub: Hub) -> None:
+    rows = source_hf.collect(DataParams(source="hf", per_source="all", workers=2), tmp_path / "images",
+                             tmp_path / "cache", endpoint=fake_hub.endpoint)
+    assert len(rows) == 12 + 3 * 10 and all(r["status"] == "ok" for r in rows)
+    downloaded = sorted(p.name for p in (tmp_path / "cache" / "hub").rglob("*.zip"))
+    assert downloaded == sorted(fake_hub.zips)
+    assert any(rng is None for _, f, rng in fake_hub.log if f.endswith('.zip'))  # whole-file GETs
+
+
+# ---- offline ----------------------------------------------------------------------------------
+
+class _NoNetworkFS:
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    def open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        raise AssertionError("must not get this far")
+
+
+@pytest.mark.parametrize("make_fs", ["fake", "hub_client"])
+def test_offline_hf_fails_fast_with_the_way_out(tmp_path: Path, make_fs: str) -> None:
+    if make_fs == "fake":
+        fs: Any = _NoNetworkFS()
+        root = None
+    else:  # the real HfFileSystem client against a closed local port: connection refused, no network used
+        from huggingface_hub import HfFileSystem
+        fs, root = HfFileSystem(endpoint="http://127.0.0.1:9"), None
+    with pytest.raises(source_hf.SourceUnavailableError) as info:
+        source_hf.collect(DataParams(source="hf"), tmp_path / "images", tmp_path / "cache", fs=fs, root=root)
+    message = str(info.value)
+    assert "data.source: folder:<path>" in message and "data.source: synthetic" in message
+    assert not (tmp_path / "images").exists()
+
+
+def test_offline_stage_exits_before_touching_outputs(in_tmp_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    from stages import download
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # closed port: refused
+    set_params(in_tmp_project / "params.yaml", "data", source="hf", per_source=5)
+    with pytest.raises(source_hf.SourceUnavailableError, match="data.source: synthetic"):
+        download.main()
+    assert not Path("data").exists() and not Path("mlflow.db").exists()
+
+
+def test_is_connection_error_recognises_wrapped_errors() -> None:
+    try:
+        try:
+            raise ConnectionRefusedError("refused")
+        except ConnectionRefusedError as e:
+            raise RuntimeError("wrapped") from e
+    except RuntimeError as outer:
+        assert source_hf.is_connection_error(outer)
+    assert not source_hf.is_connection_error(FileNotFoundError("x"))
+    assert not source_hf.is_connection_error(ValueError(random.random()))

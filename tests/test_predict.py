@@ -1,0 +1,142 @@
+"""predict CLI: per-file status, scores with the checkpoint's calibration, faces params of training."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from models.classifier import ArchSpec, build_classifier
+from stages import predict
+from stages.common.checkpoint import ClassifierCheckpoint, load_model, save_checkpoint
+from stages.common.classifier_data import decode_face_image
+from stages.common.classifier_predict import collect_files, faces_params_for, predict_files
+from stages.common.classifier_train import infer_logits
+from stages.common.faces import FaceCropper
+from stages.common.metrics import calibrated
+from stages.common.params import FacesParams, as_dict
+from tests.classifier_fixtures import synthetic_face
+from tests.conftest import SHARED_DATA
+
+CPU = torch.device("cpu")
+
+
+class CentreBoxDetector:
+    """Stands in for MTCNN: a face box in the middle of every non-black image, none on black ones."""
+
+    def detect(self, canvas: np.ndarray) -> tuple[list, list]:
+        boxes, probs = [], []
+        for img in canvas:
+            ys, xs = np.nonzero(img.max(axis=2))
+            if len(xs) == 0 or img.mean() < 2:
+                boxes.append(None)
+                probs.append([None])
+                continue
+            x2, y2 = xs.max() + 1, ys.max() + 1
+            boxes.append(np.array([[x2 * 0.25, y2 * 0.25, x2 * 0.75, y2 * 0.75]]))
+            probs.append(np.array([0.99]))
+        return boxes, probs
+
+
+def write_checkpoint(path: Path, faces: FacesParams, threshold: float = 0.5, temperature: float = 1.5) -> None:
+    torch.manual_seed(0)
+    spec = ArchSpec("cnn", 0.0, 1, 4, "plain")
+    model = build_classifier(spec)
+    torch.nn.init.normal_(model.head[1].weight, std=1.0)
+    save_checkpoint(path, ClassifierCheckpoint(model.state_dict(), spec.to_dict(), temperature, threshold, "youden",
+                                               [0.5] * 3, [0.5] * 3, 32, as_dict(faces), {}))
+
+
+def image_folder(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    folder = root / "inbox"
+    (folder / "nested").mkdir(parents=True)
+    Image.fromarray(synthetic_face(rng, False, 96)).save(folder / "a_real.png")
+    Image.fromarray(synthetic_face(rng, True, 80)).save(folder / "b_fake.jpg", quality=90)
+    Image.fromarray(synthetic_face(rng, True, 64)).save(folder / "nested" / "c.webp")
+    Image.new("RGB", (64, 64)).save(folder / "d_black.png")
+    (folder / "e_corrupt.jpg").write_bytes(b"definitely not an image")
+    good = (folder / "a_real.png").read_bytes()
+    (folder / "f_truncated.png").write_bytes(good[: len(good) // 3])
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_collect_files_recurses_and_ignores_non_images(tmp_path: Path) -> None:
+    folder = image_folder(tmp_path)
+    files, ignored = collect_files([folder, folder / "a_real.png", tmp_path / "missing.png"])
+    names = [f.name for f in files]
+    assert names == ["a_real.png", "b_fake.jpg", "d_black.png", "e_corrupt.jpg", "f_truncated.png", "c.webp",
+                     "missing.png"]
+    assert ignored == 1
+
+
+def test_predict_folder_reports_corrupt_files_and_scores_the_rest(tmp_path: Path) -> None:
+    faces = FacesParams(size=32, detect_side=64, batch_size=4, device="cpu")
+    write_checkpoint(tmp_path / "model.pt", faces)
+    model, ckpt = load_model(tmp_path / "model.pt")
+    cropper = FaceCropper(faces, device=CPU, detector=CentreBoxDetector())
+    files, _ = collect_files([image_folder(tmp_path), tmp_path / "missing.png"])
+    preds = {Path(p.file).name: p for p in predict_files(files, model, ckpt, cropper, CPU, batch_size=3)}
+    assert {n: p.status for n, p in preds.items()} == {
+        "a_real.png": "ok", "b_fake.jpg": "ok", "c.webp": "ok", "d_black.png": "no_face",
+        "e_corrupt.jpg": "unreadable", "f_truncated.png": "unreadable", "missing.png": "unreadable"}
+    assert "not an image" in preds["e_corrupt.jpg"].reason
+    assert "corrupt or truncated" in preds["f_truncated.png"].reason
+    assert preds["missing.png"].reason == "no such file"
+    assert preds["d_black.png"].prob_fake is None and preds["d_black.png"].reason == "no face detected"
+    for name in ("a_real.png", "b_fake.jpg", "c.webp"):
+        p = preds[name]
+        assert 0.0 <= p.prob_fake <= 1.0 and p.predicted == ("fake" if p.prob_fake >= 0.5 else "real")
+        assert p.box is not None and p.face_prob == pytest.approx(0.99)
+    # the score is the calibrated probability of the crop the faces stage would have stored
+    crop = cropper.crop([Image.open(files[0]).convert("RGB")])[0].image
+    pixels = decode_face_image(crop, 32)[None]
+    logit = infer_logits(model, pixels, 1, CPU, tuple(ckpt.mean), tuple(ckpt.std))
+    assert preds["a_real.png"].prob_fake == pytest.approx(float(calibrated(logit, 1.5)[0]), abs=1e-5)
+
+
+def test_on_miss_center_scores_a_centred_crop(tmp_path: Path) -> None:
+    faces = FacesParams(size=32, detect_side=64, on_miss="center", device="cpu")
+    write_checkpoint(tmp_path / "model.pt", faces)
+    model, ckpt = load_model(tmp_path / "model.pt")
+    Image.new("RGB", (50, 40)).save(tmp_path / "black.png")
+    cropper = FaceCropper(faces, device=CPU, detector=CentreBoxDetector())
+    (pred,) = predict_files([tmp_path / "black.png"], model, ckpt, cropper, CPU)
+    assert pred.status == "no_face" and "centred crop" in pred.reason and pred.prob_fake is not None
+
+
+def test_faces_params_come_from_the_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trained = FacesParams(size=32, margin=0.6, min_prob=0.8)
+    write_checkpoint(tmp_path / "model.pt", trained)
+    _, ckpt = load_model(tmp_path / "model.pt")
+    params, origin = faces_params_for(ckpt, tmp_path / "no-params.yaml")
+    assert origin == "checkpoint" and params == trained
+
+
+def test_cli_with_the_real_detector(in_tmp_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_checkpoint(in_tmp_project / "results/classifier/model.pt", FacesParams(size=64, device="cpu"))
+    folder = in_tmp_project / "inbox"
+    folder.mkdir()
+    Image.fromarray(synthetic_face(np.random.default_rng(1), False, 160)).save(folder / "gradient.png")
+    (folder / "broken.jpg").write_bytes(b"garbage")
+    real_faces = sorted((SHARED_DATA / "hardfakevsreal" / "real").glob("*.jpg"))[:2]
+    code = predict.main([str(folder), *map(str, real_faces), "--out", "scores.csv", "--device", "cpu"])
+    assert code == 0
+    table = pd.read_csv(in_tmp_project / "scores.csv", keep_default_na=False)
+    status = dict(zip(table["file"].map(lambda f: Path(f).name), table["status"]))
+    assert status["broken.jpg"] == "unreadable" and status["gradient.png"] == "no_face"
+    for face in real_faces:  # photos of people (when ../shared/data is present): MTCNN finds the face
+        row = table[table["file"] == str(face)].iloc[0]
+        assert row["status"] == "ok" and 0 <= float(row["prob_fake"]) <= 1 and float(row["face_prob"]) >= 0.9
+        assert float(row["box_x2"]) > float(row["box_x1"])
+    out = capsys.readouterr().out
+    assert "unreadable" in out and "faces params from checkpoint" in out
+
+
+def test_cli_without_images_exits_2(in_tmp_project: Path) -> None:
+    (in_tmp_project / "empty").mkdir()
+    assert predict.main([str(in_tmp_project / "empty")]) == 2

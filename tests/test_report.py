@@ -1,0 +1,308 @@
+"""The report stage on synthetic MLflow history: iteration tables, diffs, deltas, self-contained HTML."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages.common.io import write_json
+from stages.common.params import ParamsError, ReportParams, parse_block
+from stages.common.report_data import (CLASSIFIER, RunInfo, build_iterations, pair_runs, params_diff,
+                                       resolve_metric, spread)
+from stages.common.tracking import stage_run
+from tests.conftest import PROJECT_ROOT
+from tests.helpers import set_params
+
+CHROMIUM = Path("/usr/bin/chromium")
+CLASSIFIER_BASE = {"arch": "cnn", "pretrained": "none", "lr": 0.001, "dropout": 0.2, "epochs": 3}
+# (exp name, note, classifier changes, split seed, test metrics, train-loss scale)
+CLASSIFIER_ITERATIONS = [
+    ("exp-a", "baseline cnn", {}, 0, {"roc_auc": 0.80, "f1": 0.70, "ece": 0.10, "accuracy": 0.75}, 1.0),
+    ("exp-b", "lower the learning rate", {"lr": 0.0003}, 0, {"roc_auc": 0.90, "f1": 0.80, "ece": 0.05,
+                                                            "accuracy": 0.85}, 0.8),
+    ("exp-c", "more dropout, other split seed", {"lr": 0.0003, "dropout": 0.5}, 1,
+     {"roc_auc": 0.85, "f1": 0.82, "ece": 0.08}, 0.9),
+]
+# as stages.fid logs them when the Inception weights are absent: no fid / kid, fd_mobilenet only
+GENERATOR_ITERATIONS = [
+    ("gen-a", "dcgan baseline", {"model": "dcgan", "epochs": 3}, {"generator.fd_mobilenet": 30.0}),
+    ("gen-b", "try wgan-gp", {"model": "wgan_gp", "epochs": 3}, {"generator.fd_mobilenet": 25.0}),
+]
+
+
+def _png(path: Path, seed: int, side: int = 24) -> Path:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _log_run(mp: pytest.MonkeyPatch, stage: str, block: str, params: dict[str, Any], note: str = "", exp: str = "",
+             metrics: dict[str, float] | None = None, history: dict[str, list[float]] | None = None,
+             artifacts: list[tuple[Path, str | None]] | None = None) -> str:
+    """One run through the real tracking helper (tags note / dvc_exp_name / stage, params <block>.<key>)."""
+    set_params(Path("params.yaml"), "tracking", note=note)
+    mp.setenv("DVC_EXP_NAME", exp)
+    with stage_run(stage=stage, block=block, params=params) as run:
+        for key, values in (history or {}).items():
+            for step, value in enumerate(values):
+                mlflow.log_metric(key, value, step=step)
+        if metrics:
+            mlflow.log_metrics(metrics)
+        for local, folder in artifacts or []:
+            mlflow.log_artifact(str(local), folder)
+    return run.info.run_id
+
+
+def _write_setup_files() -> None:
+    write_json(Path("data/splits/summary.json"), {
+        "protocol": "random", "seed": 0, "groups": {"train": 7, "val": 2, "test": 2}, "groups_crossing_splits": 0,
+        "total": {"train": 14, "val": 4, "test": 4},
+        "counts": {"train": {"real": {"real": 7}, "fake": {"sd": 4, "swap": 3}},
+                   "val": {"real": {"real": 2}, "fake": {"sd": 1, "swap": 1}},
+                   "test": {"real": {"real": 2}, "fake": {"sd": 1, "swap": 1}}}})
+    group = {"inputs": 10, "kept": 9, "dropped": 1, "drop_rate": 0.1, "detection_rate": 0.9}
+    write_json(Path("data/faces/metrics.json"), {"overall": {**group, "inputs": 30, "kept": 27, "dropped": 3},
+                                                 "label": {}, "generator": {"real": group, "sd": group, "swap": group}})
+
+
+def make_history(mp: pytest.MonkeyPatch, work: Path) -> dict[str, list[str]]:
+    """Upstream runs, 3 classifier iterations and 2 generator iterations, in time order."""
+    ids: dict[str, list[str]] = {"train": [], "eval": []}
+    _log_run(mp, "download", "data", {"source": "synthetic", "per_source": 20, "seed": 0})
+    _log_run(mp, "faces", "faces", {"size": 64, "margin": 0.25, "min_prob": 0.9, "on_miss": "center"})
+    for k, (exp, note, changes, split_seed, test, scale) in enumerate(CLASSIFIER_ITERATIONS):
+        _log_run(mp, "split", "split", {"protocol": "random", "seed": split_seed}, note, exp)
+        history = {"train_loss": [scale * v for v in (0.7, 0.5, 0.4)],
+                   "val_loss": [scale * v for v in (0.72, 0.6, 0.55)],
+                   "val_roc_auc": [0.6, 0.7, test["roc_auc"]], "lr": [1e-3, 5e-4, 1e-4]}
+        ids["train"].append(_log_run(mp, "train_classifier", "classifier", {**CLASSIFIER_BASE, **changes}, note, exp,
+                                     history=history))
+        fpr = np.linspace(0, 1, 21)
+        roc = work / f"roc{k}" / "roc.csv"
+        roc.parent.mkdir(parents=True)
+        roc.write_text("fpr,tpr\n" + "\n".join(f"{x:.3f},{x ** (1 / (2 + k)):.4f}" for x in fpr) + "\n")
+        arts = [(roc, "plots"), (_png(work / f"c{k}" / "confusion.png", k), "figures"),
+                (_png(work / f"m{k}" / "worst_misclassified.png", 10 + k), "figures"),
+                (_png(work / f"r{k}" / "roc.png", 20 + k), "figures")]
+        # as stages.evaluate logs them: test.<metric>
+        ids["eval"].append(_log_run(mp, "evaluate", "evaluate", {"ece_bins": 15}, note, exp,
+                                    metrics={f"test.{m}": v for m, v in test.items()}, artifacts=arts))
+    for k, (exp, note, gparams, scores) in enumerate(GENERATOR_ITERATIONS):
+        arts = [(_png(work / f"g{k}" / f"epoch_{e:03d}.png", 100 * k + e), "samples") for e in (1, 2, 3)]
+        _log_run(mp, "train_generator", "generator", gparams, note, exp, artifacts=arts,
+                 history={"g_loss": [2.0, 1.5, 1.2], "d_loss": [0.7, 0.6, 0.65], "lr_g": [2e-4] * 3,
+                          "fd_mobilenet": [60.0, 45.0, scores["generator.fd_mobilenet"]]})
+        _log_run(mp, "fid", "fid", {"n_samples": 500}, note, exp, metrics=scores)
+    return ids
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, list[str]]]]:
+    """A temp project (like ``in_tmp_project``) with synthetic history, after ``python -m stages.report``."""
+    from stages import report
+
+    root = tmp_path_factory.mktemp("report_project")
+    (root / "params.yaml").write_text((PROJECT_ROOT / "params.yaml").read_text())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        _write_setup_files()
+        ids = make_history(mp, root / "work")
+        mp.setenv("DVC_EXP_NAME", "")
+        report.main()
+        yield root, ids
+
+
+def _summary(root: Path) -> dict[str, Any]:
+    return json.loads((root / "results/report/iterations.json").read_text())
+
+
+def _table(html_text: str, caption_start: str) -> str:
+    match = re.search(r'<p class="caption">Table \d+\. ' + re.escape(caption_start) + r".*?</table>", html_text, re.S)
+    assert match, f"no table captioned {caption_start!r}"
+    return match.group(0)
+
+
+def test_classifier_iterations_pair_runs_and_diff_params(built: tuple[Path, dict[str, list[str]]]) -> None:
+    root, ids = built
+    clf = _summary(root)["tracks"]["classifier"]
+    rows = clf["iterations"]
+    assert [r["number"] for r in rows] == [1, 2, 3]
+    assert [r["train_run"] for r in rows] == ids["train"]
+    assert [r["eval_run"] for r in rows] == ids["eval"]
+    assert [r["note"] for r in rows] == [it[1] for it in CLASSIFIER_ITERATIONS]
+    assert [r["exp_name"] for r in rows] == ["exp-a", "exp-b", "exp-c"]
+    assert rows[0]["changes"] == []
+    assert rows[1]["changes"] == [{"key": "classifier.lr", "old": "0.001", "new": "0.0003"}]
+    # the track's own block first, then the upstream split parameter
+    assert rows[2]["changes"] == [{"key": "classifier.dropout", "old": "0.2", "new": "0.5"},
+                                  {"key": "split.seed", "old": "0", "new": "1"}]
+    assert clf["best"] == 2
+
+
+def test_deltas_respect_lower_is_better(built: tuple[Path, dict[str, list[str]]]) -> None:
+    root, _ = built
+    rows = _summary(root)["tracks"]["classifier"]["iterations"]
+    assert rows[0]["deltas"] == {"roc_auc": None, "f1": None, "ece": None, "accuracy": None}
+    assert rows[1]["deltas"]["roc_auc"] == pytest.approx(0.10)
+    assert rows[1]["better"] == {"roc_auc": True, "f1": True, "ece": True, "accuracy": True}  # ece went down
+    assert rows[2]["deltas"]["roc_auc"] == pytest.approx(-0.05)
+    assert rows[2]["deltas"]["ece"] == pytest.approx(0.03)
+    assert rows[2]["better"] == {"roc_auc": False, "f1": True, "ece": False, "accuracy": None}
+    assert rows[2]["metrics"]["accuracy"] is None
+    assert rows[2]["metric_keys"]["roc_auc"] == "test.roc_auc"
+    gen = _summary(root)["tracks"]["generator"]
+    assert (gen["best"], gen["primary"], gen["requested_primary"]) == (2, "fd_mobilenet", "fid")
+    assert gen["iterations"][1]["metrics"]["fid"] is None
+    assert gen["iterations"][1]["deltas"]["fd_mobilenet"] == pytest.approx(-5.0)
+    assert gen["iterations"][1]["better"]["fd_mobilenet"] is True
+    assert gen["iterations"][1]["changes"][0] == {"key": "generator.model", "old": "dcgan", "new": "wgan_gp"}
+    assert [r["final_grid_epoch"] for r in gen["iterations"]] == [3, 3]
+
+
+def test_html_table_shows_changes_notes_and_coloured_deltas(built: tuple[Path, dict[str, list[str]]]) -> None:
+    root, _ = built
+    page = (root / "results/report/index.html").read_text()
+    table = _table(page, "Classifier iterations")
+    body_rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table.split("<tbody>")[1], re.S)
+    assert len(body_rows) == 3
+    assert "first iteration (baseline)" in body_rows[0]
+    assert "<code>classifier.lr</code>: 0.001 → 0.0003" in body_rows[1]
+    assert "<code>classifier.dropout</code>: 0.2 → 0.5" in body_rows[2]
+    assert "<code>split.seed</code>: 0 → 1" in body_rows[2]
+    for row, (_, note, *_rest) in zip(body_rows, CLASSIFIER_ITERATIONS):
+        assert note in row
+    assert '<span class="good"> (+0.1)</span>' in body_rows[1]     # roc_auc up
+    assert '<span class="good"> (-0.05)</span>' in body_rows[1]    # ece down: better
+    assert '<span class="bad"> (-0.05)</span>' in body_rows[2]     # roc_auc down
+    assert '<span class="bad"> (+0.03)</span>' in body_rows[2]     # ece up: worse
+    assert '<span class="muted">—</span>' in body_rows[2]          # accuracy missing
+    assert "★ best" in body_rows[1] and "★ best" not in body_rows[0] + body_rows[2]
+
+
+def test_html_is_self_contained_with_embedded_images(built: tuple[Path, dict[str, list[str]]]) -> None:
+    root, _ = built
+    page = (root / "results/report/index.html").read_text()
+    assert "<script" not in page.lower() and "<link" not in page.lower()
+    assert "http://" not in page and "https://" not in page
+    refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", page)
+    assert refs and all(r.startswith("data:image/png;base64,") or r.startswith("#") for r in refs)
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    # classifier: metrics, curves, ROC, confusion, misclassified; generator: metrics, curves, epochs, finals
+    assert len(images) == 9
+    for b64 in images:
+        with Image.open(io.BytesIO(base64.b64decode(b64))) as img:
+            assert img.format == "PNG" and img.width > 0
+    assert "Not shown" not in _table(page, "Classifier iterations")
+    assert "url(" not in page
+
+
+def test_markdown_and_figure_files_written(built: tuple[Path, dict[str, list[str]]]) -> None:
+    root, _ = built
+    out = root / "results/report"
+    md = (out / "report.md").read_text()
+    figures = re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", md)
+    assert len(figures) == 9
+    assert all((out / f).is_file() for f in figures)
+    table_rows = [line for line in md.splitlines() if line.startswith("| **#")]
+    assert len(table_rows) == 3 + 2  # classifier + generator iterations
+    assert "`classifier.lr`: 0.001 → 0.0003" in md
+    assert "0.9 (+0.1) ✓" in md and "0.08 (+0.03) ✗" in md
+    # setup section from the manifests and the upstream runs
+    assert "| real | `real` | 7 | 2 | 2 | 11 |" in md
+    assert "| `sd` | 10 | 9 | 1 | 10.0 % | 90.0 % |" in md
+    assert "source `synthetic`" in md
+    assert re.search(r"\| `train_classifier` \| 3 \|", md)
+
+
+def test_report_without_runs_says_so(in_tmp_project: Path) -> None:
+    from stages import report
+
+    set_params(in_tmp_project / "params.yaml", "report", dvc_exp_show=False)
+    report.main()
+    md = (in_tmp_project / "results/report/report.md").read_text()
+    assert "No finished MLflow runs were found" in md
+    assert "No classifier iterations are recorded yet" in md
+    assert (in_tmp_project / "results/report/index.html").read_text().count("<table>") == 1  # hardware only
+    assert _summary(in_tmp_project)["tracks"]["classifier"]["iterations"] == []
+
+
+def _run(stage: str, start: float, exp: str = "") -> RunInfo:
+    return RunInfo(f"{stage}-{start}", stage, "FINISHED", start, start + 1, {}, {}, {"dvc_exp_name": exp})
+
+
+def test_pairing_by_experiment_name_then_time() -> None:
+    # two queued experiments interleaved: pairing follows dvc_exp_name, not time
+    t1, t2 = _run("train", 0, "a"), _run("train", 1, "b")
+    e2, e1 = _run("eval", 2, "b"), _run("eval", 3, "a")
+    assert pair_runs([t1, t2], [e2, e1]) == [(t1, e1), (t2, e2)]
+    # plain `dvc repro`: the next evaluation before the next training run; a later lone one stands alone
+    t1, t2 = _run("train", 0), _run("train", 2)
+    e1, e2, e_rerun = _run("eval", 1), _run("eval", 3), _run("eval", 4)
+    assert pair_runs([t1, t2], [e1, e2, e_rerun]) == [(t1, e1), (t2, e2), (None, e_rerun)]
+    # a training run whose evaluation failed keeps its row
+    assert pair_runs([t1, t2], [e2]) == [(t1, None), (t2, e2)]
+
+
+def test_evaluation_rerun_is_its_own_iteration_reusing_the_training() -> None:
+    train = RunInfo("t1", "train_classifier", "FINISHED", 0, 1, {"classifier.lr": "0.001"}, {}, {"note": "base"})
+    ev1 = RunInfo("e1", "evaluate", "FINISHED", 2, 3, {"evaluate.ece_bins": "15"}, {"test_ece": 0.10}, {})
+    ev2 = RunInfo("e2", "evaluate", "FINISHED", 4, 5, {"evaluate.ece_bins": "10"}, {"test_ece": 0.12},
+                  {"note": "coarser ECE bins"})
+    its = build_iterations(CLASSIFIER, [train, ev1, ev2], ["ece", "roc_auc"], frozenset({"ece"}))
+    assert [(it.train.run_id, it.eval.run_id, it.reused_train_of) for it in its] == [("t1", "e1", None),
+                                                                                      ("t1", "e2", 1)]
+    assert its[1].note == "coarser ECE bins" and its[0].note == "base"
+    assert [(c.key, c.old, c.new) for c in its[1].changes] == [("evaluate.ece_bins", "15", "10")]
+    assert its[1].metric_keys["ece"] == "test_ece" and its[1].better["ece"] is False
+    assert its[1].metrics["roc_auc"] is None and its[1].deltas["roc_auc"] is None
+
+
+def test_metric_lookup_and_helpers() -> None:
+    assert resolve_metric({"test_roc_auc": 0.9, "val_roc_auc": 0.8}, "roc_auc") == "test_roc_auc"
+    assert resolve_metric({"roc_auc": 0.9, "test_roc_auc": 0.8}, "roc_auc") == "roc_auc"
+    assert resolve_metric({"kid_mean": 0.1, "kid_std": 0.01}, "kid") == "kid_mean"
+    assert resolve_metric({"val_roc_auc": 0.8}, "roc_auc") is None
+    changes = params_diff({"split.seed": "0", "classifier.lr": "1"}, {"split.seed": "1", "classifier.lr": "2",
+                                                                       "classifier.new": "x"}, ["classifier"])
+    assert [c.key for c in changes] == ["classifier.lr", "classifier.new", "split.seed"]
+    assert changes[1].old is None
+    assert spread(list(range(10)), 4) == [0, 3, 6, 9]
+    assert spread([1, 2], 6) == [1, 2]
+    with pytest.raises(ParamsError, match="report.classifier_primary.*one of report.classifier_metrics"):
+        parse_block("report", ReportParams, {"classifier_primary": "eer"})
+
+
+def test_chromium_renders_the_report(built: tuple[Path, dict[str, list[str]]], tmp_path: Path) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is absent (apt-get install chromium): headless rendering check skipped")
+    root, _ = built
+    page = (root / "results/report/index.html").resolve()
+    shot = tmp_path / "shot.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    subprocess.run([str(CHROMIUM), *flags, f"--screenshot={shot}", "--window-size=1280,2000", page.as_uri()],
+                   capture_output=True, timeout=180, check=False)
+    assert shot.exists(), "chromium wrote no screenshot"
+    with Image.open(shot) as img:
+        pixels = np.asarray(img.convert("L"), dtype=np.float64)
+    assert pixels.shape == (2000, 1280)
+    assert pixels.std() > 10, "the screenshot is blank"
+    dom = subprocess.run([str(CHROMIUM), *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=180, check=False).stdout
+    assert "Classifier iterations" in dom and "lower the learning rate" in dom
+    assert dom.count('src="data:image/png;base64,') == 9
+    shutil.rmtree(tmp_path / "profile", ignore_errors=True)
