@@ -41,8 +41,11 @@ test: setup  ## the whole suite (slow tests included; they skip when ../shared/d
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
-bench: setup
+bench: setup  ## benchmarks on ../shared/data; they print their figures (README "Performance")
 	$(BIN)/python -m bench.faces
+	$(BIN)/python -m bench.train
+	$(BIN)/python -m bench.quality
+	$(BIN)/python -m bench.generator
 
 ui: setup  ## MLflow UI on this project's runs: http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000 --workers 1

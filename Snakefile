@@ -64,6 +64,7 @@ rule faces:
     output:
         directory("data/faces/images"),
         "data/faces/manifest.csv",
+        "data/faces/params.json",
         "data/faces/metrics.json",
     params:
         faces=config["faces"],
@@ -118,7 +119,7 @@ rule train_classifier:
         "data/splits/train.csv",
         "data/splits/val.csv",
         "data/faces/images",
-        "data/faces/metrics.json",
+        "data/faces/params.json",
     output:
         "results/classifier/model.pt",
         "results/classifier/history.png",

@@ -1,4 +1,4 @@
-"""Stage faces: MTCNN face crops of every usable raw image → data/faces/{images/,manifest.csv,metrics.json}.
+"""Stage faces: MTCNN face crops of every usable raw image → data/faces/{images/,manifest.csv,metrics.json,params.json}.
 
 Reads only params.yaml block ``faces``. Per-image work is cached under
 <main checkout>/data/cache/faces/<hash of result params + detector version>/, so a killed run
@@ -15,7 +15,7 @@ import mlflow
 from stages.common.device import pick_device, set_threads
 from stages.common.faces import FaceCache, FaceCropper, cache_key, face_metrics, flat_metrics, run_faces
 from stages.common.io import atomic_output_dir, link_or_copy, read_csv, write_csv, write_json
-from stages.common.params import FacesParams, load_block
+from stages.common.params import FacesParams, as_dict, load_block
 from stages.common.tracking import main_worktree, stage_run
 
 RAW_MANIFEST = Path("data/raw/manifest.csv")
@@ -43,6 +43,7 @@ def main() -> None:
                 link_or_copy(cached, tmp / Path(out_path).relative_to(OUT_DIR))
             write_csv(tmp / "manifest.csv", faces)
             write_json(tmp / "metrics.json", metrics)
+            write_json(tmp / "params.json", as_dict(params))  # how these crops were made, for predict
 
         mlflow.log_metrics(flat_metrics(metrics))
         mlflow.log_metrics({"faces.run.computed": counts.computed, "faces.run.reused": counts.reused,

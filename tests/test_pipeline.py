@@ -28,13 +28,15 @@ def project_copy(dest: Path) -> Path:
     return dest
 
 
-def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = os.environ | {
+def run(cmd: list[str], cwd: Path, tracking_env: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with the venv on PATH; MLflow goes to <cwd>/mlflow.db, by env var unless told not."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DVC_NO_ANALYTICS": "1",
     }
+    if tracking_env:
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{cwd / 'mlflow.db'}"
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc

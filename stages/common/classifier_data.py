@@ -153,13 +153,13 @@ def gather(images: np.ndarray, idx: np.ndarray) -> torch.Tensor:
 
 
 def to_unit(batch: torch.Tensor) -> torch.Tensor:
-    return batch.float().div_(255.0)
+    return batch.to(torch.float32).mul_(1.0 / 255.0)
 
 
 def normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - m) / s
+    scale = 1.0 / torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    shift = -torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) * scale
+    return torch.addcmul(shift, x, scale)  # (x - mean) / std in one pass
 
 
 # ---- corruptions (shared by the augmentations and the robustness evaluation) ----
@@ -269,8 +269,10 @@ class Augmenter:
             if len(chosen):
                 x[chosen] = gaussian_blur(x[chosen], self._uniform(len(chosen), 0.1, cfg.blur_sigma))
         if cfg.noise_prob > 0 and cfg.noise_std > 0:
-            stds = self._uniform(n, 0.0, cfg.noise_std) * self._mask(n, cfg.noise_prob)
-            x = add_noise(x, stds, self.g)
+            chosen = self._mask(n, cfg.noise_prob).nonzero().flatten()
+            if len(chosen):
+                stds = self._uniform(len(chosen), 0.0, cfg.noise_std)
+                x[chosen.to(self.device)] = add_noise(x[chosen.to(self.device)], stds, self.g)
         return x.clamp_(0.0, 1.0)
 
     def _geometry(self, x: torch.Tensor) -> torch.Tensor:
@@ -298,17 +300,19 @@ class Augmenter:
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
     def _colour(self, x: torch.Tensor) -> torch.Tensor:
+        """Brightness b, contrast c (around the mean grey level), saturation s (around each pixel's grey),
+        fused into one per-image affine map of the pixel and its grey value:
+        out = s*b*c * x + (1-s)*b*c * grey(x) + b*(1-c) * mean_grey(x)."""
         j, n = self.cfg.color_jitter, x.shape[0]
         shape = (n, 1, 1, 1)
-        bright = self._uniform(n, 1 - j, 1 + j).to(x.device).view(shape)
-        contrast = self._uniform(n, 1 - j, 1 + j).to(x.device).view(shape)
-        saturation = self._uniform(n, 1 - j, 1 + j).to(x.device).view(shape)
-        x = x * bright
-        grey_w = torch.tensor(GREY_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        mean = (x * grey_w).sum(1, keepdim=True).mean((2, 3), keepdim=True)
-        x = (x - mean) * contrast + mean
-        grey = (x * grey_w).sum(1, keepdim=True)
-        return ((x - grey) * saturation + grey).clamp_(0.0, 1.0)
+        b = self._uniform(n, 1 - j, 1 + j).to(x.device).view(shape)
+        c = self._uniform(n, 1 - j, 1 + j).to(x.device).view(shape)
+        s = self._uniform(n, 1 - j, 1 + j).to(x.device).view(shape)
+        grey_w = torch.tensor(GREY_WEIGHTS, device=x.device, dtype=x.dtype)
+        grey = torch.einsum("bchw,c->bhw", x, grey_w).unsqueeze(1)
+        offset = b * (1 - c) * grey.mean((2, 3), keepdim=True)
+        base = torch.addcmul(offset, grey, (1 - s) * b * c)  # (n, 1, h, w), shared by the 3 channels
+        return torch.addcmul(base, x, s * b * c).clamp_(0.0, 1.0)
 
 
 def fake_generators(generators: np.ndarray) -> list[str]:

@@ -64,7 +64,7 @@ class FacesParams:
     margin: float = bounded(0.25, 0.0, 2.0)
     min_prob: float = bounded(0.90, 0.0, 1.0)
     on_miss: str = choice("drop", "center", default="drop")
-    detect_side: int = bounded(320, 64, 4096)
+    detect_side: int = bounded(256, 64, 4096)
     batch_size: int = bounded(16, 1, 1024)
     encoding: str = choice("png", "jpeg", default="png")
     jpeg_quality: int = bounded(95, 1, 100)
