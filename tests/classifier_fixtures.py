@@ -6,32 +6,16 @@ high-frequency trace) and a colour cast, so a small network learns them in a cou
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
-import torch
 from PIL import Image
 
 from stages.common.io import write_csv, write_json
 from stages.common.schema import SPLIT_COLUMNS
 
 GENERATORS = ("gan_a", "gan_b")
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Run each test with one torch thread and restore the count after it (the stages set it too).
-
-    Tiny 32px batches gain nothing from several intra-op threads, and one thread is not slowed down
-    by other processes competing for the cores.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def synthetic_face(rng: np.random.Generator, fake: bool, size: int) -> np.ndarray:

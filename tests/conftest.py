@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,14 +24,40 @@ def shared_set(name: str) -> Path:
 
 
 @pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for the test, restored after it (the stages set the count too).
+
+    Tiny batches gain nothing from several intra-op threads, and one thread is not slowed down by
+    other processes competing for the cores.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def project_root() -> Path:
     return PROJECT_ROOT
 
 
+@pytest.fixture(scope="session")
+def mlflow_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, fully migrated MLflow sqlite DB (creating one takes seconds; copying it does not)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    SqlAlchemyStore(f"sqlite:///{path}", str(path.parent / "mlruns"))
+    return path
+
+
 @pytest.fixture
-def in_tmp_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def in_tmp_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_db_template: Path) -> Path:
     """cwd = an empty folder with the project's params.yaml; MLflow goes to a DB inside it."""
     (tmp_path / "params.yaml").write_text((PROJECT_ROOT / "params.yaml").read_text())
+    shutil.copyfile(mlflow_db_template, tmp_path / "mlflow.db")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     return tmp_path

@@ -23,10 +23,11 @@ from stages.common.classifier_train import LoopConfig, class_weights, infer_logi
 from stages.common.metrics import calibrated, choose_threshold, fit_temperature, negative_log_likelihood
 from stages.common.params import ClassifierParams, ParamsError, parse_block
 from stages.common.pretrained import MissingPretrainedWeights, find_weights
-from tests.classifier_fixtures import one_thread  # noqa: F401  (autouse: one torch thread per test)
 from tests.classifier_fixtures import make_splits, synthetic_face, tiny_classifier_params
 from tests.conftest import PROJECT_ROOT, shared_set
 from tests.helpers import set_params
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CPU = torch.device("cpu")
 

@@ -432,9 +432,10 @@ def test_offline_stage_exits_before_touching_outputs(in_tmp_project: Path, monke
 
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # closed port: refused
     set_params(in_tmp_project / "params.yaml", "data", source="hf", per_source=5)
+    db_before = Path("mlflow.db").read_bytes()
     with pytest.raises(source_hf.SourceUnavailableError, match="data.source: synthetic"):
         download.main()
-    assert not Path("data").exists() and not Path("mlflow.db").exists()
+    assert not Path("data").exists() and Path("mlflow.db").read_bytes() == db_before  # no MLflow run either
 
 
 def test_is_connection_error_recognises_wrapped_errors() -> None:

@@ -17,9 +17,10 @@ from stages.common.classifier_eval import raw_metadata, robustness_transforms, s
 from stages.common.metrics import (binary_metrics, choose_threshold, equal_error_rate, expected_calibration_error,
                                    per_generator_metrics, reliability_table)
 from stages.common.params import EvaluateParams
-from tests.classifier_fixtures import one_thread  # noqa: F401  (autouse: one torch thread per test)
 from tests.classifier_fixtures import make_splits, tiny_classifier_params
 from tests.helpers import set_params
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 Y = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0])
 P = np.array([0.05, 0.2, 0.35, 0.6, 0.1, 0.4, 0.7, 0.8, 0.95, 0.55, 0.3, 0.45])

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from unittest import mock
 
@@ -16,7 +15,10 @@ from stages.common import fidelity as fd
 from stages.common import gan_training as gt
 from stages.common.params import GeneratorParams, parse_block
 from tests.helpers import set_params
-from tests.test_generator import make_splits, mlflow_db_template, synthetic_images  # noqa: F401  (fixture)
+from tests.test_generator import make_splits, synthetic_images
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)
@@ -26,10 +28,6 @@ def no_downloads(monkeypatch: pytest.MonkeyPatch):
         raise AssertionError(f"a test tried to download {args[:1]}")
 
     monkeypatch.setattr(inception_module, "load_state_dict_from_url", refuse)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -146,12 +144,11 @@ def _write_checkpoint(root: Path) -> None:
     gt.save_torch(root / "results/generator/model.pt", gt.model_payload(trainer, p, "hash", 3))
 
 
-def test_fid_stage_report_with_and_without_inception(in_tmp_project: Path, mlflow_db_template: Path,  # noqa: F811
+def test_fid_stage_report_with_and_without_inception(in_tmp_project: Path,
                                                      random_inception: Path, capsys: pytest.CaptureFixture) -> None:
     mobilenet_or_skip()
     from stages import fid
 
-    shutil.copyfile(mlflow_db_template, in_tmp_project / "mlflow.db")
     make_splits(in_tmp_project, {"test": 6}, {"test": {"gen_a": 4, "gen_b": 4}})
     _write_checkpoint(in_tmp_project)
     set_params(in_tmp_project / "params.yaml", "fid", n_samples=6, batch_size=8, kid_subsets=5,

@@ -23,29 +23,11 @@ SIZE = 32
 TINY = dict(size=SIZE, latent_dim=8, g_width=8, d_width=8, batch_size=8, grid_size=2, device="cpu", threads=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The nets here are tiny: thread hand-offs would cost more than they save (and the CI box is shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def mlflow_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty, fully migrated MLflow sqlite DB (creating one takes seconds; copying it does not)."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    SqlAlchemyStore(f"sqlite:///{path}", str(path.parent / "mlruns"))
-    return path
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
-def project(in_tmp_project: Path, mlflow_db_template: Path) -> Path:
-    """in_tmp_project with its MLflow DB pre-created from the template."""
-    shutil.copyfile(mlflow_db_template, in_tmp_project / "mlflow.db")
+def project(in_tmp_project: Path) -> Path:
     return in_tmp_project
 
 

@@ -18,9 +18,10 @@ from stages.common.classifier_train import infer_logits
 from stages.common.faces import FaceCropper
 from stages.common.metrics import calibrated
 from stages.common.params import FacesParams, as_dict
-from tests.classifier_fixtures import one_thread  # noqa: F401  (autouse: one torch thread per test)
 from tests.classifier_fixtures import synthetic_face
 from tests.conftest import SHARED_DATA
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CPU = torch.device("cpu")
 

@@ -238,7 +238,7 @@ def resolve_inception_weights(configured: str, hub_dir: Path | None = None) -> W
         f"Inception weights for FID/KID are not on this machine (looked for {where}); nothing is downloaded.\n"
         f"  Download {URL_INCEPTION_V3}\n"
         f"  and put it at {target}"
-        + ("" if configured else f"\n  (or anywhere, and set fid.inception_weights to that path)")
+        + ("" if configured else "\n  (or anywhere, and set fid.inception_weights to that path)")
         + "\n  fd_mobilenet (offline proxy, not FID) is computed anyway.")
     return WeightsStatus(None, "", "", False, f"inception weights missing: {target}", instructions)
 

@@ -91,12 +91,13 @@ def sha1_bytes(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
-def sha1_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha1()
+def file_digest(path: Path, algorithm: str = "sha1") -> str:
     with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
+
+
+def sha1_file(path: Path) -> str:
+    return file_digest(path, "sha1")
 
 
 def stable_hash(obj: Any, n: int = 12) -> str:

@@ -11,10 +11,11 @@ only when its sha256 starts with that prefix.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
+
+from stages.common.io import file_digest
 
 # The weight file torchvision publishes for each backbone (IMAGENET1K_V1 for mobilenet_v2: the one
 # the offline pip package ships; torchvision's DEFAULT for the others).
@@ -49,12 +50,8 @@ def expected_prefix(filename: str) -> str:
     return Path(filename).stem.rsplit("-", 1)[-1]
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: Path) -> str:
+    return file_digest(path, "sha256")
 
 
 def package_weight_file(package: str, filename: str) -> Path | None:
