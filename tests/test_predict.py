@@ -12,7 +12,7 @@ from PIL import Image
 from models.classifier import ArchSpec, build_classifier
 from stages import predict
 from stages.common.checkpoint import ClassifierCheckpoint, load_model, save_checkpoint
-from stages.common.classifier_data import decode_face_image
+from stages.common.images import square_pixels
 from stages.common.classifier_predict import collect_files, faces_params_for, predict_files
 from stages.common.classifier_train import infer_logits
 from stages.common.faces import FaceCropper
@@ -96,7 +96,7 @@ def test_predict_folder_reports_corrupt_files_and_scores_the_rest(tmp_path: Path
         assert p.box is not None and p.face_prob == pytest.approx(0.99)
     # the score is the calibrated probability of the crop the faces stage would have stored
     crop = cropper.crop([Image.open(files[0]).convert("RGB")])[0].image
-    pixels = decode_face_image(crop, 32)[None]
+    pixels = square_pixels(crop, 32)[None]
     logit = infer_logits(model, pixels, 1, CPU, tuple(ckpt.mean), tuple(ckpt.std))
     assert preds["a_real.png"].prob_fake == pytest.approx(float(calibrated(logit, 1.5)[0]), abs=1e-5)
 

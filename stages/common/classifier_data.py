@@ -21,10 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
-from stages.common.images import ImageDecodeError, decode_rgb
+from stages.common.images import ImageDecodeError, decode_rgb, square_pixels
 from stages.common.io import read_csv, stable_hash
 from stages.common.params import ClassifierParams
 
@@ -81,14 +80,7 @@ def decode_face(path: Path, size: int) -> np.ndarray:
         image = decode_rgb(path).image
     except ImageDecodeError as e:
         raise ClassifierDataError(f"{path}: {e}") from None
-    return decode_face_image(image, size)
-
-
-def decode_face_image(image: Image.Image, size: int) -> np.ndarray:
-    """(3, size, size) uint8 pixels of an RGB crop (the one resize path of training and predict)."""
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+    return square_pixels(image, size)
 
 
 def build_cache(target: Path, image_paths: list[Path], size: int, workers: int | None = None) -> None:

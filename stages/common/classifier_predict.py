@@ -24,10 +24,9 @@ from tqdm import tqdm
 
 from models.classifier import DeepfakeClassifier
 from stages.common.checkpoint import ClassifierCheckpoint
-from stages.common.classifier_data import decode_face_image
 from stages.common.classifier_train import infer_logits
 from stages.common.faces import FaceCropper
-from stages.common.images import ImageDecodeError, decode_rgb
+from stages.common.images import ImageDecodeError, decode_rgb, square_pixels
 from stages.common.metrics import calibrated
 from stages.common.params import FacesParams, load_block, parse_block
 
@@ -117,7 +116,7 @@ def predict_files(files: list[Path], model: DeepfakeClassifier, ckpt: Classifier
                 preds[i].reason = res.reason
             if res.image is not None:
                 stored = decode_rgb(cropper.encode(res.image)).image  # as the faces stage stored it
-                pixels.append(decode_face_image(stored, ckpt.image_size))
+                pixels.append(square_pixels(stored, ckpt.image_size))
                 scored.append(i)
         if pixels:
             logits = infer_logits(model, np.stack(pixels), batch_size, device, tuple(ckpt.mean), tuple(ckpt.std),

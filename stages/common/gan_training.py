@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from models.generator import (VAE, ConvDiscriminator, ConvGenerator, GeneratorArch, build_generator,
                               discriminator_norm, kl_divergence, reconstruction_loss)
-from stages.common.images import ImageDecodeError, decode_rgb
+from stages.common.images import ImageDecodeError, decode_rgb, square_pixels
 from stages.common.io import atomic_write_bytes, stable_hash
 from stages.common.params import GeneratorParams
 
@@ -53,9 +53,7 @@ def load_image_cache(paths: Sequence[Path], size: int, desc: str = "loading imag
             image = decode_rgb(Path(path)).image
         except ImageDecodeError as e:
             raise ImageDecodeError(f"{path}: {e}") from None
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
-        out[i] = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)
+        out[i] = torch.from_numpy(square_pixels(image, size))
     return out
 
 

@@ -5,6 +5,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 Image.MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs with a clear error
@@ -68,3 +69,15 @@ def encode(image: Image.Image, encoding: str, jpeg_quality: int = 95) -> bytes:
 
 def extension(encoding: str) -> str:
     return {"png": ".png", "jpeg": ".jpg"}[encoding]
+
+
+def square_pixels(image: Image.Image, size: int) -> np.ndarray:
+    """(3, size, size) uint8 pixels of an RGB crop, resized (bicubic) only when its side differs.
+
+    The one resize path from stored face crops to network input, for training, evaluation,
+    prediction and the generators.
+    """
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+
