@@ -21,12 +21,12 @@ from stages.common.classifier_eval import robustness_transforms, shortcut_audit,
 from stages.common.classifier_train import infer_logits
 from stages.common.device import pick_device, set_threads
 from stages.common.io import atomic_output_dir, read_csv, write_csv, write_json
-from stages.common.metrics import (binary_metrics, calibrated, flatten_numeric, per_generator_metrics, pr_points,
+from stages.common.metrics import (binary_metrics, calibrated, per_generator_metrics, pr_points,
                                    reliability_table, roc_points)
 from stages.common.params import EvaluateParams, load_block
 from stages.common.plots import (bar_figure, confusion_figure, image_grid, pr_figure, reliability_figure,
                                  roc_figure, save_figure)
-from stages.common.tracking import stage_run
+from stages.common.tracking import flatten_numeric, stage_run
 
 CHECKPOINT = Path("results/classifier/model.pt")
 SPLITS_DIR = Path("data/splits")

@@ -13,10 +13,10 @@ from pathlib import Path
 import mlflow
 
 from stages.common.device import pick_device, set_threads
-from stages.common.faces import FaceCache, FaceCropper, cache_key, face_metrics, flat_metrics, run_faces
+from stages.common.faces import FaceCache, FaceCropper, cache_key, face_metrics, run_faces
 from stages.common.io import atomic_output_dir, link_or_copy, read_csv, write_csv, write_json
 from stages.common.params import FacesParams, as_dict, load_block
-from stages.common.tracking import main_worktree, stage_run
+from stages.common.tracking import flatten_numeric, main_worktree, stage_run
 
 RAW_MANIFEST = Path("data/raw/manifest.csv")
 OUT_DIR = Path("data/faces")
@@ -45,7 +45,7 @@ def main() -> None:
             write_json(tmp / "metrics.json", metrics)
             write_json(tmp / "params.json", as_dict(params))  # how these crops were made, for predict
 
-        mlflow.log_metrics(flat_metrics(metrics))
+        mlflow.log_metrics(flatten_numeric(metrics, "faces"))
         mlflow.log_metrics({"faces.run.computed": counts.computed, "faces.run.reused": counts.reused,
                             "faces.run.seconds": seconds,
                             "faces.run.images_per_s": counts.computed / seconds if seconds else 0.0})

@@ -18,7 +18,6 @@ import hashlib
 import importlib.metadata
 import importlib.resources
 import json
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -452,19 +451,3 @@ def face_metrics(raw: pd.DataFrame, faces: pd.DataFrame) -> dict[str, Any]:
 
     return {"overall": group_metrics(faces, len(skipped)), "label": by("label"),
             "generator": by("generator")}
-
-
-def flat_metrics(metrics: dict[str, Any], prefix: str = "faces") -> dict[str, float]:
-    """``{"faces.label.real.drop_rate": 0.1, ...}`` for MLflow (None values left out)."""
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}.{_metric_name(str(key))}" if prefix else _metric_name(str(key))
-        if isinstance(value, dict):
-            out.update(flat_metrics(value, name))
-        elif isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
-            out[name] = float(value)
-    return out
-
-
-def _metric_name(part: str) -> str:
-    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in part) or "_"

@@ -169,16 +169,3 @@ def pr_points(y: np.ndarray, p: np.ndarray) -> pd.DataFrame:
         return pd.DataFrame(columns=["recall", "precision", "threshold"], dtype=float)
     precision, recall, thr = skm.precision_recall_curve(y, p)
     return pd.DataFrame({"recall": recall, "precision": precision, "threshold": np.append(thr, 1.0)})
-
-
-def flatten_numeric(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1.0}`` keeping finite numbers only (for mlflow.log_metrics)."""
-    out: dict[str, float] = {}
-    for key, value in tree.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        name = "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
-        if isinstance(value, dict):
-            out.update(flatten_numeric(value, name))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
-            out[name] = float(value)
-    return out

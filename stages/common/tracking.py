@@ -8,6 +8,7 @@ in the same DB.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import subprocess
 from collections.abc import Iterator
@@ -62,6 +63,19 @@ def flat_params(params: Any, prefix: str) -> dict[str, Any]:
             out.update(flat_params(value, f"{prefix}.{key}"))
         else:
             out[f"{prefix}.{key}"] = value
+    return out
+
+
+def flatten_numeric(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1.0}`` keeping finite numbers only (for mlflow.log_metrics)."""
+    out: dict[str, float] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        name = "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
+        if isinstance(value, dict):
+            out.update(flatten_numeric(value, name))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[name] = float(value)
     return out
 
 
