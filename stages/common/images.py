@@ -79,5 +79,5 @@ def square_pixels(image: Image.Image, size: int) -> np.ndarray:
     """
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1))
 
