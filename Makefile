@@ -48,6 +48,7 @@ bench: setup  ## benchmarks on ../shared/data; they print their figures (README 
 	$(BIN)/python -m bench.train
 	$(BIN)/python -m bench.quality
 	$(BIN)/python -m bench.generator
+	$(BIN)/python -m bench.distributed
 
 ui: setup  ## MLflow UI on this project's runs: http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000 --workers 1

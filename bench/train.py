@@ -134,7 +134,7 @@ def loader_only_cache(images: np.ndarray, aug: AugmentConfig, batch_size: int, d
     augment = Augmenter(aug, torch.Generator().manual_seed(0), device)
     augment(gather(images, np.arange(min(len(images), batch_size))))  # warm up (lazy imports, allocator)
     t0, seen = time.perf_counter(), 0
-    for idx in batch_indices(len(images), batch_size, torch.Generator().manual_seed(1), drop_singleton=True):
+    for idx in batch_indices(len(images), batch_size, torch.Generator().manual_seed(1), min_size=2):
         x = prepare_input(augment(gather(images, idx)), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), device)
         seen += len(x)
     return seen / (time.perf_counter() - t0)

@@ -3,13 +3,15 @@
 Reads params block ``classifier``; records the faces params that made the crops (data/faces/params.json,
 written by the faces stage) in the checkpoint, so predict crops the same way. Writes
 results/classifier/{model.pt, history.csv, history.png, metrics.json}. The temperature and the
-decision threshold are fitted on the validation split only.
+decision threshold are fitted on the validation split only. With ``classifier.processes`` > 1 (or under
+torchrun) it trains data-parallel; rank 0 alone writes the outputs and the MLflow run.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import mlflow
@@ -21,7 +23,7 @@ from models.classifier import ArchSpec, build_classifier
 from stages.common.checkpoint import ClassifierCheckpoint, save_checkpoint
 from stages.common.classifier_data import load_split
 from stages.common.classifier_train import EpochRecord, LoopConfig, train_loop
-from stages.common.device import pick_device, set_threads
+from stages.common.distributed import World, relaunch_under_torchrun, training_world
 from stages.common.io import write_csv, write_json
 from stages.common.metrics import binary_metrics, calibrated, choose_threshold, fit_temperature
 from stages.common.params import ClassifierParams, FacesParams, as_dict, load_block, parse_block
@@ -51,22 +53,33 @@ def crop_params() -> FacesParams:
 
 def main() -> None:
     p = load_block("classifier", ClassifierParams)
+    exit_code = relaunch_under_torchrun("stages.train_classifier", p.processes)
+    if exit_code is not None:
+        raise SystemExit(exit_code)
     faces = crop_params()
+    with training_world(p.device, p.threads) as (world, device, threads):
+        train_and_save(p, faces, world, device, threads)
+
+
+def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device: torch.device, threads: int) -> None:
     torch.manual_seed(p.seed)
-    set_threads(p.threads)
-    device = pick_device(p.device)
     # Fail before any work when ImageNet weights are asked for but absent (never train from scratch instead).
     weights = find_weights(p.arch) if p.pretrained == "imagenet" else None
-    train = load_split(SPLITS_DIR / "train.csv", p.image_size)
-    val = load_split(SPLITS_DIR / "val.csv", p.image_size)
+    with world.main_first():  # rank 0 builds the image caches, the other ranks then memory-map them
+        train = load_split(SPLITS_DIR / "train.csv", p.image_size, progress=world.is_main)
+        val = load_split(SPLITS_DIR / "val.csv", p.image_size, progress=world.is_main)
     spec = spec_of(p)
     model = build_classifier(spec, weights.path if weights else None)
     mean, std = spec.normalisation
     history: list[dict] = []
+    run = (stage_run(stage="train_classifier", block="classifier", params=p, manifest=SPLITS_DIR / "train.csv")
+           if world.is_main else nullcontext())  # one MLflow run, opened by rank 0
 
-    with stage_run(stage="train_classifier", block="classifier", params=p, manifest=SPLITS_DIR / "train.csv"):
-        mlflow.set_tags({"classifier.device": str(device), "classifier.torch_threads": torch.get_num_threads(),
-                         "classifier.pretrained_weights": f"{weights.origin}:{weights.path}" if weights else "none"})
+    with run:
+        if world.is_main:
+            mlflow.set_tags({"classifier.device": str(device), "classifier.torch_threads": threads,
+                             "classifier.world_size": world.size,
+                             "classifier.pretrained_weights": f"{weights.origin}:{weights.path}" if weights else "none"})
 
         def on_epoch(record: EpochRecord) -> None:
             history.append(record.as_dict())
@@ -77,8 +90,10 @@ def main() -> None:
                   f"val loss {record.val_loss:.4f} acc {record.val_accuracy:.3f} auc {record.val_roc_auc:.3f} "
                   f"({record.seconds:.1f}s)")
 
-        result = train_loop(model, train.images, train.labels, val.images, val.labels,
-                            LoopConfig.from_params(p), device, mean, std, on_epoch=on_epoch)
+        result = train_loop(model, train.images, train.labels, val.images, val.labels, LoopConfig.from_params(p),
+                            device, mean, std, on_epoch=on_epoch if world.is_main else None, world=world)
+        if not world.is_main:
+            return
         temperature = fit_temperature(result.val_logits, val.labels)
         p_raw = calibrated(result.val_logits, 1.0)
         p_cal = calibrated(result.val_logits, temperature)
@@ -89,6 +104,7 @@ def main() -> None:
             "seconds": round(result.seconds, 2), "temperature": temperature, "threshold": threshold,
             "threshold_rule": p.threshold_rule, "class_weight_real": result.class_weights[0],
             "class_weight_fake": result.class_weights[1], "n_train": len(train), "n_val": len(val),
+            "processes": world.size,
             "train_images_per_s": float(np.mean([r.train_images_per_s for r in result.history])),
             "val": {**val_metrics, "ece_before_temperature": binary_metrics(val.labels, p_raw, 0.5)["ece"]},
         }

@@ -2,6 +2,8 @@
 
 Resumable: the working checkpoint lives in data/cache/generator/<params hash>/ (DVC deletes stage
 outputs before a rerun, so it cannot live in results/); results/generator/ is written once, at the end.
+With ``generator.processes`` > 1 (or under torchrun) it trains data-parallel; rank 0 alone writes files
+and the MLflow run.
 """
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import torch
 
-from stages.common.device import pick_device, set_threads
+from stages.common.distributed import World, relaunch_under_torchrun, training_world
 from stages.common.gan_training import (TrainingResult, fd_mobilenet_hook, load_image_cache, model_payload,
                                         params_hash, save_torch, tensor_fingerprint, train, training_rows)
 from stages.common.io import atomic_output_dir, link_or_copy, read_csv, write_csv, write_json
@@ -27,14 +30,24 @@ HISTORY_COLUMNS = ["epoch", "d_loss", "g_loss", "d_real", "d_fake", "gp", "wasse
 
 def main() -> None:
     p = load_block("generator", GeneratorParams)
-    device = pick_device(p.device)
-    threads = set_threads(p.threads)
+    exit_code = relaunch_under_torchrun("stages.train_generator", p.processes)
+    if exit_code is not None:
+        raise SystemExit(exit_code)
+    with training_world(p.device, p.threads) as (world, device, threads):
+        train_and_save(p, world, device, threads)
+
+
+def train_and_save(p: GeneratorParams, world: World, device: torch.device, threads: int) -> None:
     rows = training_rows(read_csv(TRAIN_SPLIT), p.train_on)
-    images = load_image_cache([Path(x) for x in rows["path"]], p.size, desc=f"caching {len(rows)} faces")
+    images = load_image_cache([Path(x) for x in rows["path"]], p.size, desc=f"caching {len(rows)} faces",
+                              progress=world.is_main)
     run_hash = params_hash(p, tensor_fingerprint(images))
     work_dir = WORK_ROOT / run_hash
+    if not world.is_main:
+        train(p, images, work_dir, run_hash, device, log=lambda _: None, world=world)
+        return
     print(f"train_generator: {p.model} {p.size}px on {len(rows)} {p.train_on} train faces, device {device} "
-          f"({threads} CPU threads), work dir {work_dir}")
+          f"({world.size} process{'es' if world.distributed else ''} x {threads} CPU threads), work dir {work_dir}")
     hook = fd_mobilenet_hook(p.fd_every_epochs, p.fd_every_samples, images, p.latent_dim, p.seed, p.batch_size,
                              device)
 
@@ -43,11 +56,12 @@ def main() -> None:
         mlflow.log_artifact(str(grid), artifact_path="samples")
 
     with stage_run("train_generator", "generator", p, manifest=TRAIN_SPLIT):
-        mlflow.set_tags({"generator.params_hash": run_hash, "generator.n_train": len(rows)})
-        result = train(p, images, work_dir, run_hash, device, on_epoch=log_epoch, extra_metrics=hook)
+        mlflow.set_tags({"generator.params_hash": run_hash, "generator.n_train": len(rows),
+                         "generator.world_size": world.size})
+        result = train(p, images, work_dir, run_hash, device, on_epoch=log_epoch, extra_metrics=hook, world=world)
         for metrics, grid in zip(result.history[:result.resumed_from], result.grids):  # earlier runs' epochs
             log_epoch(int(metrics["epoch"]), metrics, grid)
-        summary = write_outputs(result, p, len(rows))
+        summary = write_outputs(result, p, len(rows), world.size)
         mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not
                             isinstance(v, bool)})
         mlflow.set_tag("generator.complete", str(summary["complete"]))
@@ -58,7 +72,7 @@ def main() -> None:
           f"{summary['train_images_per_second']:.1f} img/s; outputs in {OUT_DIR}")
 
 
-def write_outputs(result: TrainingResult, p: GeneratorParams, n_train: int) -> dict[str, object]:
+def write_outputs(result: TrainingResult, p: GeneratorParams, n_train: int, processes: int = 1) -> dict[str, object]:
     """results/generator/: model.pt (EMA weights), history.csv, samples/epoch_XXX.png, summary.json (atomic)."""
     run_epochs = result.history[result.resumed_from:]
     train_seconds = sum(float(m["seconds"]) for m in run_epochs)
@@ -66,7 +80,8 @@ def write_outputs(result: TrainingResult, p: GeneratorParams, n_train: int) -> d
         "model": p.model, "size": p.size, "train_on": p.train_on, "n_train": n_train,
         "epochs_done": result.epochs_done, "epochs_planned": p.epochs, "complete": result.complete,
         "stopped_by_budget": result.stopped_by_budget, "resumed_from_epoch": result.resumed_from,
-        "params_hash": result.run_hash, "seconds_this_run": round(result.seconds, 2),
+        "params_hash": result.run_hash, "processes": processes,
+        "seconds_this_run": round(result.seconds, 2),
         "train_images_per_second": n_train * len(run_epochs) / train_seconds if train_seconds > 0 else 0.0,
     }
     if result.history:

@@ -69,7 +69,7 @@ ARCH_CASES = [
 
 
 @pytest.mark.parametrize(("spec", "imagenet"), ARCH_CASES)
-def test_each_arch_trains_two_epochs_and_loss_falls(spec: ArchSpec, imagenet: bool) -> None:
+def test_each_arch_trains_and_loss_falls(spec: ArchSpec, imagenet: bool) -> None:
     if imagenet and not has_weights(spec.arch):
         pytest.skip(f"no offline ImageNet weights for {spec.arch} ({pretrained.WEIGHT_FILES[spec.arch]}) here")
     torch.manual_seed(0)
@@ -78,11 +78,15 @@ def test_each_arch_trains_two_epochs_and_loss_falls(spec: ArchSpec, imagenet: bo
     model = build_classifier(spec, find_weights(spec.arch).path if imagenet else None)
     mean, std = spec.normalisation
     before = training_loss(model, x, y, mean, std)
-    cfg = LoopConfig(epochs=2, batch_size=8, lr=1e-3 if imagenet else 3e-3, freeze_backbone_epochs=0, seed=0)
+    # Deep from-scratch torchvision nets need more than 12 steps before their eval-mode BatchNorm
+    # statistics settle (measured: 2 epochs raise the loss for every seed tried, 6 lower it for all).
+    deep_scratch = spec.arch != "cnn" and not imagenet
+    epochs, lr = (6, 1e-3) if deep_scratch else (2, 1e-3 if imagenet else 3e-3)
+    cfg = LoopConfig(epochs=epochs, batch_size=8, lr=lr, freeze_backbone_epochs=0, seed=0)
     result = train_loop(model, x, y, xv, yv, cfg, CPU, mean, std, progress=False)
-    assert len(result.history) == 2 and result.stop_reason == "completed"
+    assert len(result.history) == epochs and result.stop_reason == "completed"
     assert training_loss(result.model, x, y, mean, std) < before - 0.005
-    assert 1 <= result.best_epoch <= 2 and result.val_logits.shape == (16,)
+    assert 1 <= result.best_epoch <= epochs and result.val_logits.shape == (16,)
 
 
 def test_frozen_backbone_epoch_changes_only_the_head() -> None:

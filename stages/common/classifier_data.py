@@ -61,10 +61,11 @@ def labels_of(frame: pd.DataFrame, name: str) -> np.ndarray:
     return frame["label"].map(LABEL_VALUES).to_numpy(dtype=np.float32)
 
 
-def cache_key(csv_path: Path, image_paths: list[Path], size: int) -> str:
+def cache_key(csv_path: Path, image_paths: list[Path], size: int, progress: bool = True) -> str:
     """Hash of the CSV bytes, every image's bytes, the side and the cache format version."""
     h = hashlib.sha1()
-    for path in tqdm(image_paths, desc=f"hash {csv_path.name}", unit="img", leave=False, mininterval=1.0):
+    for path in tqdm(image_paths, desc=f"hash {csv_path.name}", unit="img", leave=False, mininterval=1.0,
+                     disable=not progress):
         try:
             h.update(path.read_bytes())
         except FileNotFoundError:
@@ -101,7 +102,8 @@ def build_cache(target: Path, image_paths: list[Path], size: int, workers: int |
         tmp.unlink(missing_ok=True)
 
 
-def load_split(csv_path: Path, size: int, cache_dir: Path = CACHE_DIR, root: Path = Path(".")) -> SplitData:
+def load_split(csv_path: Path, size: int, cache_dir: Path = CACHE_DIR, root: Path = Path("."),
+               progress: bool = True) -> SplitData:
     """The split's rows and memory-mapped pixels, decoding into the cache only on a miss."""
     name = csv_path.stem
     frame = read_csv(csv_path)
@@ -112,7 +114,7 @@ def load_split(csv_path: Path, size: int, cache_dir: Path = CACHE_DIR, root: Pat
             raise ClassifierDataError(f"{csv_path}: column {column!r} is missing (see stages.common.schema)")
     labels = labels_of(frame, str(csv_path))
     paths = [root / p for p in frame["path"]]
-    target = cache_dir / f"{name}-{cache_key(csv_path, paths, size)}.npy"
+    target = cache_dir / f"{name}-{cache_key(csv_path, paths, size, progress)}.npy"
     if not target.exists():
         for stale in cache_dir.glob(f"{name}-*.npy"):
             stale.unlink(missing_ok=True)
@@ -124,13 +126,13 @@ def load_split(csv_path: Path, size: int, cache_dir: Path = CACHE_DIR, root: Pat
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = None,
-                  drop_singleton: bool = False) -> Iterator[np.ndarray]:
-    """Index batches in order, or shuffled with ``generator``; a last batch of 1 is dropped on request
-    (BatchNorm cannot train on a single image)."""
+                  min_size: int = 1) -> Iterator[np.ndarray]:
+    """Index batches in order, or shuffled with ``generator``; a last batch smaller than ``min_size`` is
+    dropped (BatchNorm cannot train on a single image, per process when the batch is split)."""
     order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
-        if drop_singleton and len(idx) < 2:
+        if len(idx) < min_size:
             continue
         yield idx
 

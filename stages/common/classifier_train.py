@@ -3,6 +3,10 @@
 AdamW with a per-batch cosine or one-cycle schedule, label smoothing, class weights when the
 classes are imbalanced, an optional frozen-backbone warm-up, early stopping on validation ROC-AUC
 (best weights kept), a wall-clock budget, AMP + channels_last on CUDA, and seeded randomness.
+
+Data-parallel (``world.size`` > 1, see stages.common.distributed): every rank draws the same global
+batches and trains on its share under DistributedDataParallel; validation is split between the ranks
+and gathered, so every rank takes the same early-stopping and budget decisions.
 """
 from __future__ import annotations
 
@@ -18,11 +22,13 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from models.classifier import DeepfakeClassifier
 from stages.common.classifier_data import (AugmentConfig, Augmenter, batch_indices, gather, normalise,
                                            to_unit)
+from stages.common.distributed import World, seed_for
 from stages.common.params import ClassifierParams
 
 IMBALANCE_RATIO = 1.2  # class_weighting "auto": weights only when one class is more than this x the other
@@ -126,19 +132,44 @@ def prepare_input(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ..
 def infer_logits(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device,
                  mean: tuple[float, ...], std: tuple[float, ...],
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 desc: str = "infer", amp: bool = True) -> np.ndarray:
-    """Logits for every (3, S, S) uint8 image; ``transform`` maps a uint8 CPU batch to float [0, 1]."""
+                 desc: str = "infer", amp: bool = True, rows: np.ndarray | None = None,
+                 progress: bool = True) -> np.ndarray:
+    """Logits for every (3, S, S) uint8 image (or only ``rows``, in their order); ``transform`` maps a
+    uint8 CPU batch to float [0, 1]."""
     model.eval()
-    out = np.empty(len(images), dtype=np.float32)
+    rows = np.arange(len(images)) if rows is None else rows
+    out = np.empty(len(rows), dtype=np.float32)
     use_amp = amp and device.type == "cuda"
-    for idx in tqdm(list(batch_indices(len(images), batch_size)), desc=desc, unit="batch", leave=False,
-                    mininterval=1.0):
-        batch = gather(images, idx)
+    for pos in tqdm(list(batch_indices(len(rows), batch_size)), desc=desc, unit="batch", leave=False,
+                    mininterval=1.0, disable=not progress):
+        batch = gather(images, rows[pos])
         x = transform(batch).to(device) if transform is not None else to_unit(batch.to(device))
         with torch.autocast(device.type, enabled=use_amp):
             logits = model(prepare_input(x, mean, std, device))
-        out[idx] = logits.float().cpu().numpy()
+        out[pos] = logits.float().cpu().numpy()
     return out
+
+
+def validation_logits(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device,
+                      mean: tuple[float, ...], std: tuple[float, ...], amp: bool, world: World,
+                      progress: bool) -> np.ndarray:
+    """Logits for every validation image, each rank inferring its share; the same array on every rank."""
+    world.broadcast_from_main(model, buffers_only=True)  # rank 0's BatchNorm statistics on every rank
+    rows = world.shard(np.arange(len(images)))
+    part = infer_logits(model, images, batch_size, device, mean, std, desc="validate", amp=amp, rows=rows,
+                        progress=progress)
+    out = np.empty(len(images), dtype=np.float32)
+    for r, logits in world.gather((rows, part)):
+        out[r] = logits
+    return out
+
+
+def data_parallel(model: nn.Module, world: World, device: torch.device) -> nn.Module:
+    """``model`` itself in one process, else a DistributedDataParallel wrapper over its trainable
+    parameters (rebuilt when they change, e.g. after the frozen-backbone epochs)."""
+    if not world.distributed:
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def bce(logits: np.ndarray, y: np.ndarray) -> float:
@@ -153,21 +184,34 @@ def safe_auc(y: np.ndarray, scores: np.ndarray) -> float:
 def train_loop(model: DeepfakeClassifier, train_images: np.ndarray, train_labels: np.ndarray,
                val_images: np.ndarray, val_labels: np.ndarray, cfg: LoopConfig, device: torch.device,
                mean: tuple[float, ...], std: tuple[float, ...],
-               on_epoch: Callable[[EpochRecord], None] | None = None, progress: bool = True) -> TrainResult:
-    """Train ``model`` and return it holding the weights of its best validation ROC-AUC epoch."""
+               on_epoch: Callable[[EpochRecord], None] | None = None, progress: bool = True,
+               world: World = World()) -> TrainResult:
+    """Train ``model`` and return it holding the weights of its best validation ROC-AUC epoch.
+
+    ``cfg.batch_size`` is the global batch; with several ranks each trains on its share of it.
+    """
     if len(np.unique(val_labels)) < 2:
         raise ValueError("the validation split needs both real and fake images (early stopping on ROC-AUC, "
                          "temperature scaling and the threshold are fitted on it)")
+    min_batch = 2 * world.size  # BatchNorm needs 2 images per process
+    if cfg.batch_size < min_batch:
+        raise ValueError(f"classifier.batch_size={cfg.batch_size} is the global batch, split over {world.size} "
+                         f"processes; it must be at least {min_batch} (2 images per process)")
     started = time.monotonic()
     budget_s = cfg.max_minutes * 60.0 if cfg.max_minutes > 0 else math.inf
-    g = torch.Generator().manual_seed(cfg.seed)
-    augment = Augmenter(cfg.augment, g, device)
+    order = torch.Generator().manual_seed(cfg.seed)  # the same batch order on every rank
+    augment = Augmenter(cfg.augment, torch.Generator().manual_seed(seed_for(cfg.seed, world.rank)), device)
     weights = class_weights(train_labels, cfg.class_weighting)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+        if world.distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = sum(1 for _ in batch_indices(len(train_labels), cfg.batch_size, drop_singleton=True))
+    steps_per_epoch = len(list(batch_indices(len(train_labels), cfg.batch_size, min_size=min_batch)))
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_labels)} training images are too few for {world.size} processes "
+                         f"(at least {min_batch} are needed)")
     sched = make_scheduler(opt, cfg, steps_per_epoch * cfg.epochs)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -176,20 +220,26 @@ def train_loop(model: DeepfakeClassifier, train_images: np.ndarray, train_labels
     history: list[EpochRecord] = []
     best_auc, best_loss, best_epoch, best_state, best_val_logits = -math.inf, math.inf, 0, None, None
     stale, stop_reason = 0, "completed"
+    progress = progress and world.is_main
+    net: nn.Module | None = None
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.monotonic()
-        model.freeze_backbone(epoch <= cfg.freeze_backbone_epochs)
+        frozen = epoch <= cfg.freeze_backbone_epochs
+        if net is None or frozen != model.backbone_frozen:
+            model.freeze_backbone(frozen)
+            net = data_parallel(model, world, device)
         model.train()
         losses, seen, tr_logits, tr_targets = 0.0, 0, [], []
-        bar = tqdm(list(batch_indices(len(train_labels), cfg.batch_size, g, drop_singleton=True)),
+        bar = tqdm(list(batch_indices(len(train_labels), cfg.batch_size, order, min_size=min_batch)),
                    desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, disable=not progress,
                    mininterval=1.0)
         out_of_time = False
-        for idx in bar:
+        for batch in bar:
+            idx = world.shard(batch)
             x = augment(gather(train_images, idx))
             y = labels_t[idx].to(device)
             with torch.autocast(device.type, enabled=use_amp):
-                logits = model(prepare_input(x, mean, std, device))
+                logits = net(prepare_input(x, mean, std, device))
             loss = smoothed_bce(logits, y, weights, cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -201,13 +251,15 @@ def train_loop(model: DeepfakeClassifier, train_images: np.ndarray, train_labels
             tr_logits.append(logits.detach().float().cpu().numpy())
             tr_targets.append(y.cpu().numpy())
             bar.set_postfix(loss=f"{losses / seen:.4f}")
-            if time.monotonic() - started > budget_s:
+            if math.isfinite(budget_s) and world.any(time.monotonic() - started > budget_s):
                 out_of_time = True
                 break
         train_s = time.monotonic() - t0
-        tl, ty = np.concatenate(tr_logits), np.concatenate(tr_targets)
-        val_logits = infer_logits(model, val_images, cfg.batch_size * 2, device, mean, std, desc="validate",
-                                  amp=cfg.amp)
+        parts = world.gather((np.concatenate(tr_logits), np.concatenate(tr_targets), losses, seen))
+        tl, ty = np.concatenate([q[0] for q in parts]), np.concatenate([q[1] for q in parts])
+        losses, seen = sum(q[2] for q in parts), sum(q[3] for q in parts)
+        val_logits = validation_logits(model, val_images, cfg.batch_size * 2, device, mean, std, cfg.amp, world,
+                                       progress)
         if not (np.isfinite(val_logits).all() and math.isfinite(losses)):
             raise FloatingPointError(f"training diverged at epoch {epoch} (non-finite loss or logits); "
                                      f"lower classifier.lr (now {cfg.lr})")
@@ -228,13 +280,14 @@ def train_loop(model: DeepfakeClassifier, train_images: np.ndarray, train_labels
             best_val_logits = val_logits
         else:
             stale += 1
-        if out_of_time or time.monotonic() - started > budget_s:
+        if out_of_time or world.any(time.monotonic() - started > budget_s):
             stop_reason = "time_budget"
             break
         if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
             stop_reason = "early_stopping"
             break
     assert best_state is not None and best_val_logits is not None
+    world.check_in_sync(model, "train_classifier")
     model.freeze_backbone(False)
     model.load_state_dict(best_state)
     model.eval()

@@ -28,10 +28,11 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def set_threads(threads: int) -> int:
-    """Set torch's intra-op threads: ``threads`` > 0 as given, 0 → every available core. Returns the count."""
+def set_threads(threads: int, workers: int = 1) -> int:
+    """Set torch's intra-op threads: ``threads`` > 0 as given, 0 → the available cores shared by ``workers``
+    processes on this machine. Returns the count."""
     if threads < 0:
         raise ValueError(f"threads: got {threads}; allowed: 0 (all available cores) or a positive count")
-    n = threads or available_cores()
+    n = threads or max(1, available_cores() // max(1, workers))
     torch.set_num_threads(n)
     return n

@@ -1,9 +1,14 @@
 """Training of the image generators (VAE, DCGAN, WGAN-GP): data cache, losses, EMA, DiffAugment, checkpoints.
 
-Randomness: the networks are initialised under ``torch.manual_seed(seed)``; everything drawn during
-training (batch order, flips, latent noise, augmentation, interpolation weights, instance noise) comes
-from one CPU ``torch.Generator`` owned by the trainer, whose state is saved in the checkpoint, so a run
-resumed after a kill draws the same numbers it would have drawn.
+Randomness: the networks are initialised under ``torch.manual_seed(seed)``; the batch order of epoch
+``e`` comes from a generator seeded by (seed, e), and everything else drawn during it (flips, latent
+noise, augmentation, interpolation weights, instance noise) from one seeded by (seed, e, rank), so a
+run resumed after a kill draws the same numbers it would have drawn.
+
+Data-parallel (``world.size`` > 1, see stages.common.distributed): every rank draws the same global
+batches and trains on its share; gradients are averaged by an explicit all-reduce after each backward
+(DistributedDataParallel's reducer cannot follow the gradient penalty's double backward or the G step's
+backward through D); BatchNorm statistics are taken from rank 0 after each epoch.
 
 Checkpoints hold only tensors, dicts, lists, numbers and strings and are read with ``weights_only=True``.
 """
@@ -29,6 +34,7 @@ from tqdm import tqdm
 
 from models.generator import (VAE, ConvDiscriminator, ConvGenerator, GeneratorArch, build_generator,
                               discriminator_norm, kl_divergence, reconstruction_loss)
+from stages.common.distributed import World, seed_for
 from stages.common.images import ImageDecodeError, decode_rgb, square_pixels
 from stages.common.io import atomic_write_bytes, stable_hash
 from stages.common.params import GeneratorParams
@@ -36,17 +42,18 @@ from stages.common.params import GeneratorParams
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_FORMAT = "deepfake-pipeline/generator/v1"
 # params that change neither what is trained nor how: a checkpoint made under other values is resumed
-NOT_HASHED = ("max_minutes", "device", "threads")
+NOT_HASHED = ("max_minutes", "device", "threads", "processes")
 
 
 # --- data ----------------------------------------------------------------------------------------
 
-def load_image_cache(paths: Sequence[Path], size: int, desc: str = "loading images") -> torch.Tensor:
+def load_image_cache(paths: Sequence[Path], size: int, desc: str = "loading images",
+                     progress: bool = True) -> torch.Tensor:
     """Decode and resize every image once to (N, 3, size, size) uint8; a bad file is an error naming it."""
     if not paths:
         raise ValueError("no images to load: the selection is empty")
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
-    for i, path in enumerate(tqdm(paths, desc=desc, unit="img", leave=False)):
+    for i, path in enumerate(tqdm(paths, desc=desc, unit="img", leave=False, disable=not progress)):
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: image listed in the split but missing on disk (rerun stage faces)")
         try:
@@ -199,6 +206,8 @@ class Trainer(Protocol):
 
     def train_epoch(self, epoch: int, images: torch.Tensor) -> dict[str, float]: ...
     def sampler(self) -> nn.Module: ...
+    def modules(self) -> list[nn.Module]: ...
+    def sync_from_main(self, buffers_only: bool = False) -> None: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
@@ -216,10 +225,25 @@ def batches(n: int, batch_size: int, rng: torch.Generator) -> list[torch.Tensor]
 
 
 class _Base:
-    def __init__(self, p: GeneratorParams, device: torch.device) -> None:
-        self.p, self.device = p, device
+    def __init__(self, p: GeneratorParams, device: torch.device, world: World) -> None:
+        self.p, self.device, self.world = p, device, world
         self.arch = arch_of(p)
-        self.rng = torch.Generator().manual_seed(p.seed)
+        self.order_rng = torch.Generator()
+        self.rng = torch.Generator()
+
+    def _epoch_batches(self, epoch: int, n: int) -> list[torch.Tensor]:
+        """Reseed for ``epoch`` and return this rank's share of each of its global batches."""
+        self.order_rng.manual_seed(seed_for(self.p.seed, epoch))
+        self.rng.manual_seed(seed_for(self.p.seed, epoch, self.world.rank))
+        return [self.world.shard(b) for b in batches(n, self.p.batch_size, self.order_rng)]
+
+    def modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def sync_from_main(self, buffers_only: bool = False) -> None:
+        """Rank 0's BatchNorm statistics (and weights unless ``buffers_only``) on every rank."""
+        for module in self.modules():
+            self.world.broadcast_from_main(module, buffers_only)
 
     def _real_batch(self, images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         x = to_float(images[idx].to(self.device))
@@ -238,8 +262,8 @@ class _Base:
 class GanTrainer(_Base):
     """DCGAN (non-saturating loss) or WGAN-GP, with SN, TTUR, smoothing, instance noise, DiffAugment, EMA."""
 
-    def __init__(self, p: GeneratorParams, device: torch.device) -> None:
-        super().__init__(p, device)
+    def __init__(self, p: GeneratorParams, device: torch.device, world: World) -> None:
+        super().__init__(p, device, world)
         self.wgan = p.model == "wgan_gp"
         self.g = ConvGenerator(p.latent_dim, p.size, p.g_width, p.g_depth).to(device)
         self.d = ConvDiscriminator(p.size, p.d_width, p.d_depth, discriminator_norm(p.model, p.spectral_norm),
@@ -267,14 +291,15 @@ class GanTrainer(_Base):
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         g_steps = 0
-        for idx in batches(images.shape[0], self.p.batch_size, self.rng):
+        shares = self._epoch_batches(epoch, images.shape[0])
+        for idx in shares:
             self._d_step(images, idx, sigma, sums, counts)
             if self.d_steps % self.p.critic_steps == 0:
                 self._g_step(len(idx), sigma, sums, counts)
                 g_steps += 1
         if g_steps == 0:  # tiny data: fewer D batches than n_critic in this epoch
-            self._g_step(min(images.shape[0], self.p.batch_size), sigma, sums, counts)
-        out = {k: sums[k] / counts[k] for k in sums}
+            self._g_step(len(shares[0]), sigma, sums, counts)
+        out = self.world.mean({k: sums[k] / counts[k] for k in sums})
         out["instance_noise"] = sigma
         return out
 
@@ -296,6 +321,7 @@ class GanTrainer(_Base):
                  d_fake=torch.sigmoid(d_fake).mean().item())
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
+        self.world.average_gradients(self.d)
         self.opt_d.step()
         self.d_steps += 1
         _acc(sums, counts, d_loss=loss.item())
@@ -306,6 +332,7 @@ class GanTrainer(_Base):
         loss = -d_fake.mean() if self.wgan else g_loss_nonsaturating(d_fake)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
+        self.world.average_gradients(self.g)
         self.opt_g.step()
         self.ema.update(self.g)
         _acc(sums, counts, g_loss=loss.item())
@@ -313,10 +340,12 @@ class GanTrainer(_Base):
     def sampler(self) -> nn.Module:
         return self.ema.module
 
+    def modules(self) -> list[nn.Module]:
+        return [self.g, self.d, self.ema.module]
+
     def state_dict(self) -> dict[str, Any]:
         return {"g": self.g.state_dict(), "d": self.d.state_dict(), "opt_g": self.opt_g.state_dict(),
-                "opt_d": self.opt_d.state_dict(), "ema": self.ema.state_dict(), "rng": self.rng.get_state(),
-                "d_steps": self.d_steps}
+                "opt_d": self.opt_d.state_dict(), "ema": self.ema.state_dict(), "d_steps": self.d_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.g.load_state_dict(state["g"])
@@ -324,15 +353,14 @@ class GanTrainer(_Base):
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.ema.load_state_dict(state["ema"])
-        self.rng.set_state(state["rng"])
         self.d_steps = int(state["d_steps"])
 
 
 class VaeTrainer(_Base):
     """Gaussian VAE: summed squared error + kl_weight * KL; EMA over the decoder (the sampler)."""
 
-    def __init__(self, p: GeneratorParams, device: torch.device) -> None:
-        super().__init__(p, device)
+    def __init__(self, p: GeneratorParams, device: torch.device, world: World) -> None:
+        super().__init__(p, device, world)
         self.vae = VAE(p.latent_dim, p.size, p.g_width, p.g_depth, p.d_width, p.d_depth).to(device)
         self.opt = torch.optim.Adam(self.vae.parameters(), lr=p.lr_g, betas=self._betas())
         self.ema = EMA(self.vae.decoder, p.ema_decay)
@@ -341,30 +369,32 @@ class VaeTrainer(_Base):
         self.vae.train()
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
-        for idx in batches(images.shape[0], self.p.batch_size, self.rng):
+        for idx in self._epoch_batches(epoch, images.shape[0]):
             x = self._real_batch(images, idx)
             recon, mu, logvar = self.vae(x, self._noise(len(idx)))
             rec, kl = reconstruction_loss(recon, x), kl_divergence(mu, logvar)
             loss = rec + self.p.kl_weight * kl
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            self.world.average_gradients(self.vae)
             self.opt.step()
             self.ema.update(self.vae.decoder)
             _acc(sums, counts, loss=loss.item(), recon=rec.item(), kl=kl.item())
-        return {k: sums[k] / counts[k] for k in sums}
+        return self.world.mean({k: sums[k] / counts[k] for k in sums})
 
     def sampler(self) -> nn.Module:
         return self.ema.module
 
+    def modules(self) -> list[nn.Module]:
+        return [self.vae, self.ema.module]
+
     def state_dict(self) -> dict[str, Any]:
-        return {"vae": self.vae.state_dict(), "opt": self.opt.state_dict(), "ema": self.ema.state_dict(),
-                "rng": self.rng.get_state()}
+        return {"vae": self.vae.state_dict(), "opt": self.opt.state_dict(), "ema": self.ema.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.vae.load_state_dict(state["vae"])
         self.opt.load_state_dict(state["opt"])
         self.ema.load_state_dict(state["ema"])
-        self.rng.set_state(state["rng"])
 
 
 def _acc(sums: dict[str, float], counts: dict[str, int], **values: float) -> None:
@@ -373,9 +403,9 @@ def _acc(sums: dict[str, float], counts: dict[str, int], **values: float) -> Non
         counts[k] = counts.get(k, 0) + 1
 
 
-def build_trainer(p: GeneratorParams, device: torch.device) -> Trainer:
+def build_trainer(p: GeneratorParams, device: torch.device, world: World = World()) -> Trainer:
     torch.manual_seed(p.seed)  # network initialisation
-    return VaeTrainer(p, device) if p.model == "vae" else GanTrainer(p, device)
+    return VaeTrainer(p, device, world) if p.model == "vae" else GanTrainer(p, device, world)
 
 
 # --- sampling ------------------------------------------------------------------------------------
@@ -476,14 +506,18 @@ MetricHook = Callable[[nn.Module, int], dict[str, float]]
 
 def train(p: GeneratorParams, images: torch.Tensor, work_dir: Path, run_hash: str, device: torch.device,
           on_epoch: EpochHook | None = None, extra_metrics: MetricHook | None = None,
-          log: Callable[[str], None] = print) -> TrainingResult:
+          log: Callable[[str], None] = print, world: World = World()) -> TrainingResult:
     """Train (or resume) in ``work_dir``: one atomic checkpoint and one sample grid per epoch.
 
     Stops after ``p.epochs`` epochs, or earlier when the next epoch would overrun ``p.max_minutes``
     (at least one epoch per call). ``extra_metrics(sampler, epoch)`` adds per-epoch metrics
     (e.g. fd_mobilenet); ``on_epoch(epoch, metrics, grid_png)`` is called after the checkpoint is saved.
+    With several ranks, every rank reads the checkpoint; only rank 0 writes files and calls the hooks.
     """
-    trainer = build_trainer(p, device)
+    if min(images.shape[0], p.batch_size) < 2 * world.size:
+        raise ValueError(f"generator.batch_size={p.batch_size} on {images.shape[0]} images is split over "
+                         f"{world.size} processes: each needs at least 2 images per batch")
+    trainer = build_trainer(p, device, world)
     fixed_noise = torch.randn((p.grid_size ** 2, p.latent_dim), generator=torch.Generator().manual_seed(p.seed + 1))
     ckpt = work_dir / CHECKPOINT_NAME
     start, history = 0, []
@@ -496,40 +530,47 @@ def train(p: GeneratorParams, images: torch.Tensor, work_dir: Path, run_hash: st
             log(f"resuming from {ckpt} at epoch {start}/{p.epochs}")
         else:
             log(f"{ckpt} was made with other params (hash {state.get('params_hash')} != {run_hash}); starting over")
+    trainer.sync_from_main()
     t0 = time.monotonic()
     epoch_seconds: list[float] = []
     images_seen = 0
     stopped = False
     grids = [work_dir / "samples" / f"epoch_{e:03d}.png" for e in range(1, start + 1)]
     images = images.to(device) if device.type == "cuda" else images
-    bar = tqdm(range(start + 1, p.epochs + 1), desc=f"train {p.model}", unit="epoch", initial=start, total=p.epochs)
+    bar = tqdm(range(start + 1, p.epochs + 1), desc=f"train {p.model}", unit="epoch", initial=start, total=p.epochs,
+               disable=not world.is_main)
     for epoch in bar:
         t_epoch = time.monotonic()
         metrics = trainer.train_epoch(epoch, images)
+        trainer.sync_from_main(buffers_only=True)  # the weights must already agree: checked at the end
         seconds = time.monotonic() - t_epoch
         images_seen += images.shape[0]
-        if extra_metrics is not None:
-            metrics.update(extra_metrics(trainer.sampler(), epoch))
         metrics = {"epoch": epoch, **metrics, "seconds": seconds}
         history.append(metrics)
         grid = work_dir / "samples" / f"epoch_{epoch:03d}.png"
-        with torch.no_grad():
-            sampler = trainer.sampler().eval()
-            atomic_write_bytes(grid, grid_png(sampler(fixed_noise.to(device)), nrow=p.grid_size))
         grids.append(grid)
-        save_torch(ckpt, {"params_hash": run_hash, "epoch": epoch, "trainer": trainer.state_dict(),
-                          "global_rng": _global_rng(), "history": history})
-        if on_epoch is not None:
-            on_epoch(epoch, metrics, grid)
+        if world.is_main:
+            if extra_metrics is not None:
+                metrics.update(extra_metrics(trainer.sampler(), epoch))
+            with torch.no_grad():
+                sampler = trainer.sampler().eval()
+                atomic_write_bytes(grid, grid_png(sampler(fixed_noise.to(device)), nrow=p.grid_size))
+            save_torch(ckpt, {"params_hash": run_hash, "epoch": epoch, "trainer": trainer.state_dict(),
+                              "global_rng": _global_rng(), "history": history})
+            if on_epoch is not None:
+                on_epoch(epoch, metrics, grid)
         bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k in ("d_loss", "g_loss", "loss")})
         epoch_seconds.append(time.monotonic() - t_epoch)
         elapsed = time.monotonic() - t0
-        if p.max_minutes > 0 and epoch < p.epochs and elapsed + _mean(epoch_seconds) > p.max_minutes * 60:
-            log(f"generator.max_minutes={p.max_minutes} reached after epoch {epoch}/{p.epochs}; "
-                "rerun to continue from the checkpoint")
+        if world.any(p.max_minutes > 0 and epoch < p.epochs and elapsed + _mean(epoch_seconds) > p.max_minutes * 60):
+            if world.is_main:
+                log(f"generator.max_minutes={p.max_minutes} reached after epoch {epoch}/{p.epochs}; "
+                    "rerun to continue from the checkpoint")
             stopped = True
             break
     bar.close()
+    for module in trainer.modules():
+        world.check_in_sync(module, f"train_generator ({type(module).__name__})")
     done = int(history[-1]["epoch"]) if history else 0
     return TrainingResult(trainer, run_hash, history, done, p.epochs, start, stopped, time.monotonic() - t0,
                           images_seen, grids)

@@ -129,6 +129,7 @@ class ClassifierParams:
     amp: bool = True
     device: str = choice("auto", "cpu", "cuda", default="auto")
     threads: int = bounded(0, 0, 256)
+    processes: int = bounded(1, 0, 64)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -188,6 +189,7 @@ class GeneratorParams:
     fd_every_samples: int = bounded(128, 2, 100_000)
     device: str = choice("auto", "cpu", "cuda", default="auto")
     threads: int = bounded(0, 0, 256)
+    processes: int = bounded(1, 0, 64)
     seed: int = 0
 
     def __post_init__(self) -> None:
