@@ -36,7 +36,10 @@ def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
-def stage_runs(stage: str) -> pd.DataFrame:
+def stage_runs(project: Path, stage: str) -> pd.DataFrame:
+    """The stage's runs in the project's DB (the workers logged there; an earlier in-process test may
+    have pointed this process's MLflow elsewhere)."""
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["deepfake-pipeline"])
     return runs[runs["tags.stage"] == stage]
 
@@ -115,7 +118,7 @@ def test_train_classifier_with_two_processes(in_tmp_project: Path) -> None:
     model, ckpt = load_model(out / "model.pt")
     val = np.stack([np.zeros((3, 32, 32), np.uint8), np.full((3, 32, 32), 255, np.uint8)])
     assert np.isfinite(infer_logits(model, val, 2, torch.device("cpu"), tuple(ckpt.mean), tuple(ckpt.std))).all()
-    runs = stage_runs("train_classifier")
+    runs = stage_runs(in_tmp_project, "train_classifier")
     assert len(runs) == 1 and runs["tags.classifier.world_size"].iloc[0] == "2"
     steps = mlflow.MlflowClient().get_metric_history(runs["run_id"].iloc[0], "val_roc_auc")
     assert sorted(m.step for m in steps) == [1, 2]
@@ -135,5 +138,5 @@ def test_train_generator_under_torchrun(in_tmp_project: Path, model: str) -> Non
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["epoch_001.png", "epoch_002.png"]
     net, _, payload = gt.load_generator(out / "model.pt", torch.device("cpu"))
     assert payload["epochs_done"] == 2 and torch.isfinite(net(torch.randn(2, 8))).all()
-    runs = stage_runs("train_generator")
+    runs = stage_runs(in_tmp_project, "train_generator")
     assert len(runs) == 1 and runs["tags.generator.world_size"].iloc[0] == "2"
