@@ -140,3 +140,28 @@ def test_train_generator_under_torchrun(in_tmp_project: Path, model: str) -> Non
     assert payload["epochs_done"] == 2 and torch.isfinite(net(torch.randn(2, 8))).all()
     runs = stage_runs(in_tmp_project, "train_generator")
     assert len(runs) == 1 and runs["tags.generator.world_size"].iloc[0] == "2"
+
+
+@pytest.mark.slow
+def test_budget_stops_agree_across_ranks_and_the_generator_resumes(in_tmp_project: Path) -> None:
+    """A time budget must stop every rank at the same step (a rank left waiting would hang the job)."""
+    make_splits(in_tmp_project, {"train": 32, "val": 16, "test": 4})
+    set_params(in_tmp_project / "params.yaml", "classifier",
+               **tiny_classifier_params(epochs=3, processes=2, max_minutes=1e-6))
+    proc = run([sys.executable, "-m", "stages.train_classifier"], in_tmp_project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((in_tmp_project / "results/classifier/metrics.json").read_text())
+    assert summary["stop_reason"] == "time_budget" and summary["epochs_run"] == 1 and summary["processes"] == 2
+
+    set_params(in_tmp_project / "params.yaml", "generator", **{**TINY_GENERATOR, "epochs": 3, "max_minutes": 1e-6},
+               model="dcgan", processes=2)
+    proc = run([sys.executable, "-m", "stages.train_generator"], in_tmp_project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = json.loads((in_tmp_project / "results/generator/summary.json").read_text())
+    assert first["epochs_done"] == 1 and first["stopped_by_budget"]
+    set_params(in_tmp_project / "params.yaml", "generator", max_minutes=0)
+    proc = run([sys.executable, "-m", "stages.train_generator"], in_tmp_project)  # every rank reads the checkpoint
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    second = json.loads((in_tmp_project / "results/generator/summary.json").read_text())
+    assert second["resumed_from_epoch"] == 1 and second["epochs_done"] == 3 and second["complete"]
+    assert list(pd.read_csv(in_tmp_project / "results/generator/history.csv")["epoch"]) == [1, 2, 3]
