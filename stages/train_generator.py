@@ -57,7 +57,7 @@ def train_and_save(p: GeneratorParams, world: World, device: torch.device, threa
 
     with stage_run("train_generator", "generator", p, manifest=TRAIN_SPLIT):
         mlflow.set_tags({"generator.params_hash": run_hash, "generator.n_train": len(rows),
-                         "generator.world_size": world.size})
+                         "generator.device": str(device), "generator.world_size": world.size})
         result = train(p, images, work_dir, run_hash, device, on_epoch=log_epoch, extra_metrics=hook, world=world)
         for metrics, grid in zip(result.history[:result.resumed_from], result.grids):  # earlier runs' epochs
             log_epoch(int(metrics["epoch"]), metrics, grid)

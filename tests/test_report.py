@@ -18,8 +18,8 @@ from PIL import Image
 
 from stages.common.io import write_json
 from stages.common.params import ParamsError, ReportParams, parse_block
-from stages.common.report_data import (CLASSIFIER, RunInfo, build_iterations, pair_runs, params_diff,
-                                       resolve_metric, spread)
+from stages.common.report_data import (CLASSIFIER, RunInfo, build_iterations, devices, pair_runs,
+                                       params_diff, resolve_metric, spread)
 from stages.common.tracking import stage_run
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import set_params
@@ -268,6 +268,17 @@ def test_evaluation_rerun_is_its_own_iteration_reusing_the_training() -> None:
     assert [(c.key, c.old, c.new) for c in its[1].changes] == [("evaluate.ece_bins", "15", "10")]
     assert its[1].metric_keys["ece"] == "test_ece" and its[1].better["ece"] is False
     assert its[1].metrics["roc_auc"] is None and its[1].deltas["roc_auc"] is None
+
+
+def test_setup_lists_each_stage_latest_device_and_data_parallel_processes() -> None:
+    def run(stage: str, start: int, **tags: str) -> RunInfo:
+        return RunInfo(f"{stage}{start}", stage, "FINISHED", start, start + 1, {}, {}, tags)
+
+    runs = [run("train_classifier", 0, **{"classifier.device": "cpu", "classifier.world_size": "2"}),
+            run("train_generator", 1, **{"generator.device": "cuda:0", "generator.world_size": "4"}),
+            run("train_generator", 2, **{"generator.device": "cuda:0", "generator.world_size": "1"}),
+            run("split", 3)]
+    assert devices(runs) == {"train_classifier": "cpu × 2 processes", "train_generator": "cuda:0"}
 
 
 def test_metric_lookup_and_helpers() -> None:

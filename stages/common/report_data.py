@@ -549,11 +549,13 @@ def wall_times(runs: Sequence[RunInfo]) -> list[dict[str, Any]]:
 
 
 def devices(runs: Sequence[RunInfo]) -> dict[str, str]:
+    """stage -> the device of its latest run, with the data-parallel process count when > 1."""
     out: dict[str, str] = {}
     for run in runs:  # time order: the latest wins
-        for key, value in run.tags.items():
-            if key.endswith(".device"):
-                out[run.stage] = value
+        device = next((v for k, v in run.tags.items() if k.endswith(".device")), None)
+        world = next((v for k, v in run.tags.items() if k.endswith(".world_size")), "1")
+        if device is not None:
+            out[run.stage] = device if world == "1" else f"{device} × {world} processes"
     return out
 
 
