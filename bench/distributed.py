@@ -34,7 +34,7 @@ def make_project(root: Path, n: int) -> None:
     splits.mkdir(parents=True)
     synthetic_split(root / "crops-train", n, 128, seed=0).replace(splits / "train.csv")
     synthetic_split(root / "crops-val", max(16, n // 4), 128, seed=1).replace(splits / "val.csv")
-    write_json(root / "data" / "faces" / "params.json", {"size": 128})
+    write_json(root / "data" / "faces" / "params.json", {"crop_size": 128})
 
 
 def set_block(root: Path, block: str, values: dict[str, object]) -> None:
@@ -76,7 +76,7 @@ def main() -> None:
             common = {"processes": n_proc, "threads": 0, "device": "auto", "epochs": args.epochs, "max_minutes": 0}
             set_block(root, "classifier", {**common, "arch": "mobilenet_v2", "pretrained": pretrained,
                                            "early_stopping_patience": 0})
-            set_block(root, "generator", {**common, "model": "dcgan", "size": 64, "train_on": "all"})
+            set_block(root, "generator", {**common, "model": "dcgan", "image_size": 64, "train_on": "all"})
             wall = run_stage(root, "train_classifier")
             rate = json.loads((root / "results/classifier/metrics.json").read_text())["train_images_per_s"]
             print(f"{'train_classifier':18s} {n_proc:9d} {rate:12.1f} {wall:8.1f}", flush=True)

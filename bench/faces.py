@@ -95,7 +95,7 @@ def run_naive(paths: list[Path], params: FacesParams, threads: int) -> tuple[Tim
         boxes, probs = mtcnn.detect(image)
         det = best_detection(boxes, probs, (1.0, 1.0))
         if det is not None and det.prob >= params.min_prob:
-            encode(crop_resize(image, square_around(det.box, params.margin), params.size), params.encoding)
+            encode(crop_resize(image, square_around(det.box, params.margin), params.crop_size), params.encoding)
             found.append((det.box, det.prob))
         else:
             found.append(None)

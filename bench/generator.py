@@ -33,7 +33,7 @@ OUT = Path("bench/out/generator.json")
 
 
 def train_throughput(model: str, size: int, n: int, epochs: int, base: GeneratorParams) -> dict[str, float]:
-    raw = as_dict(base) | {"model": model, "size": size, "device": "auto", "n_critic": "auto"}
+    raw = as_dict(base) | {"model": model, "image_size": size, "device": "auto", "n_critic": "auto"}
     p = parse_block("generator", GeneratorParams, raw)
     device = pick_device(p.device)
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -60,7 +60,7 @@ def fid_timings(n: int, size: int, batch_size: int, inception_weights: str, tmp:
     g = torch.Generator().manual_seed(0)
     a = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
     b = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
-    out: dict[str, object] = {"n": n, "size": size}
+    out: dict[str, object] = {"n": n, "image_size": size}
     mobilenet = fd.mobilenet_weights()
     if mobilenet.available:
         t0 = time.perf_counter()

@@ -68,7 +68,7 @@ def compute(fp: FidParams, checkpoint: Path, test_split: Path) -> dict[str, Any]
     generator_row, reference_rows = report_rows(feats, sizes, GENERATED, REAL, references, cfg, inception,
                                                 mobilenet)
     return {
-        "generator": {"model": arch.model, "size": arch.size, "epochs_done": payload.get("epochs_done"),
+        "generator": {"model": arch.model, "image_size": arch.size, "epochs_done": payload.get("epochs_done"),
                       "params_hash": payload.get("params_hash"), **generator_row},
         "references": reference_rows,
         "fid_available": inception.available,

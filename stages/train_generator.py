@@ -39,14 +39,14 @@ def main() -> None:
 
 def train_and_save(p: GeneratorParams, world: World, device: torch.device, threads: int) -> None:
     rows = training_rows(read_csv(TRAIN_SPLIT), p.train_on)
-    images = load_image_cache([Path(x) for x in rows["path"]], p.size, desc=f"caching {len(rows)} faces",
+    images = load_image_cache([Path(x) for x in rows["path"]], p.image_size, desc=f"caching {len(rows)} faces",
                               progress=world.is_main)
     run_hash = params_hash(p, tensor_fingerprint(images))
     work_dir = WORK_ROOT / run_hash
     if not world.is_main:
         train(p, images, work_dir, run_hash, device, log=lambda _: None, world=world)
         return
-    print(f"train_generator: {p.model} {p.size}px on {len(rows)} {p.train_on} train faces, device {device} "
+    print(f"train_generator: {p.model} {p.image_size}px on {len(rows)} {p.train_on} train faces, device {device} "
           f"({world.size} process{'es' if world.distributed else ''} x {threads} CPU threads), work dir {work_dir}")
     hook = fd_mobilenet_hook(p.fd_every_epochs, p.fd_every_samples, images, p.latent_dim, p.seed, p.batch_size,
                              device)
@@ -77,7 +77,7 @@ def write_outputs(result: TrainingResult, p: GeneratorParams, n_train: int, proc
     run_epochs = result.history[result.resumed_from:]
     train_seconds = sum(float(m["seconds"]) for m in run_epochs)
     summary: dict[str, object] = {
-        "model": p.model, "size": p.size, "train_on": p.train_on, "n_train": n_train,
+        "model": p.model, "image_size": p.image_size, "train_on": p.train_on, "n_train": n_train,
         "epochs_done": result.epochs_done, "epochs_planned": p.epochs, "complete": result.complete,
         "stopped_by_budget": result.stopped_by_budget, "resumed_from_epoch": result.resumed_from,
         "params_hash": result.run_hash, "processes": processes,

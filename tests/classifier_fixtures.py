@@ -70,7 +70,7 @@ def make_splits(root: Path, counts: dict[str, int] | None = None, size: int = 32
                          "box_y2": size, "prob": 0.99, "status": "ok", "reason": "", "split": split})
         out[split] = root / "data/splits" / f"{split}.csv"
         write_csv(out[split], pd.DataFrame(rows, columns=SPLIT_COLUMNS))
-    write_json(root / "data/faces/params.json", {"size": size})  # as the faces stage records its params
+    write_json(root / "data/faces/params.json", {"crop_size": size})  # as the faces stage records its params
     return out
 
 

@@ -156,7 +156,7 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path: Path) -> None:
     spec = ArchSpec("cnn", 0.1, 2, 8, "residual")
     model = build_classifier(spec).eval()
     ckpt = ClassifierCheckpoint(model.state_dict(), spec.to_dict(), 1.7, 0.42, "youden", [0.5] * 3, [0.5] * 3, 32,
-                                {"size": 32, "on_miss": "drop"}, {"best_epoch": 3})
+                                {"crop_size": 32, "on_miss": "drop"}, {"best_epoch": 3})
     path = tmp_path / "model.pt"
     save_checkpoint(path, ckpt)
     raw = torch.load(path, map_location="cpu", weights_only=True)  # must not need pickled classes
@@ -333,13 +333,13 @@ def test_train_classifier_stage_writes_calibrated_checkpoint(in_tmp_project: Pat
 
 def test_checkpoint_records_the_faces_params_that_made_the_crops(in_tmp_project: Path) -> None:
     make_splits(in_tmp_project, {"train": 16, "val": 8, "test": 4})
-    (in_tmp_project / "data/faces/params.json").write_text(json.dumps({"size": 32, "margin": 0.4, "min_prob": 0.8}))
+    (in_tmp_project / "data/faces/params.json").write_text(json.dumps({"crop_size": 32, "margin": 0.4, "min_prob": 0.8}))
     set_params(in_tmp_project / "params.yaml", "classifier", **tiny_classifier_params(epochs=1))
     from stages import train_classifier
 
     train_classifier.main()
     ckpt = load_checkpoint(in_tmp_project / "results/classifier/model.pt")
-    assert (ckpt.faces["size"], ckpt.faces["margin"], ckpt.faces["min_prob"]) == (32, 0.4, 0.8)
+    assert (ckpt.faces["crop_size"], ckpt.faces["margin"], ckpt.faces["min_prob"]) == (32, 0.4, 0.8)
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ from tests.conftest import PROJECT_ROOT
 from tests.helpers import set_params
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-TINY_GENERATOR = dict(size=32, latent_dim=8, g_width=8, d_width=8, batch_size=8, grid_size=2, epochs=2,
+TINY_GENERATOR = dict(image_size=32, latent_dim=8, g_width=8, d_width=8, batch_size=8, grid_size=2, epochs=2,
                       device="cpu", threads=1, max_minutes=0)
 
 

@@ -149,7 +149,7 @@ def write_untrained_checkpoint(path: Path, threshold: float, temperature: float 
     model = build_classifier(spec)
     torch.nn.init.normal_(model.head[1].weight, std=1.0)  # not all-equal scores
     ckpt = ClassifierCheckpoint(model.state_dict(), spec.to_dict(), temperature, threshold, "youden",
-                                [0.5] * 3, [0.5] * 3, 32, {"size": 32}, {})
+                                [0.5] * 3, [0.5] * 3, 32, {"crop_size": 32}, {})
     save_checkpoint(path, ckpt)
 
 

@@ -139,7 +139,7 @@ def test_missing_inception_weights_say_what_to_put_where(tmp_path: Path) -> None
 
 
 def _write_checkpoint(root: Path) -> None:
-    p = parse_block("generator", GeneratorParams, dict(size=32, latent_dim=8, g_width=8, d_width=8, device="cpu"))
+    p = parse_block("generator", GeneratorParams, dict(image_size=32, latent_dim=8, g_width=8, d_width=8, device="cpu"))
     trainer = gt.build_trainer(p, torch.device("cpu"))
     gt.save_torch(root / "results/generator/model.pt", gt.model_payload(trainer, p, "hash", 3))
 
@@ -157,7 +157,7 @@ def test_fid_stage_report_with_and_without_inception(in_tmp_project: Path,
     report = json.loads((in_tmp_project / "results/fid/metrics.json").read_text())
     gen = report["generator"]
     assert report["fid_available"] and report["fd_mobilenet_available"]
-    assert gen["size"] == 32 and gen["n"] == 6 and gen["n_real"] == 6 and gen["epochs_done"] == 3
+    assert gen["image_size"] == 32 and gen["n"] == 6 and gen["n_real"] == 6 and gen["epochs_done"] == 3
     assert gen["kid_subset_size"] == 6
     assert set(report["references"]) == {"gen_a", "gen_b"}
     for row in [gen, *report["references"].values()]:

@@ -13,15 +13,15 @@ from tests.helpers import set_params
 
 def test_default_params_load() -> None:
     assert load_block("data", DataParams).source in ("hf", "synthetic")
-    assert load_block("faces", FacesParams).size == 128
+    assert load_block("faces", FacesParams).crop_size == 128
 
 
 @pytest.mark.parametrize("raw,message", [
-    ({"sise": 64}, r"faces\.sise: unknown key; allowed keys: size, margin"),
+    ({"sise": 64}, r"faces\.sise: unknown key; allowed keys: crop_size, margin"),
     ({"on_miss": "skip"}, r"faces\.on_miss: got 'skip'; allowed values: 'drop', 'center'"),
-    ({"size": "big"}, r"faces\.size: got 'big' \(str\); expected int"),
+    ({"crop_size": "big"}, r"faces\.crop_size: got 'big' \(str\); expected int"),
     ({"min_prob": 1.5}, r"faces\.min_prob: got 1\.5; allowed range \[0\.0, 1\.0\]"),
-    ({"size": True}, r"faces\.size: got True"),
+    ({"crop_size": True}, r"faces\.crop_size: got True"),
 ])
 def test_bad_faces_params_name_the_key_and_allowed_values(raw: dict, message: str) -> None:
     with pytest.raises(ParamsError, match=message):

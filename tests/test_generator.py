@@ -20,7 +20,7 @@ from stages.common.schema import SPLIT_COLUMNS
 from tests.helpers import set_params
 
 SIZE = 32
-TINY = dict(size=SIZE, latent_dim=8, g_width=8, d_width=8, batch_size=8, grid_size=2, device="cpu", threads=1)
+TINY = dict(image_size=SIZE, latent_dim=8, g_width=8, d_width=8, batch_size=8, grid_size=2, device="cpu", threads=1)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -113,8 +113,8 @@ def test_params_validation_names_the_key() -> None:
         parse_block("generator", GeneratorParams, {"model": "stylegan"})
     with pytest.raises(ParamsError, match="generator.augment"):
         parse_block("generator", GeneratorParams, {"augment": "translation,blur"})
-    with pytest.raises(ParamsError, match="generator.size"):
-        parse_block("generator", GeneratorParams, {"size": 96})
+    with pytest.raises(ParamsError, match="generator.image_size"):
+        parse_block("generator", GeneratorParams, {"image_size": 96})
     assert tiny_params(model="wgan_gp").critic_steps == 5
     assert tiny_params(model="dcgan").critic_steps == 1
     assert tiny_params(model="dcgan", n_critic=3).critic_steps == 3

@@ -15,12 +15,12 @@ from tests.test_pipeline import mlflow_stages, project_copy, run
 
 TINY = {
     "data": {"source": "synthetic", "synthetic_identities": 8},
-    "faces": {"on_miss": "center", "size": 64},
+    "faces": {"on_miss": "center", "crop_size": 64},
     "split": {"train": 0.5, "val": 0.25},
     "classifier": {"arch": "cnn", "pretrained": "none", "cnn_depth": 2, "cnn_width": 8, "epochs": 1,
                    "image_size": 32, "batch_size": 8, "threads": 1, "device": "cpu"},
     "evaluate": {"worst_k": 4, "threads": 1, "device": "cpu"},
-    "generator": {"model": "dcgan", "size": 32, "latent_dim": 8, "g_width": 8, "d_width": 8, "epochs": 1,
+    "generator": {"model": "dcgan", "image_size": 32, "latent_dim": 8, "g_width": 8, "d_width": 8, "epochs": 1,
                   "batch_size": 8, "grid_size": 2, "threads": 1, "device": "cpu"},
     "fid": {"n_samples": 16, "batch_size": 8, "kid_subset_size": 4, "kid_subsets": 2, "precision_recall": False,
             "references": False},

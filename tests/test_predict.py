@@ -77,7 +77,7 @@ def test_collect_files_recurses_and_ignores_non_images(tmp_path: Path) -> None:
 
 
 def test_predict_folder_reports_corrupt_files_and_scores_the_rest(tmp_path: Path) -> None:
-    faces = FacesParams(size=32, detect_side=64, batch_size=4, device="cpu")
+    faces = FacesParams(crop_size=32, detect_side=64, batch_size=4, device="cpu")
     write_checkpoint(tmp_path / "model.pt", faces)
     model, ckpt = load_model(tmp_path / "model.pt")
     cropper = FaceCropper(faces, device=CPU, detector=CentreBoxDetector())
@@ -102,7 +102,7 @@ def test_predict_folder_reports_corrupt_files_and_scores_the_rest(tmp_path: Path
 
 
 def test_on_miss_center_scores_a_centred_crop(tmp_path: Path) -> None:
-    faces = FacesParams(size=32, detect_side=64, on_miss="center", device="cpu")
+    faces = FacesParams(crop_size=32, detect_side=64, on_miss="center", device="cpu")
     write_checkpoint(tmp_path / "model.pt", faces)
     model, ckpt = load_model(tmp_path / "model.pt")
     Image.new("RGB", (50, 40)).save(tmp_path / "black.png")
@@ -112,7 +112,7 @@ def test_on_miss_center_scores_a_centred_crop(tmp_path: Path) -> None:
 
 
 def test_faces_params_come_from_the_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    trained = FacesParams(size=32, margin=0.6, min_prob=0.8)
+    trained = FacesParams(crop_size=32, margin=0.6, min_prob=0.8)
     write_checkpoint(tmp_path / "model.pt", trained)
     _, ckpt = load_model(tmp_path / "model.pt")
     params, origin = faces_params_for(ckpt, tmp_path / "no-params.yaml")
@@ -120,7 +120,7 @@ def test_faces_params_come_from_the_checkpoint(tmp_path: Path, monkeypatch: pyte
 
 
 def test_cli_with_the_real_detector(in_tmp_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    write_checkpoint(in_tmp_project / "results/classifier/model.pt", FacesParams(size=64, device="cpu"))
+    write_checkpoint(in_tmp_project / "results/classifier/model.pt", FacesParams(crop_size=64, device="cpu"))
     folder = in_tmp_project / "inbox"
     folder.mkdir()
     Image.fromarray(synthetic_face(np.random.default_rng(1), False, 160)).save(folder / "gradient.png")

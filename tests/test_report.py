@@ -81,7 +81,7 @@ def make_history(mp: pytest.MonkeyPatch, work: Path) -> dict[str, list[str]]:
     """Upstream runs, 3 classifier iterations and 2 generator iterations, in time order."""
     ids: dict[str, list[str]] = {"train": [], "eval": []}
     _log_run(mp, "download", "data", {"source": "synthetic", "per_source": 20, "seed": 0})
-    _log_run(mp, "faces", "faces", {"size": 64, "margin": 0.25, "min_prob": 0.9, "on_miss": "center"})
+    _log_run(mp, "faces", "faces", {"crop_size": 64, "margin": 0.25, "min_prob": 0.9, "on_miss": "center"})
     for k, (exp, note, changes, split_seed, test, scale) in enumerate(CLASSIFIER_ITERATIONS):
         _log_run(mp, "split", "split", {"protocol": "random", "seed": split_seed}, note, exp)
         history = {"train_loss": [scale * v for v in (0.7, 0.5, 0.4)],

@@ -41,7 +41,7 @@ DETECT_FILTER = Image.Resampling.BILINEAR  # scaling of the detection copy (anti
 # Bump when the detect/crop code changes in a way that changes outputs: invalidates the cache.
 ALGO_VERSION = "letterbox-topleft/channels-last/lanczos/v1"
 # Params that change results; batch_size, device and threads only change speed.
-RESULT_KEYS = ("size", "margin", "min_prob", "on_miss", "detect_side", "min_face",
+RESULT_KEYS = ("crop_size", "margin", "min_prob", "on_miss", "detect_side", "min_face",
                "encoding", "jpeg_quality")
 USABLE_RAW = ("ok", "converted")
 
@@ -204,7 +204,7 @@ class FaceCropper:
     def finish(self, image: Image.Image, det: Detection | None) -> FaceResult:
         p = self.params
         if det is not None and det.prob >= p.min_prob:
-            return FaceResult(crop_resize(image, square_around(det.box, p.margin), p.size), det, "ok", "")
+            return FaceResult(crop_resize(image, square_around(det.box, p.margin), p.crop_size), det, "ok", "")
         reason = ("no face detected" if det is None
                   else f"best face prob {det.prob:.3f} < min_prob {p.min_prob:g}")
         if p.on_miss == "center":

@@ -213,7 +213,7 @@ class Trainer(Protocol):
 
 
 def arch_of(p: GeneratorParams) -> GeneratorArch:
-    return GeneratorArch(p.model, p.size, p.latent_dim, p.g_width, p.g_depth)
+    return GeneratorArch(p.model, p.image_size, p.latent_dim, p.g_width, p.g_depth)
 
 
 def batches(n: int, batch_size: int, rng: torch.Generator) -> list[torch.Tensor]:
@@ -265,8 +265,8 @@ class GanTrainer(_Base):
     def __init__(self, p: GeneratorParams, device: torch.device, world: World) -> None:
         super().__init__(p, device, world)
         self.wgan = p.model == "wgan_gp"
-        self.g = ConvGenerator(p.latent_dim, p.size, p.g_width, p.g_depth).to(device)
-        self.d = ConvDiscriminator(p.size, p.d_width, p.d_depth, discriminator_norm(p.model, p.spectral_norm),
+        self.g = ConvGenerator(p.latent_dim, p.image_size, p.g_width, p.g_depth).to(device)
+        self.d = ConvDiscriminator(p.image_size, p.d_width, p.d_depth, discriminator_norm(p.model, p.spectral_norm),
                                    p.spectral_norm).to(device)
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=p.lr_g, betas=self._betas())
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=p.lr_d, betas=self._betas())
@@ -361,7 +361,7 @@ class VaeTrainer(_Base):
 
     def __init__(self, p: GeneratorParams, device: torch.device, world: World) -> None:
         super().__init__(p, device, world)
-        self.vae = VAE(p.latent_dim, p.size, p.g_width, p.g_depth, p.d_width, p.d_depth).to(device)
+        self.vae = VAE(p.latent_dim, p.image_size, p.g_width, p.g_depth, p.d_width, p.d_depth).to(device)
         self.opt = torch.optim.Adam(self.vae.parameters(), lr=p.lr_g, betas=self._betas())
         self.ema = EMA(self.vae.decoder, p.ema_decay)
 

@@ -60,7 +60,7 @@ class DataParams:
 
 @dataclass(frozen=True)
 class FacesParams:
-    size: int = bounded(128, 16, 1024)
+    crop_size: int = bounded(128, 16, 1024)
     margin: float = bounded(0.25, 0.0, 2.0)
     min_prob: float = bounded(0.90, 0.0, 1.0)
     on_miss: str = choice("drop", "center", default="drop")
@@ -161,7 +161,7 @@ DIFFAUGMENT_OPS = ("translation", "color", "cutout")
 @dataclass(frozen=True)
 class GeneratorParams:
     model: str = choice(*GENERATOR_MODELS, default="dcgan")
-    size: int = bounded(64, 8, 512)
+    image_size: int = bounded(64, 8, 512)
     train_on: str = choice("real", "fake", "all", default="real")
     latent_dim: int = bounded(64, 2, 2048)
     g_width: int = bounded(32, 2, 1024)
@@ -193,8 +193,8 @@ class GeneratorParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.size & (self.size - 1):
-            raise ParamsError(f"generator.size: got {self.size}; allowed: a power of two (8, 16, 32, 64, 128, 256)")
+        if self.image_size & (self.image_size - 1):
+            raise ParamsError(f"generator.image_size: got {self.image_size}; allowed: a power of two (8, 16, 32, 64, 128, 256)")
         unknown = [op for op in self.augment_ops if op not in DIFFAUGMENT_OPS]
         if unknown:
             raise ParamsError(f"generator.augment: unknown operation {unknown[0]!r}; allowed: a comma-separated "

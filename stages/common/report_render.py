@@ -259,7 +259,7 @@ def faces_blocks(data: ReportData) -> list[Block]:
     out: list[Block] = [Heading(3, "Face crops")]
     f = s.faces_params
     if f:
-        out.append(Para(f"Faces are cropped with MTCNN to {f.get('faces.size', '?')} px squares with margin "
+        out.append(Para(f"Faces are cropped with MTCNN to {f.get('faces.crop_size', '?')} px squares with margin "
                         f"{f.get('faces.margin', '?')}; detections below probability {f.get('faces.min_prob', '?')} "
                         f"count as misses, which are handled by `{f.get('faces.on_miss', '?')}`."))
     m = s.face_metrics

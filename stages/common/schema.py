@@ -11,11 +11,16 @@ RAW_COLUMNS = [
 ]
 RAW_STATUSES = ("ok", "converted", "skipped")
 
-# data/faces/manifest.csv — one row per usable raw image
+# data/faces/manifest.csv — one row per usable raw image. box_*: the detected face, crop_*: the square
+# actually cut (both in raw pixels); margin_used: the margin that square gives the face, which can be
+# below faces.margin where the image is too small; grayscale: no | raw (the photo itself is grey) |
+# matched (made grey by faces.grayscale: match).
 FACE_COLUMNS = [
     "id", "path", "label", "generator", "source", "group", "predefined_split", "raw_path",
-    "box_x1", "box_y1", "box_x2", "box_y2", "prob", "status", "reason",
+    "raw_width", "raw_height", "box_x1", "box_y1", "box_x2", "box_y2", "prob",
+    "crop_x1", "crop_y1", "crop_x2", "crop_y2", "margin_used", "grayscale", "status", "reason",
 ]
+GRAYSCALE_VALUES = ("no", "raw", "matched")
 FACE_STATUSES = ("ok", "center", "dropped", "error")
 FACE_KEPT = ("ok", "center")
 
