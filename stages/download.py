@@ -11,19 +11,29 @@ from typing import Any
 from stages.common import source_folder, source_hf, synthetic
 from stages.common.io import atomic_output_dir, sha1_file, write_csv, write_json
 from stages.common.params import DataParams, ParamsError, load_block
-from stages.common.rawset import manifest_frame, metric_counts, summarise
+from stages.common.rawset import (
+    DuplicateStats,
+    manifest_frame,
+    merge_duplicates,
+    metric_counts,
+    summarise,
+)
 from stages.common.tracking import stage_run
 
 RAW_DIR = Path("data/raw")
 CACHE_DIR = Path("data/cache/download")
 
 
-def collect(params: DataParams, images_dir: Path) -> list[dict[str, Any]]:
+def collect(params: DataParams, images_dir: Path) -> tuple[list[dict[str, Any]], DuplicateStats]:
+    """The rows of the configured source, with identical bytes merged into one group (and skipped
+    where their labels conflict) — once here, for every source."""
     if params.source == "synthetic":
-        return synthetic.collect(params, images_dir)
-    if params.folder is not None:
-        return source_folder.collect(params, images_dir)
-    return source_hf.collect(params, images_dir, CACHE_DIR)
+        rows = synthetic.collect(params, images_dir)
+    elif params.folder is not None:
+        rows = source_folder.collect(params, images_dir)
+    else:
+        rows = source_hf.collect(params, images_dir, CACHE_DIR)
+    return merge_duplicates(rows, images_dir)
 
 
 def main() -> None:
@@ -34,8 +44,9 @@ def main() -> None:
 
     with stage_run(stage="download", block="data", params=params):
         with atomic_output_dir(RAW_DIR) as tmp:
-            frame = manifest_frame(collect(params, tmp / "images"))
-            summary = summarise(frame)
+            rows, duplicates = collect(params, tmp / "images")
+            frame = manifest_frame(rows)
+            summary = summarise(frame, duplicates)
             write_csv(tmp / "manifest.csv", frame)
             write_json(tmp / "summary.json", summary)
         mlflow.set_tag("data_manifest_sha1", sha1_file(RAW_DIR / "manifest.csv"))
@@ -43,6 +54,9 @@ def main() -> None:
         mlflow.log_artifact(str(RAW_DIR / "summary.json"))
     by = summary["by_status"]
     print(f"download: {summary['total']} files -> {RAW_DIR}/ ({', '.join(f'{k} {v}' for k, v in by.items())})")
+    if summary["duplicate_groups_merged"] or summary["conflicting_label_skips"]:
+        print(f"download: identical bytes: {summary['duplicate_groups_merged']} groups merged, "
+              f"{summary['conflicting_label_skips']} files skipped for conflicting labels")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ import re
 import threading
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import pandas as pd
@@ -152,7 +153,7 @@ class _CountingFile:
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> _CountingFile:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -186,20 +187,22 @@ def _rel(i: int) -> str:
     return f"{PERSONS[i][3:5]}/{PERSONS[i]}.jpg"
 
 
-def build_dff_zips(folder: Path, extra_members: dict[str, bytes] | None = None) -> dict[str, Path]:
-    """Four DFF-like zips: 10 common paths, wiki has 2 more; text2img nests under 'text2img/';
-    one zip is stored, the others deflated (both decompression paths)."""
+def build_dff_zips(folder: Path, extra_members: dict[str, bytes] | None = None,
+                   tops: dict[str, str] | None = None, n_common: int = 11) -> dict[str, Path]:
+    """Four DFF-like zips: ``n_common`` common paths, wiki has all 12; text2img nests under 'text2img/'
+    (``tops``: zip stem -> top folder instead); one zip is stored, the others deflated (both
+    decompression paths)."""
     folder.mkdir(parents=True, exist_ok=True)
+    tops = {"text2img": "text2img/"} if tops is None else tops
     out = {}
     for z, name in enumerate(source_hf.DFF_ZIPS):
         stem = name[:-4]
-        n = 12 if stem == "wiki" else 10
+        n = 12 if stem == "wiki" else n_common
         method = zipfile.ZIP_STORED if stem == "inpainting" else zipfile.ZIP_DEFLATED
         path = folder / name
         with zipfile.ZipFile(path, "w", compression=method) as zf:
             for i in range(n):
-                prefix = "text2img/" if stem == "text2img" else ""
-                zf.writestr(prefix + _rel(i), _jpeg(1000 * z + i, size=96))
+                zf.writestr(tops.get(stem, "") + _rel(i), _jpeg(1000 * z + i, size=96))
             for member, data in (extra_members or {}).items():
                 zf.writestr(member, data)
         out[name] = path
@@ -216,14 +219,14 @@ def test_subset_reads_only_the_chosen_members_and_keeps_pairs(tmp_path: Path) ->
     fs = CountingFS()
     params = DataParams(source="hf", per_source=3, seed=1, workers=4)
     rows = pd.DataFrame(source_hf.collect(params, tmp_path / "images", tmp_path / "cache", fs=fs,
-                                          root=str(tmp_path / "zips"), sleep=lambda s: None))
+                                          root=str(tmp_path / "zips"), sleep=lambda s: None, expected_sizes={}))
     assert len(rows) == 4 * 3 and (rows["status"] == "ok").all()
     rows["rel"] = rows["origin"].str.split("::").str[1].str.replace("text2img/", "", regex=False)
     # pairs: each chosen path appears once per source, all four in one group; paths only in wiki never chosen
     per_rel = rows.groupby("rel")
     assert per_rel["generator"].apply(frozenset).eq(frozenset(source_hf.DFF_ZIPS.values())).all()
     assert (per_rel["group"].nunique() == 1).all()
-    assert not set(rows["rel"]) & {_rel(10), _rel(11)}
+    assert _rel(11) not in set(rows["rel"])
     for name, path in zips.items():
         offsets = _offsets(path)
         reads = [(pos, n) for p, pos, n in fs.reads if p.endswith(name)]
@@ -243,7 +246,7 @@ def test_subset_reads_only_the_chosen_members_and_keeps_pairs(tmp_path: Path) ->
     # a rerun (e.g. after a kill) is served from data/cache/download: no reads at all
     fs.reads.clear()
     again = source_hf.collect(params, tmp_path / "images2", tmp_path / "cache", fs=fs,
-                              root=str(tmp_path / "zips"), sleep=lambda s: None)
+                              root=str(tmp_path / "zips"), sleep=lambda s: None, expected_sizes={})
     assert fs.reads == []
     assert [r["sha1"] for r in again] == list(rows["sha1"])
 
@@ -253,7 +256,7 @@ def test_retries_then_records_a_skip(tmp_path: Path) -> None:
     params = DataParams(source="hf", per_source=2, workers=1, retries=3)
     flaky = CountingFS(fail_first_reads=2)  # the central-directory read of wiki.zip fails twice
     rows = source_hf.collect(params, tmp_path / "a", tmp_path / "cache_a", fs=flaky,
-                             root=str(tmp_path / "zips"), sleep=lambda s: None)
+                             root=str(tmp_path / "zips"), sleep=lambda s: None, expected_sizes={})
     assert all(r["status"] == "ok" for r in rows) and len(rows) == 8
 
     wiki = source_hf.open_zip(LocalFileSystem(), str(tmp_path / "zips" / "wiki.zip"))
@@ -277,8 +280,8 @@ def test_all_mode_extracts_every_member_and_refuses_zip_slip(tmp_path: Path) -> 
     params = DataParams(source="hf", per_source="all", workers=2, retries=2)
     rows = pd.DataFrame(source_hf.collect(params, tmp_path / "out" / "images", tmp_path / "cache", fs=CountingFS(),
                                           root=str(tmp_path / "zips"), fetch_zip=lambda n: zips[n],
-                                          sleep=lambda s: None))
-    n_members = 12 + 10 * 3 + 4 * len(extra)
+                                          sleep=lambda s: None, expected_sizes={}))
+    n_members = 12 + 11 * 3 + 4 * len(extra)
     assert len(rows) == n_members and rows["id"].is_unique
     unsafe = rows[rows["origin"].str.contains("evil")]
     assert len(unsafe) == 8 and (unsafe["status"] == "skipped").all()
@@ -313,12 +316,65 @@ def test_relative_key_and_group() -> None:
 
 # ---- the real Hub client (HfFileSystem, hf_hub_download) against a local fake Hub -------------
 
+class FakeClock:
+    """A clock that only moves when someone sleeps on it: waits cost no wall time and are recorded."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            self.now += seconds
+
+
+@dataclass
+class HubLimit:
+    """The Hub's 'resolvers' limit, scaled down: ``allowance`` resolve requests per fixed ``window``
+    seconds of ``clock``; over it, HTTP 429 with Retry-After and the IETF RateLimit headers."""
+
+    allowance: int
+    window: int
+    clock: FakeClock
+    count: int = 0
+    window_start: float = 0.0
+    sent: list[int] | None = None   # the reset times sent with each 429
+    served: int = 0                 # resolve requests answered normally
+
+    def __post_init__(self) -> None:
+        self.sent = []
+        self._lock = threading.Lock()
+
+    def take(self) -> int | None:
+        """None: go ahead; else the seconds until the window resets (answer 429)."""
+        with self._lock:
+            now = self.clock()
+            if now >= self.window_start + self.window:
+                self.window_start, self.count = now, 0
+            if self.count >= self.allowance:
+                reset = max(1, int(-(-(self.window_start + self.window - now) // 1)))
+                assert self.sent is not None
+                self.sent.append(reset)
+                return reset
+            self.count += 1
+            self.served += 1
+            return None
+
+
 class _FakeHub(BaseHTTPRequestHandler):
     """The three Hub endpoints the client uses (repo info, tree listing, file resolve with Range),
-    serving the zips of ``root``; every request is logged as (method, file, Range header)."""
+    serving the zips of ``root``; every request is logged as (method, file, Range header).
+    With ``limit``, resolve requests over its allowance get HTTP 429."""
 
-    root = Path(".")
-    log: list[tuple[str, str, str | None]] = []
+    root: ClassVar[Path] = Path(".")
+    log: ClassVar[list[tuple[str, str, str | None]]] = []
+    limit: ClassVar[HubLimit | None] = None
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -348,6 +404,10 @@ class _FakeHub(BaseHTTPRequestHandler):
         m = re.fullmatch(r"/datasets/[^/]+/[^/]+/resolve/[^/]+/(.+)", path)
         if not m or not (self.root / m.group(1)).exists():
             return self._send(404, b"not found", {})
+        if self.limit is not None and (reset := self.limit.take()) is not None:
+            return self._send(429, b"Too Many Requests", {
+                "Retry-After": str(reset), "RateLimit": f'"resolvers";r=0;t={reset}',
+                "RateLimit-Policy": f'"fixed window";"resolvers";q={self.limit.allowance};w={self.limit.window}'})
         data = (self.root / m.group(1)).read_bytes()
         headers = {"ETag": '"e"', "X-Repo-Commit": "0" * 40, "Accept-Ranges": "bytes"}
         if self.headers.get("range"):
@@ -364,12 +424,16 @@ class Hub:
     zips: dict[str, Path]
     log: list[tuple[str, str, str | None]]
 
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {name: path.stat().st_size for name, path in self.zips.items()}
 
-@pytest.fixture
-def fake_hub(tmp_path: Path) -> Iterator[Hub]:
-    zips = build_dff_zips(tmp_path / "hub")
+
+@contextmanager
+def serve_hub(folder: Path, limit: HubLimit | None = None) -> Iterator[Hub]:
+    zips = build_dff_zips(folder)
     log: list[tuple[str, str, str | None]] = []
-    handler = type("Handler", (_FakeHub,), {"root": tmp_path / "hub", "log": log})
+    handler = type("Handler", (_FakeHub,), {"root": folder, "log": log, "limit": limit})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -379,9 +443,15 @@ def fake_hub(tmp_path: Path) -> Iterator[Hub]:
         server.server_close()
 
 
+@pytest.fixture
+def fake_hub(tmp_path: Path) -> Iterator[Hub]:
+    with serve_hub(tmp_path / "hub") as hub:
+        yield hub
+
+
 def test_hub_client_subset_uses_range_requests_only(tmp_path: Path, fake_hub: Hub) -> None:
     rows = source_hf.collect(DataParams(source="hf", per_source=2, workers=2), tmp_path / "images",
-                             tmp_path / "cache", endpoint=fake_hub.endpoint)
+                             tmp_path / "cache", endpoint=fake_hub.endpoint, expected_sizes=fake_hub.sizes)
     assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
     log = [entry for entry in fake_hub.log if entry[1].endswith(".zip")]
     assert log and all(rng is not None for _, _, rng in log)  # never a whole-file GET
@@ -393,11 +463,215 @@ def test_hub_client_subset_uses_range_requests_only(tmp_path: Path, fake_hub: Hu
 
 def test_hub_client_all_downloads_whole_zips(tmp_path: Path, fake_hub: Hub) -> None:
     rows = source_hf.collect(DataParams(source="hf", per_source="all", workers=2), tmp_path / "images",
-                             tmp_path / "cache", endpoint=fake_hub.endpoint)
-    assert len(rows) == 12 + 3 * 10 and all(r["status"] == "ok" for r in rows)
+                             tmp_path / "cache", endpoint=fake_hub.endpoint, expected_sizes=fake_hub.sizes)
+    assert len(rows) == 12 + 3 * 11 and all(r["status"] == "ok" for r in rows)
     downloaded = sorted(p.name for p in (tmp_path / "cache" / "hub").rglob("*.zip"))
     assert downloaded == sorted(fake_hub.zips)
     assert any(rng is None for _, f, rng in fake_hub.log if f.endswith('.zip'))  # whole-file GETs
+
+
+# ---- HTTP 429 and pacing ------------------------------------------------------------------------
+
+def _resolve_reads(hub: Hub) -> int:
+    return sum(1 for _, f, rng in hub.log if f.endswith(".zip") and rng is not None)
+
+
+def test_hub_429_is_waited_out_and_every_file_is_fetched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(source_hf, "_has_token", lambda: False)
+    clock = FakeClock()
+    limit = HubLimit(allowance=5, window=40, clock=clock)
+    with serve_hub(tmp_path / "hub", limit) as hub:
+        # a burst well over the allowance (4 workers, pacing effectively off); one attempt per file:
+        # a 429 counted as a failed attempt would turn into a skipped row
+        params = DataParams(source="hf", per_source=8, workers=4, retries=1, requests_per_minute=100_000)
+        rows = source_hf.collect(params, tmp_path / "images", tmp_path / "cache", endpoint=hub.endpoint,
+                                 sleep=clock.sleep, clock=clock, expected_sizes=hub.sizes)
+    assert len(rows) == 4 * 8 and all(r["status"] == "ok" for r in rows), [r["reason"] for r in rows]
+    assert limit.sent, "the fake Hub never answered 429: the test did not exercise throttling"
+    # every reset time the server sent was waited out, on the injected sleep, plus the margin
+    waited = set(clock.sleeps)
+    assert {t + source_hf.RATE_LIMIT_MARGIN_S for t in limit.sent} <= waited
+    assert clock.now >= limit.window * (limit.served // limit.allowance - 1)
+    out = capsys.readouterr().out
+    assert "HTTP 429" in out and "HF_TOKEN" in out and "'resolvers' limit" in out
+    assert out.count("set HF_TOKEN") == 2  # the hint once at the first 429, once in the closing line
+
+
+def test_pacing_keeps_under_the_hub_limit(tmp_path: Path) -> None:
+    clock = FakeClock()
+    limit = HubLimit(allowance=6, window=30, clock=clock)  # 12 a minute
+    with serve_hub(tmp_path / "hub", limit) as hub:
+        # one worker: the fake clock then moves exactly as the requests are paced (threads sharing the
+        # limiter: test_rate_limiter_is_shared_by_threads)
+        params = DataParams(source="hf", per_source=3, workers=1, requests_per_minute=10)  # 1 every 6 s
+        rows = source_hf.collect(params, tmp_path / "images", tmp_path / "cache", endpoint=hub.endpoint,
+                                 sleep=clock.sleep, clock=clock, expected_sizes=hub.sizes)
+        reads = _resolve_reads(hub)
+    assert len(rows) == 12 and all(r["status"] == "ok" for r in rows)
+    assert limit.sent == []  # never throttled
+    assert reads >= 12 and sum(clock.sleeps) >= (reads - 1) * 6.0
+
+
+def test_rate_limiter_paces_bursts_and_pauses() -> None:
+    clock = FakeClock()
+    limiter = source_hf.RateLimiter(60, burst=2, clock=clock, sleep=clock.sleep)
+    for _ in range(5):
+        limiter.acquire()
+    assert clock.sleeps == [1.0, 1.0, 1.0] and clock.now == 3.0  # 2 at once, then one a second
+    limiter.pause(10)
+    limiter.acquire()
+    assert clock.now == 13.0  # everyone waits out a 429's reset time
+    with pytest.raises(ValueError):
+        source_hf.RateLimiter(0)
+
+
+def test_rate_limiter_is_shared_by_threads() -> None:
+    clock = FakeClock()
+    limiter = source_hf.RateLimiter(120, burst=3, clock=clock, sleep=clock.sleep)  # a slot every 0.5 s
+    slots: list[float] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(6):
+            at = limiter.acquire()
+            with lock:
+                slots.append(at)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    slots.sort()
+    assert len(slots) == 24
+    # whatever the interleaving: k+1 slots span at least (k - burst + 1) intervals (a burst of 3, then 2 a second)
+    assert all(slots[i + k] - slots[i] >= (k - 2) * 0.5 - 1e-9 for k in range(3, 24) for i in range(24 - k))
+    assert slots[-1] - slots[0] >= (24 - 3) * 0.5 - 1e-9
+
+
+def test_rate_limit_headers_are_parsed() -> None:
+    hit = source_hf.rate_limit_wait({"RateLimit": '"resolvers";r=0;t=120',
+                                     "RateLimit-Policy": '"fixed window";"resolvers";q=3000;w=300'})
+    assert hit.wait == 120 + source_hf.RATE_LIMIT_MARGIN_S
+    assert "'resolvers' limit, reset in 120 s" in hit.detail and "3000 requests per 300 s" in hit.detail
+    assert source_hf.rate_limit_wait({"retry-after": "7"}).wait == 7 + source_hf.RATE_LIMIT_MARGIN_S
+    # remaining > 0: the RateLimit header is not the reason for this 429; Retry-After (the longer) wins
+    both = source_hf.rate_limit_wait({"ratelimit": '"api";r=5;t=50', "Retry-After": "3"})
+    assert both.wait == 3 + source_hf.RATE_LIMIT_MARGIN_S
+    date = source_hf.rate_limit_wait({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"},
+                                     now=lambda: 1445412480.0 - 60)  # 60 s before that date
+    assert date.wait == pytest.approx(60 + source_hf.RATE_LIMIT_MARGIN_S)
+    assert source_hf.rate_limit_wait({}).wait == source_hf.DEFAULT_RATE_LIMIT_WAIT_S
+    assert source_hf.rate_limit_wait({"Retry-After": "99999"}).wait == (
+        source_hf.MAX_RATE_LIMIT_WAIT_S + source_hf.RATE_LIMIT_MARGIN_S)
+
+
+class _Response:
+    def __init__(self, status_code: int, headers: dict[str, str]) -> None:
+        self.status_code, self.headers = status_code, headers
+
+
+class _HTTPError(OSError):
+    def __init__(self, status: int, headers: dict[str, str]) -> None:
+        super().__init__(f"HTTP {status}")
+        self.response = _Response(status, headers)
+
+
+def test_429_does_not_use_up_attempts(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(source_hf, "_has_token", lambda: False)
+    clock = FakeClock()
+    calls = {"n": 0}
+
+    def flaky() -> str:
+        calls["n"] += 1
+        if calls["n"] <= 4:  # wrapped, as zipfile wraps an OSError from a read into BadZipFile
+            try:
+                raise _HTTPError(429, {"Retry-After": "2"})
+            except OSError:
+                raise zipfile.BadZipFile("File is not a zip file")  # implicit chaining: keeps __context__
+        return "data"
+
+    throttle = source_hf.HubThrottle(600, sleep=clock.sleep, clock=clock)
+    assert source_hf.with_retries(flaky, 1, "x", clock.sleep, throttle) == "data"
+    assert throttle.hits == 4 and clock.sleeps.count(2 + source_hf.RATE_LIMIT_MARGIN_S) == 4
+    assert "set HF_TOKEN" in capsys.readouterr().out
+
+    monkeypatch.setattr(source_hf, "MAX_RATE_LIMIT_WAITS", 3)
+    with pytest.raises(source_hf.DownloadError, match="still rate-limited by the Hub .* after 3 waits"):
+        source_hf.with_retries(lambda: (_ for _ in ()).throw(_HTTPError(429, {})), 2, "x", clock.sleep, throttle)
+    # other HTTP errors still use up attempts and end as a recorded skip (FetchError)
+    with pytest.raises(source_hf.FetchError, match="read failed after 2 attempts"):
+        source_hf.with_retries(lambda: (_ for _ in ()).throw(_HTTPError(503, {})), 2, "x", clock.sleep, throttle)
+
+
+# ---- what the zips must look like: sizes, pairing ----------------------------------------------
+
+def test_zip_sizes_are_checked_for_the_default_revision_only(tmp_path: Path) -> None:
+    zips = build_dff_zips(tmp_path / "zips")
+    sizes = {name: path.stat().st_size for name, path in zips.items()}
+    params = DataParams(source="hf", per_source=2, workers=1)
+    assert source_hf.known_sizes(params) == source_hf.DFF_ZIP_SIZES  # the defaults: the pinned DFF commit
+    assert params.hf_revision == "eb2a54fbf2567790bd3dc61d09fdaade6bb6c31c"
+    assert source_hf.known_sizes(DataParams(hf_revision="main")) == {}
+    assert source_hf.known_sizes(DataParams(hf_repo="me/my-dff-copy")) == {}
+    wrong = dict(sizes, **{"insight.zip": sizes["insight.zip"] + 1})
+    with pytest.raises(source_hf.DownloadError) as info:
+        source_hf.collect(params, tmp_path / "images", tmp_path / "cache", fs=LocalFileSystem(),
+                          root=str(tmp_path / "zips"), expected_sizes=wrong)
+    message = str(info.value)
+    assert "\n" not in message and "insight.zip" in message and f"expected {wrong['insight.zip']:,}" in message
+    assert not (tmp_path / "images").exists()
+    # the default revision holds the local zips to the real DFF sizes: refused before any member is read
+    with pytest.raises(source_hf.DownloadError, match="wiki.zip .* expected 1,766,572,515"):
+        source_hf.collect(params, tmp_path / "images", tmp_path / "cache", fs=LocalFileSystem(),
+                          root=str(tmp_path / "zips"))
+    # another revision: no size table, the same zips are read
+    rows = source_hf.collect(DataParams(source="hf", per_source=2, workers=1, hf_revision="main"),
+                             tmp_path / "images", tmp_path / "cache", fs=LocalFileSystem(), root=str(tmp_path / "zips"))
+    assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
+
+
+def test_members_pair_below_any_single_top_folder(tmp_path: Path) -> None:
+    tops = {"wiki": "DFF_wiki_v1/", "text2img": "sd-text2img/", "inpainting": "", "insight": "x/"}
+    build_dff_zips(tmp_path / "zips", extra_members={"README.txt": b"about"}, tops=tops)
+    rows = pd.DataFrame(source_hf.collect(DataParams(source="hf", per_source=4, workers=2), tmp_path / "images",
+                                          tmp_path / "cache", fs=LocalFileSystem(), root=str(tmp_path / "zips"),
+                                          expected_sizes={}))
+    assert len(rows) == 16 and (rows["status"] == "ok").all()
+    rels = rows["origin"].str.split("::").str[1].str.split("/").str[-2:].str.join("/")
+    assert (rows.groupby(rels)["generator"].nunique() == 4).all()
+    assert (rows.groupby(rels)["group"].nunique() == 1).all()
+    assert source_hf.common_top(["a/1.jpg", "a/b/2.jpg", "notes.txt", "__MACOSX/a/._1.jpg"]) == "a"
+    assert source_hf.common_top(["a/1.jpg", "b/2.jpg"]) is None
+    assert source_hf.common_top(["1.jpg", "a/2.jpg"]) is None
+
+
+@pytest.mark.parametrize("case", ["nested_twice", "few_common"])
+def test_unpaired_zips_fail_loudly(tmp_path: Path, case: str) -> None:
+    if case == "nested_twice":  # text2img under two folders: its paths never match wiki's
+        build_dff_zips(tmp_path / "zips", tops={"text2img": "data/text2img/"})
+    else:  # 9 of the 12 real paths have fakes: 75% < 90%
+        build_dff_zips(tmp_path / "zips", n_common=9)
+    for per_source in (3, "all"):
+        with pytest.raises(source_hf.DownloadError) as info:
+            source_hf.collect(DataParams(source="hf", per_source=per_source, workers=1), tmp_path / "images",
+                              tmp_path / f"cache{per_source}", fs=LocalFileSystem(), root=str(tmp_path / "zips"),
+                              fetch_zip=lambda n: tmp_path / "zips" / n, expected_sizes={})
+        message = str(info.value)
+        assert "\n" not in message and "have all three fakes at the same path" in message
+        assert ("(0%" if case == "nested_twice" else "(75%") in message
+    assert not (tmp_path / "images").exists()
+
+
+def test_missing_zip_on_the_hub_is_one_line(tmp_path: Path, fake_hub: Hub) -> None:
+    fake_hub.zips["insight.zip"].unlink()
+    with pytest.raises(source_hf.DownloadError) as info:
+        source_hf.collect(DataParams(source="hf", per_source=2, workers=1), tmp_path / "images", tmp_path / "cache",
+                          endpoint=fake_hub.endpoint, expected_sizes={})
+    message = str(info.value)
+    assert "insight.zip not found" in message and "check data.hf_repo and data.hf_revision" in message
+    assert "\n" not in message
 
 
 # ---- offline ----------------------------------------------------------------------------------
@@ -410,16 +684,20 @@ class _NoNetworkFS:
         raise AssertionError("must not get this far")
 
 
-@pytest.mark.parametrize("make_fs", ["fake", "hub_client"])
+@pytest.mark.parametrize("make_fs", ["fake", "hub_client", "paced_hub_client"])
 def test_offline_hf_fails_fast_with_the_way_out(tmp_path: Path, make_fs: str) -> None:
+    endpoint = None
     if make_fs == "fake":
         fs: Any = _NoNetworkFS()
         root = None
-    else:  # the real HfFileSystem client against a closed local port: connection refused, no network used
+    elif make_fs == "hub_client":  # the real HfFileSystem client against a closed local port: refused, no network
         from huggingface_hub import HfFileSystem
         fs, root = HfFileSystem(endpoint="http://127.0.0.1:9"), None
+    else:  # the paced client collect() builds itself
+        fs, root, endpoint = None, None, "http://127.0.0.1:9"
     with pytest.raises(source_hf.SourceUnavailableError) as info:
-        source_hf.collect(DataParams(source="hf"), tmp_path / "images", tmp_path / "cache", fs=fs, root=root)
+        source_hf.collect(DataParams(source="hf"), tmp_path / "images", tmp_path / "cache", fs=fs, root=root,
+                          endpoint=endpoint)
     message = str(info.value)
     assert "data.source: folder:<path>" in message and "data.source: synthetic" in message
     assert not (tmp_path / "images").exists()

@@ -25,6 +25,8 @@ class DecodedImage:
 def decode_rgb(source: Path | bytes) -> DecodedImage:
     """Fully decode an image file to RGB, applying its EXIF orientation.
 
+    High-bit-depth single-channel images (``I;16*``, ``I``, ``F``: 16-bit PNG/TIFF greyscale,
+    32-bit and float TIFFs) are scaled to 8 bits, not clipped (see ``_to_8bit``); the note says how.
     Raises ImageDecodeError with a short reason for non-images, truncated or corrupt files.
     """
     try:
@@ -33,6 +35,9 @@ def decode_rgb(source: Path | bytes) -> DecodedImage:
             im.load()
             mode = im.mode
             im = ImageOps.exif_transpose(im)
+            scaled = ""
+            if im.mode in HIGH_DEPTH_MODES:
+                im, scaled = _to_8bit(im)
             rgb = _to_rgb(im)
     except UnidentifiedImageError:
         raise ImageDecodeError("not an image (unrecognised format)") from None
@@ -41,7 +46,41 @@ def decode_rgb(source: Path | bytes) -> DecodedImage:
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageDecodeError(f"corrupt or truncated image ({e})") from None
     note = "" if mode == "RGB" else f"{mode}->RGB"
+    if scaled:
+        note += f" ({scaled})"
     return DecodedImage(rgb, mode, note)
+
+
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _to_8bit(im: Image.Image) -> tuple[Image.Image, str]:
+    """An ``L`` image from a high-bit-depth single-channel one (16-bit ints, 32-bit ints, floats),
+    scaled to 0..255 instead of clipped (PIL's own ``convert`` clips: a 16-bit photo turns white).
+
+    16-bit modes: value / 257 (so 65535 -> 255). ``I``/``F``: by the values' actual range, read as
+    8-bit (0..255), 16-bit (0..65535), float 0..1, or else stretched from [min, max]. Returns the
+    image and a note of what was done. Raises ImageDecodeError when no pixel value is finite.
+    """
+    values = np.asarray(im).astype(np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        raise ImageDecodeError(f"no finite pixel values (mode {im.mode})")
+    values = np.where(finite, values, 0.0)
+    lo, hi = float(values.min()), float(values.max())
+    if im.mode.startswith("I;16"):
+        scale, note = 65535.0, "16-bit scaled to 8 bits"
+    elif lo >= 0 and hi <= 1 and im.mode == "F":
+        scale, note = 1.0, "float 0..1 scaled to 8 bits"
+    elif lo >= 0 and hi <= 255:
+        scale, note = 255.0, "8-bit values"
+    elif lo >= 0 and hi <= 65535:
+        scale, note = 65535.0, "16-bit values scaled to 8 bits"
+    else:
+        span = hi - lo if hi > lo else 1.0
+        values, scale, note = values - lo, span, f"values {lo:g}..{hi:g} stretched to 8 bits"
+    pixels = np.clip(np.rint(values * (255.0 / scale)), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels), note  # 2-D uint8: mode L
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

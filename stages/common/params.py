@@ -38,9 +38,10 @@ class DataParams:
     per_source: int | Literal["all"] = 250
     seed: int = 0
     hf_repo: str = "OpenRL/DeepFakeFace"
-    hf_revision: str = "main"
+    hf_revision: str = "eb2a54fbf2567790bd3dc61d09fdaade6bb6c31c"  # the DFF commit the zip sizes are checked against
     workers: int = bounded(8, 1, 64)
     retries: int = bounded(4, 1, 20)
+    requests_per_minute: int = bounded(500, 1, 100_000)  # Hub range reads; anonymous limit ~3000 per 5 min
     min_side: int = bounded(64, 1)
     synthetic_identities: int = bounded(48, 4)
 

@@ -3,11 +3,13 @@
 A source (DFF zips, a local folder, the synthetic generator) only lists ``RawItem``s and says how
 to fetch each one's bytes; ``store_all`` checks every file with ``images.decode_rgb``, copies the
 original bytes unchanged into ``images/`` and returns one manifest row per item, skipped ones
-included (status + reason), so nothing is ever dropped silently.
+included (status + reason), so nothing is ever dropped silently. ``merge_duplicates`` then runs once
+over all rows of a source: files with identical bytes share one group (never split across), and
+identical bytes carrying both labels are skipped.
 """
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -129,13 +131,80 @@ def store_all(items: Sequence[RawItem], fetch: Fetch, images_dir: Path, min_side
     return rows
 
 
+CONFLICT_REASON = "identical bytes with conflicting labels"
+
+
+@dataclass(frozen=True)
+class DuplicateStats:
+    """What ``merge_duplicates`` did (for summary.json)."""
+
+    sha1_sets: int = 0        # distinct contents held by more than one kept file
+    groups_merged: int = 0    # groups absorbed into another group because files share bytes
+    conflict_skips: int = 0   # files skipped: the same bytes are labelled real in one place, fake in another
+
+
+def merge_duplicates(rows: Sequence[dict[str, Any]], images_dir: Path) -> tuple[list[dict[str, Any]], DuplicateStats]:
+    """One pass over every row of a source, after ``store_all``.
+
+    * Files with identical bytes (same sha1, not skipped) end up in ONE group: the groups of all
+      files sharing a sha1 are merged, transitively (union-find over group ids; the merged group is
+      the smallest id), so identical bytes can never land in two splits. Same-label copies are all
+      kept (both rows stay, in one group; ``summary.json`` counts them as ``duplicate_sha1_files``).
+    * Identical bytes with conflicting labels (one copy under real, another under fake): every copy
+      is recorded as ``skipped`` with reason ``identical bytes with conflicting labels (also
+      <other origin>)`` and its stored image is removed.
+    """
+    out = [dict(r) for r in rows]
+    by_sha: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(out):
+        if row["sha1"] and row["status"] != "skipped":
+            by_sha[row["sha1"]].append(i)
+    shared = [idx for idx in by_sha.values() if len(idx) > 1]
+
+    parent: dict[str, str] = {}
+
+    def find(group: str) -> str:
+        root = group
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while parent.get(group, group) != root:  # path compression
+            parent[group], group = root, parent[group]
+        return root
+
+    for idx in shared:
+        roots = {find(out[i]["group"]) for i in idx}
+        keep = min(roots)
+        for r in roots:
+            parent[r] = keep
+    groups_before = {row["group"] for row in out}
+    for row in out:
+        row["group"] = find(row["group"])
+    merged = len(groups_before) - len({row["group"] for row in out})
+
+    conflicts = 0
+    for idx in shared:
+        if len({out[i]["label"] for i in idx}) < 2:
+            continue
+        for i in idx:
+            others = [out[j]["origin"] for j in idx if j != i]
+            also = others[0] + (f" and {len(others) - 1} more" if len(others) > 1 else "")
+            row = out[i]
+            if row["path"]:
+                (images_dir / Path(row["path"]).name).unlink(missing_ok=True)
+            row.update(status="skipped", path="", reason=f"{CONFLICT_REASON} (also {also})")
+            conflicts += 1
+    stats = DuplicateStats(sha1_sets=sum(1 for idx in shared if len({out[i]["label"] for i in idx}) == 1),
+                           groups_merged=merged, conflict_skips=conflicts)
+    return out, stats
+
+
 def manifest_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(list(rows), columns=RAW_COLUMNS)
     return frame.sort_values(["source", "label", "generator", "group", "id"], kind="stable").reset_index(drop=True)
 
 
-def summarise(frame: pd.DataFrame) -> dict[str, Any]:
-    """Counts by label x generator x status, totals and the most common skip reasons."""
+def summarise(frame: pd.DataFrame, duplicates: DuplicateStats) -> dict[str, Any]:
+    """Counts by label x generator x status, totals, duplicates and the most common skip reasons."""
     counts: dict[str, dict[str, dict[str, int]]] = {}
     for (label, generator, status), n in frame.groupby(["label", "generator", "status"]).size().items():
         counts.setdefault(str(label), {}).setdefault(str(generator), {})[str(status)] = int(n)
@@ -143,12 +212,15 @@ def summarise(frame: pd.DataFrame) -> dict[str, Any]:
     dup = kept["sha1"].duplicated(keep=False)
     reasons = Counter(_reason_kind(r) for r in frame.loc[frame["status"] != "ok", "reason"])
     return {
-        "total": int(len(frame)),
+        "total": len(frame),
         "by_status": {s: int(n) for s, n in frame["status"].value_counts().sort_index().items()},
         "by_label": {s: int(n) for s, n in kept["label"].value_counts().sort_index().items()},
         "counts": counts,
         "groups": int(kept["group"].nunique()),
         "duplicate_sha1_files": int(dup.sum()),
+        "duplicate_sha1_sets": duplicates.sha1_sets,
+        "duplicate_groups_merged": duplicates.groups_merged,
+        "conflicting_label_skips": duplicates.conflict_skips,
         "reasons": dict(reasons.most_common(20)),
     }
 
@@ -161,7 +233,9 @@ def _reason_kind(reason: str) -> str:
 def metric_counts(summary: dict[str, Any]) -> dict[str, float]:
     """Flat MLflow metrics from a summary: n_total, n_<status>, n_<label>_<generator>_<status>."""
     out: dict[str, float] = {"n_total": summary["total"], "n_groups": summary["groups"],
-                             "n_duplicate_sha1_files": summary["duplicate_sha1_files"]}
+                             "n_duplicate_sha1_files": summary["duplicate_sha1_files"],
+                             "n_duplicate_groups_merged": summary["duplicate_groups_merged"],
+                             "n_conflicting_label_skips": summary["conflicting_label_skips"]}
     out.update({f"n_{s}": n for s, n in summary["by_status"].items()})
     for label, gens in summary["counts"].items():
         for gen, statuses in gens.items():

@@ -2,7 +2,7 @@
 
 The dataset is four zips at the repo root (``wiki.zip`` real; ``text2img.zip``, ``inpainting.zip``,
 ``insight.zip`` fake), 30k images each, members in the IMDB-WIKI layout
-``[<zip stem>/]<2-digit folder>/<person id>_<birth>_<year>.jpg``; the same relative path in every
+``[<top folder>/]<2-digit folder>/<person id>_<birth>_<year>.jpg``; the same relative path in every
 zip is one real photo and its three fakes.
 
 * ``per_source: N`` never downloads the zips: each is opened through an fsspec filesystem
@@ -12,21 +12,33 @@ zip is one real photo and its three fakes.
   ``data/cache/download/`` (atomic files), so a killed run resumes.
 * ``per_source: all`` downloads the whole zips with ``hf_hub_download`` (resumable) into
   ``data/cache/download/hub/`` and reads every member out of the local files with the same code.
+* Members pair on their path below the zip's single top folder (stripped when every image member
+  of the zip sits under one); fewer than 90% of the real paths pairing with all three fakes stops
+  the run. With the default repo and revision each zip's size is checked against ``DFF_ZIP_SIZES``.
+* Hub requests are paced by one ``RateLimiter`` shared by the worker threads
+  (``data.requests_per_minute``; anonymous users get about 3,000 resolve requests per 5 minutes,
+  every range read is one). An HTTP 429 is honoured (``RateLimit`` / ``Retry-After`` headers):
+  every thread waits, then retries; a wait is not a failed attempt. The first 429 prints a hint to
+  set ``HF_TOKEN``.
 
 The filesystem is a parameter (``RangeFS``): tests run the same range-read path on local zips.
 """
 from __future__ import annotations
 
 import json
+import math
+import os
 import random
 import re
 import socket
 import struct
+import threading
 import time
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
@@ -39,6 +51,18 @@ DFF_ZIPS: dict[str, str] = {  # zip at the repo root -> generator ("real" for th
     "wiki.zip": "real", "text2img.zip": "text2img", "inpainting.zip": "inpainting", "insight.zip": "insight",
 }
 DFF_SOURCE = "dff"
+# Byte sizes of the zips at the pinned default revision (DataParams().hf_revision of DataParams().hf_repo):
+# the one table; checked only when data.hf_repo / data.hf_revision are the defaults.
+DFF_ZIP_SIZES: dict[str, int] = {
+    "wiki.zip": 1_766_572_515, "text2img.zip": 1_134_392_707,
+    "inpainting.zip": 1_082_027_665, "insight.zip": 1_081_375_437,
+}
+MIN_PAIRED = 0.90            # share of the real paths that must have all three fakes at the same path
+RATE_LIMIT_MARGIN_S = 1.0    # added to the server's reset time (it is rounded to whole seconds)
+DEFAULT_RATE_LIMIT_WAIT_S = 30.0  # a 429 without RateLimit / Retry-After headers
+MAX_RATE_LIMIT_WAIT_S = 900.0     # never trust a reset time longer than this
+MAX_RATE_LIMIT_WAITS = 30    # 429s in a row for one read before the run stops (with the HF_TOKEN hint)
+RETRIED_IN_CLIENT = (408, 500, 502, 503, 504)  # huggingface_hub's own retries minus 429 (handled here)
 RANGE_SLACK = 1024           # extra bytes read after a member's data, for a local extra field
 LISTING_BLOCK = 1 << 16      # read-ahead while zipfile parses the central directory
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # zip local file header, 30 bytes
@@ -135,46 +159,248 @@ def safe_member_path(root: Path, name: str) -> Path:
     return target
 
 
-def with_retries(fn: Callable[[], T], attempts: int, what: str, sleep: Callable[[float], None]) -> T:
+# ---- pacing and HTTP 429 -----------------------------------------------------------------------
+
+class RateLimiter:
+    """A token bucket shared by all worker threads: on average ``per_minute`` requests a minute,
+    bursts of up to ``burst``; ``pause(s)`` holds every thread back for ``s`` seconds (after a 429).
+
+    Each ``acquire`` reserves the next free slot under a lock and sleeps outside it. ``clock`` and
+    ``sleep`` are parameters so tests run on a fake clock.
+    """
+
+    def __init__(self, per_minute: float, burst: int | None = None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if per_minute <= 0:
+            raise ValueError(f"requests per minute must be positive, got {per_minute}")
+        self.interval = 60.0 / per_minute
+        self.burst = max(1, burst if burst is not None else min(int(per_minute) // 12, 50))  # <= 5 s of requests
+        self.clock, self.sleep = clock, sleep
+        self._tat = -math.inf          # theoretical arrival time of the next request at the steady rate
+        self._paused_until = -math.inf
+        self._lock = threading.Lock()
+        self.waited = 0.0              # seconds spent waiting for slots, all threads together
+
+    def acquire(self) -> float:
+        """Reserve the next free slot and wait for it; returns the slot's time on ``clock``."""
+        with self._lock:
+            now = self.clock()
+            tat = max(self._tat, now)
+            at = max(now, tat - (self.burst - 1) * self.interval, self._paused_until)
+            self._tat = max(tat, at) + self.interval
+            self.waited += at - now
+        if at > now:
+            self.sleep(at - now)
+        return at
+
+    def pause(self, seconds: float) -> None:
+        with self._lock:
+            self._paused_until = max(self._paused_until, self.clock() + seconds)
+
+
+@dataclass(frozen=True)
+class RateLimited:
+    """An HTTP 429: how long to wait and what the server said."""
+
+    wait: float
+    detail: str
+
+
+_RATELIMIT_NAME = re.compile(r'"([^"]*)"')
+_RATELIMIT_PARAM = re.compile(r"\b([a-z]+)\s*=\s*(\d+)", re.IGNORECASE)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    for key in headers:
+        if str(key).lower() == name:
+            return str(headers[key])
+    return None
+
+
+def rate_limit_wait(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> RateLimited:
+    """Seconds to wait after a 429, from the IETF ``RateLimit`` header (``"resolvers";r=0;t=120``:
+    0 left, reset in 120 s) and/or ``Retry-After`` (seconds or an HTTP date); the longer one wins,
+    plus ``RATE_LIMIT_MARGIN_S``. Without either: ``DEFAULT_RATE_LIMIT_WAIT_S``."""
+    waits: list[float] = []
+    notes: list[str] = []
+    ratelimit = _header(headers, "ratelimit")
+    if ratelimit:
+        params = {k.lower(): int(v) for k, v in _RATELIMIT_PARAM.findall(ratelimit)}
+        name = _RATELIMIT_NAME.search(ratelimit)
+        if "t" in params and params.get("r", 0) == 0:
+            waits.append(float(params["t"]))
+            notes.append(f"{name.group(1) if name else 'rate'!r} limit, reset in {params['t']} s")
+    policy = _header(headers, "ratelimit-policy")
+    if policy:
+        q = {k.lower(): int(v) for k, v in _RATELIMIT_PARAM.findall(policy)}
+        if "q" in q and "w" in q:
+            notes.append(f"{q['q']} requests per {q['w']} s")
+    retry_after = (_header(headers, "retry-after") or "").strip()
+    if retry_after.isdigit():
+        waits.append(float(retry_after))
+        notes.append(f"Retry-After {retry_after} s")
+    elif retry_after:
+        try:
+            waits.append(max(0.0, parsedate_to_datetime(retry_after).timestamp() - now()))
+            notes.append(f"Retry-After {retry_after}")
+        except (TypeError, ValueError):
+            pass
+    if not waits:
+        return RateLimited(DEFAULT_RATE_LIMIT_WAIT_S, "no reset time given")
+    return RateLimited(min(max(waits), MAX_RATE_LIMIT_WAIT_S) + RATE_LIMIT_MARGIN_S, "; ".join(notes))
+
+
+def rate_limited(exc: BaseException | None) -> RateLimited | None:
+    """The wait for an HTTP 429 anywhere in ``exc``'s chain (``HfHubHTTPError``/httpx/requests errors
+    carry ``.response``; aiohttp errors ``.status`` and ``.headers``); None for any other error."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        response = getattr(exc, "response", None)
+        status = getattr(response, "status_code", None) or getattr(exc, "status", None)
+        if status == 429:
+            headers = getattr(response, "headers", None) or getattr(exc, "headers", None) or {}
+            return rate_limit_wait(headers)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _has_token() -> bool:
+    if os.environ.get("HF_TOKEN"):
+        return True
+    try:
+        from huggingface_hub import get_token
+        return bool(get_token())
+    except Exception:  # noqa: BLE001 - only for the wording of a hint
+        return False
+
+
+class HubThrottle:
+    """Pacing and 429 handling shared by every thread of one run: ``before_request`` paces,
+    ``on_rate_limited`` makes all threads wait and prints the ``HF_TOKEN`` hint once."""
+
+    def __init__(self, per_minute: float, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic, burst: int | None = None) -> None:
+        self.limiter = RateLimiter(per_minute, burst, clock, sleep)
+        self.sleep = sleep
+        self.hits = 0
+        self.waited = 0.0
+        self._lock = threading.Lock()
+
+    def before_request(self) -> None:
+        self.limiter.acquire()
+
+    def on_rate_limited(self, hit: RateLimited, what: str) -> None:
+        with self._lock:
+            self.hits += 1
+            first = self.hits == 1
+            self.waited += hit.wait
+        if first:
+            print(f"download: the Hub answered HTTP 429 Too Many Requests while reading {what} ({hit.detail}); "
+                  f"waiting {hit.wait:.0f} s, then resuming (429 waits are not failed attempts). {token_hint()}",
+                  flush=True)
+        self.limiter.pause(hit.wait)
+        self.sleep(hit.wait)
+
+    def report(self) -> None:
+        if self.hits:
+            print(f"download: the Hub rate-limited {self.hits} requests; waited {self.waited:.0f} s for it in all. "
+                  f"{token_hint()}", flush=True)
+
+
+def token_hint() -> str:
+    if _has_token():
+        return ("A Hugging Face token is set; lower data.requests_per_minute to stay under its limit.")
+    return ("Anonymous users get about 3,000 requests per 5 minutes: set HF_TOKEN to a Hugging Face access "
+            "token (https://huggingface.co/settings/tokens) for higher limits, or lower data.requests_per_minute.")
+
+
+def with_retries(fn: Callable[[], T], attempts: int, what: str, sleep: Callable[[float], None],
+                 throttle: HubThrottle | None = None) -> T:
     """``fn()`` with exponential backoff. A lost connection after the last attempt aborts the run
-    (rerun to resume from the cache); any other persistent failure becomes a ``FetchError``."""
+    (rerun to resume from the cache); any other persistent failure becomes a ``FetchError``.
+    An HTTP 429 is not an attempt: wait for the server's reset time (every thread, through
+    ``throttle``) and try again; ``MAX_RATE_LIMIT_WAITS`` in a row stop the run with a ``DownloadError``."""
+    throttle = throttle if throttle is not None else HubThrottle(60_000, sleep=sleep)
     last: Exception | None = None
-    for attempt in range(attempts):
+    attempt = waits = 0
+    while attempt < attempts:
         try:
             return fn()
         except FetchError:
             raise  # deterministic (e.g. unsupported compression): retrying cannot help
         except Exception as e:  # noqa: BLE001 - every other failure is retried, then classified
+            hit = rate_limited(e)
+            if hit is not None:
+                waits += 1
+                if waits > MAX_RATE_LIMIT_WAITS:
+                    raise DownloadError(f"still rate-limited by the Hub (HTTP 429) after {MAX_RATE_LIMIT_WAITS} waits "
+                                        f"while reading {what}; {token_hint()} Rerun to resume from "
+                                        f"data/cache/download/") from e
+                throttle.on_rate_limited(hit, what)
+                continue
             last = e
-            if attempt + 1 < attempts:
-                sleep(min(0.5 * 2 ** attempt, 8.0))
+            attempt += 1
+            if attempt < attempts:
+                sleep(min(0.5 * 2 ** (attempt - 1), 8.0))
     if is_connection_error(last):
         raise SourceUnavailableError(f"lost the connection while reading {what} ({attempts} attempts: {last}); "
                                      f"rerun to resume from data/cache/download/") from last
-    raise FetchError(f"read failed after {attempts} attempts ({type(last).__name__}: {last})")
+    raise FetchError(f"read failed after {attempts} attempts ({type(last).__name__}: {_first_line(last)})")
 
 
-def open_zip(fs: RangeFS, path: str) -> ZipSource:
+def open_zip(fs: RangeFS, path: str, throttle: HubThrottle | None = None) -> ZipSource:
     """Size of a remote zip; the first request, so an unreachable Hub fails here, within seconds."""
-    try:
-        info = fs.info(path)
-    except FileNotFoundError as e:
-        raise DownloadError(f"{path} not found ({e}); check data.hf_repo and data.hf_revision") from e
-    except Exception as e:
-        if is_connection_error(e):
-            raise SourceUnavailableError(offline_message(e)) from e
-        raise
+    waits = 0
+    while True:
+        try:
+            info = fs.info(path)
+            break
+        except FileNotFoundError as e:
+            raise DownloadError(f"{path} not found ({_first_line(e)}); check data.hf_repo and data.hf_revision") from e
+        except Exception as e:
+            if is_connection_error(e):
+                raise SourceUnavailableError(offline_message(e)) from e
+            hit = rate_limited(e)
+            if hit is None or waits >= MAX_RATE_LIMIT_WAITS:
+                raise DownloadError(f"{path}: {type(e).__name__}: {_first_line(e)}") from e
+            waits += 1
+            (throttle or HubThrottle(60_000)).on_rate_limited(hit, path)
     return ZipSource(fs, path, int(info["size"]))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines[:2]) if lines else type(exc).__name__
+
+
+def known_sizes(params: DataParams) -> dict[str, int]:
+    """``DFF_ZIP_SIZES`` when the params point at the default repo and pinned revision, else {}
+    (another repo or revision is not held to these sizes)."""
+    default = DataParams()
+    if (params.hf_repo, params.hf_revision) == (default.hf_repo, default.hf_revision):
+        return dict(DFF_ZIP_SIZES)
+    return {}
+
+
+def check_sizes(sources: Mapping[str, ZipSource], expected: Mapping[str, int], where: str) -> None:
+    """A one-line ``DownloadError`` when a zip's size is not the expected one."""
+    for name, src in sources.items():
+        want = expected.get(name)
+        if want is not None and src.size != want:
+            raise DownloadError(f"{name} on {where} is {src.size:,} bytes, expected {want:,}: not the DeepFakeFace "
+                                f"files this pipeline was checked against (set data.hf_repo / data.hf_revision "
+                                f"to the dataset you mean; sizes are only checked for the defaults)")
 
 
 def list_entries(src: ZipSource, cache_file: Path) -> list[ZipEntry]:
     """The zip's central directory (read once with a few range reads, then cached as JSON)."""
     if cache_file.exists():
         return [ZipEntry(**e) for e in json.loads(cache_file.read_text())]
-    with src.fs.open(src.path, "rb", block_size=LISTING_BLOCK, cache_type="readahead", size=src.size) as f:
-        with zipfile.ZipFile(f) as zf:
-            entries = [ZipEntry(i.filename, i.header_offset, i.compress_size, i.file_size, i.compress_type,
-                                i.CRC, i.flag_bits, len(i.extra)) for i in zf.infolist() if not i.is_dir()]
+    with (src.fs.open(src.path, "rb", block_size=LISTING_BLOCK, cache_type="readahead", size=src.size) as f,
+          zipfile.ZipFile(f) as zf):
+        entries = [ZipEntry(i.filename, i.header_offset, i.compress_size, i.file_size, i.compress_type,
+                            i.CRC, i.flag_bits, len(i.extra)) for i in zf.infolist() if not i.is_dir()]
     write_json(cache_file, [asdict(e) for e in entries])
     return entries
 
@@ -226,10 +452,24 @@ def cached_read(src: ZipSource, entry: ZipEntry, cache_file: Path | None) -> byt
     return data
 
 
-def relative_key(name: str, zip_stem: str) -> str:
-    """Member name without a top-level folder named like the zip: the pairing key across zips."""
-    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
-    if len(parts) > 1 and parts[0].lower() == zip_stem.lower():
+def _parts(name: str) -> list[str]:
+    return [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+
+
+def common_top(names: list[str]) -> str | None:
+    """The single top folder every image member of a zip sits under (``wiki/``, ``DFF_text2img/``,
+    ...), or None when they are not all under one folder. Non-images and ``__MACOSX``/dot entries
+    do not count, so a README next to the folder does not hide it."""
+    tops = {tuple(_parts(n)[:1]) if len(_parts(n)) > 1 else () for n in names if is_candidate("/".join(_parts(n)))}
+    if len(tops) == 1 and (top := next(iter(tops))):
+        return top[0]
+    return None
+
+
+def relative_key(name: str, top: str | None) -> str:
+    """Member name without the zip's top folder ``top`` (see ``common_top``): the pairing key across zips."""
+    parts = _parts(name)
+    if top is not None and len(parts) > 1 and parts[0] == top:
         parts = parts[1:]
     return "/".join(parts)
 
@@ -255,6 +495,27 @@ def choose_common(rels: dict[str, set[str]], n: int, seed: int) -> list[str]:
     return sorted(random.Random(f"{DFF_SOURCE}/{seed}").sample(common, n))
 
 
+def check_pairing(candidates: dict[str, set[str]], origins: dict[str, str]) -> None:
+    """``DownloadError`` unless at least ``MIN_PAIRED`` of the real (wiki) image paths have all three
+    fakes at the same relative path: otherwise groups and pairs would be silently wrong."""
+    real = next((z for z, g in DFF_ZIPS.items() if g == "real" and z in candidates), None)
+    if real is None or len(candidates) < 2:
+        return
+    reals = candidates[real]
+    if not reals:
+        raise DownloadError(f"{origins.get(real, real)} has no image members: not the DeepFakeFace layout")
+    paired = set.intersection(*candidates.values())
+    share = len(paired) / len(reals)
+    if share < MIN_PAIRED:
+        example = min(reals - paired)
+        missing = [z for z, c in candidates.items() if example not in c]
+        fake_example = next((min(c) for z, c in candidates.items() if z != real and c), "none")
+        raise DownloadError(f"only {len(paired):,} of the {len(reals):,} real paths in {real} ({share:.0%}, need "
+                            f"{MIN_PAIRED:.0%}) have all three fakes at the same path, e.g. {example!r} is not in "
+                            f"{', '.join(missing)} (a fake path looks like {fake_example!r}); the zips do not have "
+                            f"the DeepFakeFace layout")
+
+
 @dataclass(frozen=True)
 class _Planned:
     item: RawItem
@@ -270,25 +531,28 @@ def plan(sources: dict[str, ZipSource], listings: dict[str, list[ZipEntry]], per
     keyed: dict[str, dict[str, ZipEntry]] = {}
     refused: dict[str, list[tuple[ZipEntry, str]]] = {}
     for zip_name, entries in listings.items():
-        stem = PurePosixPath(zip_name).stem
         keyed[zip_name], refused[zip_name] = {}, []
+        safe = []
         for entry in entries:
             try:
                 safe_member_path(Path("."), entry.name)
             except UnsafeMemberError as e:
                 refused[zip_name].append((entry, str(e)))
                 continue
-            rel = relative_key(entry.name, stem)
+            safe.append(entry)
+        top = common_top([e.name for e in safe])
+        for entry in safe:
+            rel = relative_key(entry.name, top)
             if rel in keyed[zip_name]:
                 refused[zip_name].append((entry, f"duplicate zip member path (same as {keyed[zip_name][rel].name!r})"))
                 continue
             keyed[zip_name][rel] = entry
+    candidates = {z: {r for r in k if is_candidate(r)} for z, k in keyed.items()}
+    check_pairing(candidates, origins)
     if per_source == "all":
         chosen = {z: sorted(k) for z, k in keyed.items()}
     else:
-        common = choose_common({z: {r for r in k if is_candidate(r)} for z, k in keyed.items()},
-                               int(per_source), seed)
-        chosen = {z: common for z in keyed}
+        chosen = {z: choose_common(candidates, int(per_source), seed) for z in keyed}
     out: list[_Planned] = []
     for zip_name, rels in chosen.items():
         generator, src = DFF_ZIPS[zip_name], sources[zip_name]
@@ -308,6 +572,40 @@ def plan(sources: dict[str, ZipSource], listings: dict[str, list[ZipEntry]], per
                                ext=PurePosixPath(entry.name).suffix.lower(), refused=reason)
                 out.append(_Planned(item, src, None, None))
     return out
+
+
+def hub_filesystem(endpoint: str | None = None, throttle: HubThrottle | None = None) -> RangeFS:
+    """``HfFileSystem`` whose range reads go through ``throttle`` (paced) and surface an HTTP 429 as
+    an ``HfHubHTTPError`` at once instead of sleeping inside the client (huggingface_hub's own
+    backoff sleeps the reset time in each thread separately, unpaced, and gives up after 5 tries):
+    ``with_retries`` waits, for every thread. Server errors and network errors are still retried by
+    the client (``RETRIED_IN_CLIENT``); everything else (auth headers, URLs, redirects) is the
+    client's own ``_fetch_range``."""
+    from huggingface_hub import HfFileSystem, constants
+    from huggingface_hub.hf_file_system import HfFileSystemFile
+    from huggingface_hub.utils import hf_raise_for_status, http_backoff
+
+    class PacedHubFile(HfFileSystemFile):
+        def _fetch_range(self, start: int, end: int) -> bytes:
+            if throttle is not None:
+                throttle.before_request()
+            headers = {"range": f"bytes={start}-{end - 1}", **self.fs._api._build_hf_headers()}
+            response = http_backoff("GET", self.url(), headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
+                                    max_retries=3, retry_on_status_codes=RETRIED_IN_CLIENT)
+            hf_raise_for_status(response)
+            return response.content
+
+    class PacedHfFileSystem(HfFileSystem):
+        def _open(self, path: str, mode: str = "rb", block_size: int | None = None,  # type: ignore[override]
+                  revision: str | None = None, **kwargs: Any) -> Any:
+            block_size = block_size if block_size is not None else self.block_size
+            if mode != "rb" or block_size == 0:
+                return super()._open(path, mode, block_size=block_size, revision=revision, **kwargs)
+            if block_size is not None:
+                kwargs["block_size"] = block_size
+            return PacedHubFile(self, path, mode=mode, revision=revision, **kwargs)
+
+    return PacedHfFileSystem(endpoint=endpoint, skip_instance_cache=True)
 
 
 def check_reachable(params: DataParams, endpoint: str | None = None) -> None:
@@ -332,26 +630,34 @@ def hub_fetcher(repo: str, revision: str, local_dir: Path, endpoint: str | None 
 
 def collect(params: DataParams, images_dir: Path, cache_root: Path, fs: RangeFS | None = None,
             root: str | None = None, fetch_zip: ZipFetcher | None = None, endpoint: str | None = None,
-            sleep: Callable[[float], None] = time.sleep) -> list[dict[str, Any]]:
+            sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+            expected_sizes: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
     """Fetch the DFF subset (or everything) into ``images_dir``; one manifest row per member read.
 
     ``fs``/``root``/``fetch_zip`` default to the Hub (``endpoint``: another Hub URL, default the
     ``HF_ENDPOINT`` setting); tests pass a local fsspec filesystem, a folder holding the four zips and
-    a fetcher that returns local paths, or a local fake Hub endpoint.
+    a fetcher that returns local paths, or a local fake Hub endpoint. ``sleep``/``clock``: the waits
+    (backoff, pacing, 429) and the pacing clock. ``expected_sizes``: zip name -> bytes to check, default
+    ``known_sizes(params)`` (the ``DFF_ZIP_SIZES`` table for the default repo and revision, else none).
     """
+    throttle = HubThrottle(params.requests_per_minute, sleep=sleep, clock=clock)
     if fs is None:
-        from huggingface_hub import HfFileSystem
-        fs = HfFileSystem(endpoint=endpoint)
+        fs = hub_filesystem(endpoint, throttle)
     root = root if root is not None else hub_root(params.hf_repo, params.hf_revision)
     slug = f"{params.hf_repo.replace('/', '__')}@{quote(params.hf_revision, safe='')}"
-    remote = {name: open_zip(fs, f"{root}/{name}") for name in DFF_ZIPS}  # fails fast when offline
+    remote = {name: open_zip(fs, f"{root}/{name}", throttle) for name in DFF_ZIPS}  # fails fast when offline
+    expected = known_sizes(params) if expected_sizes is None else dict(expected_sizes)
+    check_sizes(remote, expected, f"{params.hf_repo}@{params.hf_revision}")
     if params.per_source == "all":
         fetch_zip = fetch_zip or hub_fetcher(params.hf_repo, params.hf_revision, cache_root / "hub" / slug, endpoint)
         from fsspec.implementations.local import LocalFileSystem
         local = LocalFileSystem()
         sources = {}
         for name in DFF_ZIPS:
-            path = with_retries(lambda n=name: fetch_zip(n), params.retries, name, sleep)
+            path = with_retries(lambda n=name: fetch_zip(n), params.retries, name, sleep, throttle)
+            if path.stat().st_size != remote[name].size:
+                raise DownloadError(f"{path}: {path.stat().st_size:,} bytes on disk, {remote[name].size:,} on "
+                                    f"the Hub; delete it and rerun")
             sources[name] = ZipSource(local, str(path), path.stat().st_size)
     else:
         sources = remote
@@ -361,7 +667,7 @@ def collect(params: DataParams, images_dir: Path, cache_root: Path, fs: RangeFS 
     for name, src in sources.items():
         try:
             listings[name] = with_retries(lambda s=src, n=name: list_entries(s, zip_dirs[n] / "entries.json"),
-                                          params.retries, f"the central directory of {name}", sleep)
+                                          params.retries, f"the central directory of {name}", sleep, throttle)
         except FetchError as e:
             raise DownloadError(f"{src.path}: cannot read the zip directory: {e}") from e
     member_cache = None if params.per_source == "all" else {n: d / "members" for n, d in zip_dirs.items()}
@@ -375,7 +681,10 @@ def collect(params: DataParams, images_dir: Path, cache_root: Path, fs: RangeFS 
     def fetch(item: RawItem) -> bytes:
         p = by_key[item.key]
         assert p.entry is not None
-        return with_retries(lambda: cached_read(p.src, p.entry, p.cache_file), params.retries, p.item.origin, sleep)
+        return with_retries(lambda: cached_read(p.src, p.entry, p.cache_file), params.retries, p.item.origin,
+                            sleep, throttle)
 
-    return store_all([p.item for p in planned], fetch, images_dir, params.min_side, params.workers,
+    rows = store_all([p.item for p in planned], fetch, images_dir, params.min_side, params.workers,
                      desc=f"{DFF_SOURCE} {'all' if params.per_source == 'all' else params.per_source}/source")
+    throttle.report()
+    return rows
