@@ -25,7 +25,8 @@ from stages.common.classifier_data import load_split
 from stages.common.classifier_train import EpochRecord, LoopConfig, train_loop
 from stages.common.distributed import World, relaunch_under_torchrun, training_world
 from stages.common.io import write_csv, write_json
-from stages.common.metrics import binary_metrics, calibrated, choose_threshold, fit_temperature
+from stages.common.metrics import (binary_metrics, calibrated, choose_threshold_from_logits,
+                                   fit_temperature_with_reason)
 from stages.common.params import ClassifierParams, FacesParams, as_dict, load_block, parse_block
 from stages.common.plots import history_figure, save_figure
 from stages.common.pretrained import find_weights
@@ -94,14 +95,17 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
                             device, mean, std, on_epoch=on_epoch if world.is_main else None, world=world)
         if not world.is_main:
             return
-        temperature = fit_temperature(result.val_logits, val.labels)
+        fit = fit_temperature_with_reason(result.val_logits, val.labels)  # never collapses on separable val
+        temperature = fit.temperature
         p_raw = calibrated(result.val_logits, 1.0)
         p_cal = calibrated(result.val_logits, temperature)
-        threshold = choose_threshold(val.labels, p_cal, p.threshold_rule)
+        # chosen on the calibrated val probabilities; midpoint taken between logits (meaningful when separable)
+        threshold = choose_threshold_from_logits(val.labels, result.val_logits, temperature, p.threshold_rule)
         val_metrics = binary_metrics(val.labels, p_cal, threshold)
         summary = {
             "best_epoch": result.best_epoch, "epochs_run": len(result.history), "stop_reason": result.stop_reason,
-            "seconds": round(result.seconds, 2), "temperature": temperature, "threshold": threshold,
+            "seconds": round(result.seconds, 2), "temperature": temperature, "temperature_reason": fit.reason,
+            "threshold": threshold,
             "threshold_rule": p.threshold_rule, "class_weight_real": result.class_weights[0],
             "class_weight_fake": result.class_weights[1], "n_train": len(train), "n_val": len(val),
             "processes": world.size,
@@ -113,18 +117,19 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
             threshold_rule=p.threshold_rule, mean=list(mean), std=list(std), image_size=p.image_size,
             faces=as_dict(faces),
             info={"best_epoch": result.best_epoch, "best_val_roc_auc": result.best_val_roc_auc,
-                  "pretrained": p.pretrained, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                  "pretrained": p.pretrained, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "temperature_reason": fit.reason})
         save_checkpoint(OUT_DIR / "model.pt", ckpt)
         write_json(OUT_DIR / "metrics.json", summary)
         save_figure(history_figure(pd.DataFrame(history), "epoch", HISTORY_PANELS), OUT_DIR / "history.png")
         mlflow.log_metrics({"best_epoch": result.best_epoch, "temperature": temperature, "threshold": threshold,
                             **{f"final_val_{k}": float(v) for k, v in summary["val"].items()
                                if isinstance(v, (int, float)) and v is not None}})
-        mlflow.set_tag("classifier.stop_reason", result.stop_reason)
+        mlflow.set_tags({"classifier.stop_reason": result.stop_reason, "classifier.temperature_reason": fit.reason})
         for name in ("history.csv", "history.png", "metrics.json"):
             mlflow.log_artifact(str(OUT_DIR / name))
     print(f"train_classifier: best epoch {result.best_epoch}/{len(result.history)} ({result.stop_reason}), "
-          f"val ROC-AUC {result.best_val_roc_auc:.4f}, T={temperature:.3f}, threshold={threshold:.4f} "
+          f"val ROC-AUC {result.best_val_roc_auc:.4f}, T={temperature:.3f} ({fit.reason}), threshold={threshold:.4f} "
           f"({p.threshold_rule}) -> {OUT_DIR / 'model.pt'}")
 
 

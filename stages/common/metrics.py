@@ -1,11 +1,13 @@
 """Binary real(0)/fake(1) metrics on probabilities of fake, built on sklearn.metrics.
 
 Also: equal error rate, expected calibration error and its reliability table, the decision
-threshold chosen on validation, temperature scaling, and per-generator breakdowns.
+threshold chosen on validation, temperature scaling that cannot collapse on separable validation
+(``fit_temperature_with_reason``), and per-generator breakdowns.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -65,18 +67,30 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 15) -> 
     return float((gaps * used["count"]).sum() / max(1, int(used["count"].sum())))
 
 
-def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str = "youden") -> float:
-    """Threshold on p (fake when p >= threshold) that optimises ``rule`` on these (validation) scores.
+def _logit(p: float) -> float:
+    return float(np.log(p) - np.log1p(-p))
 
-    youden: max TPR - FPR (= max balanced accuracy); f1: max F1 of the fake class; eer: where FPR
-    and FNR meet. The threshold sits halfway between the chosen score and the next lower one.
+
+def _midpoint(hi: float, lo: float) -> float:
+    """Halfway between two adjacent probabilities, taken in logit space.
+
+    A probability midpoint of 1e-30 and 1 - 1e-30 is 0.5 whatever the model says; the logit midpoint
+    mapped back through the sigmoid sits where the scores are equally far apart in the model's own
+    units. Scores of exactly 0 or 1 (infinite logits) or outside [0, 1] get the plain midpoint.
     """
+    if 0.0 < lo <= hi < 1.0:
+        return float(sigmoid((_logit(hi) + _logit(lo)) / 2))
+    return float((hi + lo) / 2)
+
+
+def _best_cut(y: np.ndarray, scores: np.ndarray, rule: str) -> tuple[float, float | None]:
+    """The score chosen by ``rule`` (fake when score >= it) and the next lower score (None: none lower)."""
     if rule not in THRESHOLD_RULES:
         raise ValueError(f"threshold rule {rule!r}; allowed: {', '.join(THRESHOLD_RULES)}")
     y = np.asarray(y)
     if not _both_classes(y):
         raise ValueError("choosing a threshold needs both real and fake images in the validation split")
-    fpr, tpr, thr = skm.roc_curve(y, p, drop_intermediate=False)
+    fpr, tpr, thr = skm.roc_curve(y, scores, drop_intermediate=False)
     fpr, tpr, thr = fpr[1:], tpr[1:], thr[1:]  # drop the "nothing is fake" point (threshold inf)
     n_pos, n_neg = float((y == 1).sum()), float((y == 0).sum())
     if rule == "youden":
@@ -87,9 +101,30 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str = "youden") -> floa
     else:
         score = -np.abs(fpr - (1.0 - tpr))
     i = int(np.argmax(score))
-    if i + 1 < len(thr):
-        return float((thr[i] + thr[i + 1]) / 2)
-    return float(thr[i])
+    return float(thr[i]), (float(thr[i + 1]) if i + 1 < len(thr) else None)
+
+
+def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str = "youden") -> float:
+    """Threshold on p (fake when p >= threshold) that optimises ``rule`` on these (validation) scores.
+
+    youden: max TPR - FPR (= max balanced accuracy); f1: max F1 of the fake class; eer: where FPR
+    and FNR meet. The threshold sits halfway, in logit space, between the chosen score and the next
+    lower one (see ``choose_threshold_from_logits`` when the probabilities may be saturated).
+    """
+    hi, lo = _best_cut(y, np.asarray(p, dtype=np.float64), rule)
+    return hi if lo is None else _midpoint(hi, lo)
+
+
+def choose_threshold_from_logits(y: np.ndarray, logits: np.ndarray, temperature: float, rule: str = "youden") -> float:
+    """``choose_threshold`` on the calibrated probabilities sigmoid(logits / T), computed on the logits.
+
+    The same choice (the sigmoid keeps the order), but the midpoint is taken between the two
+    logits themselves, so it stays meaningful where the probabilities round to 0 or 1: on separable
+    validation it is sigmoid((lowest fake logit + highest real logit) / 2T).
+    """
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    hi, lo = _best_cut(y, z, rule)
+    return float(sigmoid(hi if lo is None else (hi + lo) / 2))
 
 
 def _nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
@@ -102,14 +137,63 @@ def negative_log_likelihood(logits: np.ndarray, y: np.ndarray, temperature: floa
     return _nll(np.asarray(logits, dtype=np.float64), np.asarray(y, dtype=np.float64), temperature)
 
 
-def fit_temperature(logits: np.ndarray, y: np.ndarray, lo: float = 0.05, hi: float = 20.0) -> float:
-    """Temperature T minimising the NLL of sigmoid(logits / T) on these (validation) labels."""
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+# Gaussian prior on log T (centred on T = 1, sd 1: T in [0.14, 7.4] at two sd). Its weight is one
+# image's worth of NLL, so it is negligible with a few hundred validation images unless the NLL is
+# nearly flat or keeps falling towards T -> 0 (a near-separable split).
+LOG_TEMPERATURE_PRIOR_SD = 1.0
+
+
+@dataclass(frozen=True)
+class TemperatureFit:
+    """A fitted temperature and why it has this value (``reason`` starts with "fitted" when the MAP fit stands)."""
+    temperature: float
+    reason: str
+
+    @property
+    def fitted(self) -> bool:
+        return self.reason.startswith("fitted")
+
+
+def separable(logits: np.ndarray, y: np.ndarray) -> bool:
+    """Every fake logit above every real logit: the NLL keeps falling as T -> 0 and has no minimum."""
+    z, t = np.asarray(logits, dtype=np.float64), np.asarray(y)
+    return _both_classes(t) and float(z[t == 1].min()) > float(z[t == 0].max())
+
+
+def fit_temperature_with_reason(logits: np.ndarray, y: np.ndarray, lo: float = TEMPERATURE_BOUNDS[0],
+                                hi: float = TEMPERATURE_BOUNDS[1],
+                                prior_sd: float = LOG_TEMPERATURE_PRIOR_SD) -> TemperatureFit:
+    """Temperature T for sigmoid(logits / T), fitted on these (validation) labels, that cannot collapse.
+
+    MAP estimate: mean NLL + (log T)^2 / (2 prior_sd^2 n), searched over [lo, hi]. It falls back to
+    T = 1.0 (the model's own scale, never sharper) when
+    - the validation logits are separable: the NLL is lowest at T -> 0, where every probability is
+      0 or 1 (a test Brier of 1e-32 and a 0.5 threshold), which is overconfidence, not calibration;
+    - the optimum sits at the lower bound ``lo`` (the same collapse, held off only by the bound).
+    An optimum at the upper bound is kept (softer, not sharper) and says so.
+    """
     z, t = np.asarray(logits, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if not _both_classes(t):
         raise ValueError("temperature scaling needs both real and fake images in the validation split")
-    res = minimize_scalar(lambda log_t: _nll(z, t, float(np.exp(log_t))), bounds=(np.log(lo), np.log(hi)),
-                          method="bounded", options={"xatol": 1e-5})
-    return float(np.exp(res.x))
+    if separable(z, t):
+        return TemperatureFit(1.0, "separable validation (every fake logit above every real logit): "
+                                   "fell back to 1.0")
+    weight = 1.0 / (2.0 * prior_sd ** 2 * len(t))
+    res = minimize_scalar(lambda log_t: _nll(z, t, float(np.exp(log_t))) + weight * log_t ** 2,
+                          bounds=(np.log(lo), np.log(hi)), method="bounded", options={"xatol": 1e-5})
+    temperature = float(np.exp(res.x))
+    if temperature <= lo * 1.001:
+        return TemperatureFit(1.0, f"NLL optimum at the lower bound {lo}: fell back to 1.0")
+    if temperature >= hi * 0.999:
+        return TemperatureFit(temperature, f"fitted, at the upper bound {hi} (logits carry little information)")
+    return TemperatureFit(temperature, "fitted")
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray, lo: float = TEMPERATURE_BOUNDS[0],
+                    hi: float = TEMPERATURE_BOUNDS[1]) -> float:
+    """The temperature of ``fit_temperature_with_reason`` alone."""
+    return fit_temperature_with_reason(logits, y, lo, hi).temperature
 
 
 def _or_none(fn: Callable[[], float], needs_both: bool, y: np.ndarray) -> float | None:
