@@ -1,9 +1,9 @@
 """Stage evaluate: the trained classifier on the test split only.
 
 Reads params block ``evaluate``, results/classifier/model.pt (temperature and threshold were fitted
-on validation), data/splits/{train,test}.csv (train only for the metadata shortcut audit), the face
-crops and the raw files. Writes results/eval/{metrics.json, scores.csv, plots/*.csv, figures/*.png}
-and logs metrics and figures to MLflow.
+on validation), data/splits/{train,test}.csv (train only to fit the shortcut audits), the face crops
+and the raw files. Writes results/eval/{metrics.json, scores.csv, plots/*.csv, figures/*.png} and logs
+metrics and figures to MLflow. Shortcut warnings (crop_audit) are printed and tagged on the run.
 """
 from __future__ import annotations
 
@@ -13,19 +13,21 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix
 
 from stages.common.checkpoint import load_model
 from stages.common.classifier_data import load_split
 from stages.common.classifier_eval import robustness_transforms, shortcut_audit, worst_misclassified
 from stages.common.classifier_train import infer_logits
+from stages.common.crop_audit import CROP, SOURCE, audit_metrics, crop_feature_audit
 from stages.common.device import pick_device, set_threads
 from stages.common.io import atomic_output_dir, read_csv, write_csv, write_json
 from stages.common.metrics import (binary_metrics, calibrated, per_generator_metrics, pr_points,
                                    reliability_table, roc_points)
 from stages.common.params import EvaluateParams, load_block
-from stages.common.plots import (bar_figure, confusion_figure, image_grid, pr_figure, reliability_figure,
-                                 roc_figure, save_figure)
+from stages.common.plots import (auc_bars_figure, bar_figure, confusion_figure, image_grid, pr_figure,
+                                 reliability_figure, roc_figure, save_figure)
 from stages.common.tracking import flatten_numeric, stage_run
 
 CHECKPOINT = Path("results/classifier/model.pt")
@@ -33,6 +35,8 @@ SPLITS_DIR = Path("data/splits")
 OUT_DIR = Path("results/eval")
 LABELS = ("real", "fake")
 ROBUST_COLUMNS = ("roc_auc", "balanced_accuracy", "accuracy")
+AUDIT_COLOURS = {CROP: "#1f5fa8", SOURCE: "#e67e22", "all features": "#777777"}
+MAX_TAG_CHARS = 4000
 
 
 def label_names(y: np.ndarray) -> list[str]:
@@ -72,6 +76,16 @@ def write_outputs(out: Path, test: Any, logits: np.ndarray, p_cal: np.ndarray, p
     save_figure(image_grid([test.images[i] for i in worst], captions, ncols=8,
                            title=f"Most confidently misclassified test faces ({len(worst)} shown)"),
                 figs / "worst_misclassified.png")
+    save_figure(audit_figure(metrics["shortcut_audit"]["crop_features"]), figs / "shortcut_audit.png")
+
+
+def audit_figure(audit: dict[str, Any]) -> Figure:
+    """Per-feature test ROC-AUC of the crop audit (and of all features together), crop vs source coloured."""
+    feats = audit["features"]
+    names = [*feats, "all features"]
+    aucs = [f["test_auc"] for f in feats.values()] + [audit["combined"].get("test_auc")]
+    return auc_bars_figure(names, aucs, [f["kind"] for f in feats.values()] + ["all features"], AUDIT_COLOURS,
+                           audit["warn_auc"], f"Shortcut audit: one feature alone (test, n={audit['n_test']})")
 
 
 def main() -> None:
@@ -83,6 +97,7 @@ def main() -> None:
     test = load_split(SPLITS_DIR / "test.csv", ckpt.image_size)
     y, threshold, temperature = test.labels, ckpt.threshold, ckpt.temperature
 
+    train_frame = read_csv(SPLITS_DIR / "train.csv")
     with stage_run(stage="evaluate", block="evaluate", params=p, manifest=SPLITS_DIR / "test.csv"):
         logits = infer_logits(model, test.images, p.batch_size, device, mean, std, desc="test")
         p_cal, p_raw = calibrated(logits, temperature), calibrated(logits, 1.0)
@@ -100,8 +115,10 @@ def main() -> None:
             "test": overall,
             "per_generator": per_generator_metrics(y, p_cal, test.generators, threshold, p.ece_bins),
             "robustness": robustness,
-            "shortcut_audit": shortcut_audit(read_csv(SPLITS_DIR / "train.csv"), test.frame, overall["roc_auc"]),
+            "shortcut_audit": shortcut_audit(train_frame, test.frame, overall["roc_auc"]),
         }
+        crop = metrics["shortcut_audit"]["crop_features"] = crop_feature_audit(train_frame, test.frame,
+                                                                                warn_auc=p.audit_warn_auc)
         with atomic_output_dir(OUT_DIR) as tmp:
             write_json(tmp / "metrics.json", metrics)
             write_outputs(tmp, test, logits, p_cal, p_raw, threshold, metrics, p)
@@ -109,6 +126,8 @@ def main() -> None:
         audit = metrics["shortcut_audit"]
         mlflow.log_metrics(flatten_numeric({"shortcut_audit": {k: audit[k] for k in
                                                                ("metadata_roc_auc", "model_roc_auc")}}))
+        mlflow.log_metrics(audit_metrics(crop))
+        mlflow.set_tag("shortcut_warning", "; ".join(crop["warnings"])[:MAX_TAG_CHARS] or "none")
         mlflow.log_artifacts(str(OUT_DIR / "figures"), artifact_path="figures")
         mlflow.log_artifacts(str(OUT_DIR / "plots"), artifact_path="plots")
         mlflow.log_artifact(str(OUT_DIR / "metrics.json"))
@@ -116,7 +135,9 @@ def main() -> None:
     auc = overall["roc_auc"]
     print(f"evaluate: test n={overall['n']} ROC-AUC {auc if auc is None else round(auc, 4)} "
           f"balanced acc {overall['balanced_accuracy']} at threshold {threshold:.4f} (validation); "
-          f"metadata-only audit ROC-AUC {audit['metadata_roc_auc']}")
+          f"metadata-only audit ROC-AUC {audit['metadata_roc_auc']}; crop audit: {crop['n_warnings']} warnings")
+    for line in crop["warnings"]:
+        print(f"evaluate: WARNING shortcut: {line}")
 
 
 if __name__ == "__main__":

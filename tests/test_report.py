@@ -34,6 +34,23 @@ CLASSIFIER_ITERATIONS = [
     ("exp-c", "more dropout, other split seed", {"lr": 0.0003, "dropout": 0.5}, 1,
      {"roc_auc": 0.85, "f1": 0.82, "ece": 0.08}, 0.9),
 ]
+# the shortcut checks in the latest evaluation's metrics.json (stages.common.crop_audit + the counterfactual probes)
+SHORTCUT_WARNING = "border_constant (crop feature) alone separates real from fake: test ROC-AUC 0.990 overall"
+SHORTCUT_METRICS = {
+    "shortcut_audit": {"metadata_roc_auc": 0.6, "crop_features": {
+        "warn_auc": 0.75, "n_train": 14, "n_test": 4, "warnings": [SHORTCUT_WARNING], "n_warnings": 1,
+        "features": {"border_constant": {"kind": "crop", "test_auc": 0.99, "train_auc": 0.97, "direction": "higher = fake",
+                                         "per_generator": {"sd": {"test_auc": 0.99}, "swap": {"test_auc": 0.98}}},
+                     "jpeg_quality": {"kind": "source", "test_auc": 0.52, "train_auc": 0.55, "direction": "lower = fake",
+                                      "per_generator": {"sd": {"test_auc": 0.6}}}},
+        "combined": {"test_auc": 0.97, "per_generator": {}}, "skipped": {"margin_used": "no margin_used column"}}},
+    "counterfactual": {"threshold": 0.5, "flagged": ["tighter_framing"], "max_auc_drop": 0.3, "probes": {
+        "tighter_framing": {"description": "the face box with half the margin", "n": 4, "n_scored": 4, "n_no_face": 0,
+                            "roc_auc": 0.6, "tpr": 0.5, "tnr": 0.5, "clean_roc_auc": 0.9, "clean_tpr": 1.0,
+                            "clean_tnr": 1.0, "auc_drop": 0.3, "tpr_drop": 0.5, "flag": True},
+        "jpeg_q75": {"description": "raw re-encoded as JPEG q75", "n": 4, "n_scored": 3, "n_no_face": 1,
+                     "roc_auc": None, "tpr": 1.0, "tnr": None, "clean_roc_auc": 0.9, "clean_tpr": 1.0,
+                     "clean_tnr": 1.0, "auc_drop": None, "tpr_drop": 0.0, "flag": False}}}}
 # as stages.fid logs them when the Inception weights are absent: no fid / kid, fd_mobilenet only
 GENERATOR_ITERATIONS = [
     ("gen-a", "dcgan baseline", {"model": "dcgan", "epochs": 3}, {"generator.fd_mobilenet": 30.0}),
@@ -96,6 +113,9 @@ def make_history(mp: pytest.MonkeyPatch, work: Path) -> dict[str, list[str]]:
         arts = [(roc, "plots"), (_png(work / f"c{k}" / "confusion.png", k), "figures"),
                 (_png(work / f"m{k}" / "worst_misclassified.png", 10 + k), "figures"),
                 (_png(work / f"r{k}" / "roc.png", 20 + k), "figures")]
+        if k == len(CLASSIFIER_ITERATIONS) - 1:  # only the latest evaluation recorded the shortcut checks
+            write_json(work / "s" / "metrics.json", SHORTCUT_METRICS)
+            arts.append((work / "s" / "metrics.json", None))
         # as stages.evaluate logs them: test.<metric>
         ids["eval"].append(_log_run(mp, "evaluate", "evaluate", {"ece_bins": 15}, note, exp,
                                     metrics={f"test.{m}": v for m, v in test.items()}, artifacts=arts))
@@ -225,6 +245,24 @@ def test_markdown_and_figure_files_written(built: tuple[Path, dict[str, list[str
     assert "| `sd` | 10 | 9 | 1 | 10.0 % | 90.0 % |" in md
     assert "source `synthetic`" in md
     assert re.search(r"\| `train_classifier` \| 3 \|", md)
+
+
+def test_shortcuts_part_shows_the_crop_audit_and_the_probes(built: tuple[Path, dict[str, list[str]]]) -> None:
+    root, _ = built
+    page = (root / "results/report/index.html").read_text()
+    crop = _table(page, "Crop audit")
+    assert "<code>border_constant</code>" in crop and "⚠ warning" in crop and "higher = fake (0.970)" in crop
+    assert "<code>sd</code> 0.990" in crop  # the generator farthest from 0.5
+    assert SHORTCUT_WARNING in _table(page, "Crop-audit warnings")
+    probes = _table(page, "Counterfactual probes")
+    assert "<code>tighter_framing</code>" in probes and "0.900 → 0.600" in probes and "⚠ flagged" in probes
+    assert "0.900 → —" in probes and "3 / 4 (1 no face)" in probes  # jpeg_q75: no AUC recorded
+    assert "<strong>Shortcut warning</strong>: 1 crop-audit warning (<code>border_constant</code>) and flagged " \
+           "probe <code>tighter_framing</code>" in page
+    assert "Iteration #2 (best)" in page and "Shortcut checks not recorded" in page  # #2 predates the audit
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", _table(page, "Classifier iterations").split("<tbody>")[1], re.DOTALL)
+    assert '<span class="bad">1 feature + 1 probe</span>' in rows[2] and "feature" not in rows[0] + rows[1]
+    assert "Not computed: `margin_used` (no margin_used column)." in (root / "results/report/report.md").read_text()
 
 
 def test_report_without_runs_says_so(in_tmp_project: Path) -> None:

@@ -150,6 +150,7 @@ class EvaluateParams:
     robust_blur_sigma: float = bounded(1.5, 0.1, 10.0)
     robust_downscale: float = bounded(0.5, 0.05, 1.0)
     robust_noise_std: float = bounded(0.05, 0.0, 1.0)
+    audit_warn_auc: float = bounded(0.75, 0.5, 1.0)  # shortcut warning: a feature's test AUC >= this or <= 1 - this
     device: str = choice("auto", "cpu", "cuda", default="auto")
     threads: int = bounded(0, 0, 256)
     seed: int = 0

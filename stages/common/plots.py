@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from stages.common.io import atomic_write_bytes
 
@@ -147,4 +148,28 @@ def image_grid(images: Sequence[np.ndarray] | np.ndarray, captions: Sequence[str
             ax.set_title(captions[k], fontsize=7)
     if n == 0:
         fig.axes[0].text(0.5, 0.5, "nothing to show", ha="center", va="center")
+    return fig
+
+
+def auc_bars_figure(names: Sequence[str], aucs: Sequence[float | None], groups: Sequence[str],
+                    colours: dict[str, str], warn: float, title: str) -> Figure:
+    """Horizontal bars of single-feature ROC-AUCs drawn from 0.5 (chance), a solid line at 0.5 and dashed
+    lines at the warning bounds ``warn`` and ``1 - warn``; bar colour by group (e.g. crop / source)."""
+    fig = new_figure(6.4, 0.3 * len(names) + 1.5)
+    ax = fig.add_subplot()
+    ys = np.arange(len(names))[::-1]
+    values = np.array([math.nan if a is None else a for a in aucs], dtype=float)
+    ax.barh(ys, np.nan_to_num(values, nan=0.5) - 0.5, left=0.5, color=[colours.get(g, "grey") for g in groups])
+    for y, v in zip(ys, values):
+        ax.text(0.5 if math.isnan(v) else v, y, " n/a" if math.isnan(v) else f" {v:.2f} ", va="center", fontsize=7,
+                ha="left" if math.isnan(v) or v >= 0.5 else "right")
+    ax.axvline(0.5, color="black", lw=0.8)
+    for bound in (warn, 1 - warn):
+        ax.axvline(bound, color="#c62828", ls="--", lw=0.9)
+    ax.set_yticks(ys, list(names), fontsize=8)
+    ax.set(xlim=(0, 1), xlabel="test ROC-AUC (direction fitted on train; 0.5 = no signal)", title=title)
+    handles = [Patch(color=c, label=g) for g, c in colours.items() if g in set(groups)]
+    ax.legend(handles=handles + [ax.lines[1]], labels=[h.get_label() for h in handles] + [f"warning bounds {warn:g}"],
+              fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    ax.grid(axis="x", alpha=0.3)
     return fig

@@ -109,6 +109,7 @@ class Iteration:
     changes: list[Change] = field(default_factory=list)
     roc: pd.DataFrame | None = None                                   # fpr, tpr (classifier)
     final_grid: tuple[int, bytes] | None = None                       # (epoch, PNG) last sample grid (generator)
+    eval_json: dict[str, Any] | None = None                           # evaluation's metrics.json (latest, best)
 
     @property
     def note(self) -> str:
@@ -467,6 +468,9 @@ def build_track(spec: TrackSpec, runs: Sequence[RunInfo], p: ReportParams, clien
         for it in recent:
             if it.eval is not None:
                 it.roc = read_roc(art, it.eval, p.roc_artifacts)
+        for it in {id(x): x for x in (latest, best) if x is not None}.values():
+            if it.eval is not None:
+                it.eval_json = read_json_artifact(art, it.eval, "metrics.json")
         source = best or latest
         if source is not None and source.eval is not None:
             track.confusion = _first_image(art, source.eval, p.confusion_artifacts)
@@ -486,6 +490,18 @@ def build_track(spec: TrackSpec, runs: Sequence[RunInfo], p: ReportParams, clien
                 if raw is not None:
                     track.epoch_grids.append((epoch, raw))
     return track
+
+
+def read_json_artifact(art: Artifacts, run: RunInfo, path: str) -> dict[str, Any] | None:
+    """The run's JSON artifact at ``path`` as a dict; None (with a remark when unreadable) otherwise."""
+    if path not in art.paths(run.run_id) or (raw := art.read(run.run_id, path)) is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError as err:
+        art.remarks.append(f"{path} of run {run.run_id[:8]} is not valid JSON: {err}")
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _first_image(art: Artifacts, run: RunInfo, patterns: Sequence[str]) -> bytes | None:

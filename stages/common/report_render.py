@@ -362,6 +362,9 @@ def metric_cell(track: TrackData, it: Iteration, name: str) -> Cell:
 
 
 def track_section(number: int, track: TrackData, p: ReportParams) -> list[Block]:
+    # imported here, not at the top: report_shortcuts builds on this module's document model
+    from stages.common.report_shortcuts import shortcut_blocks, warnings_column
+
     spec = track.spec
     out: list[Block] = [Heading(2, f"{number} {spec.title}", spec.name)]
     if not track.iterations:
@@ -384,9 +387,11 @@ def track_section(number: int, track: TrackData, p: ReportParams) -> list[Block]
         f"previous iteration that has it, green when better and red when worse"
         + (f" (lower is better for {', '.join(f'`{m}`' for m in lower)})" if lower else "") + ". " + best_text))
     rows, classes = iteration_rows(track)
+    header = ["#", "run", "what changed", "note", *track.metric_names]
+    if spec is CLASSIFIER:
+        header = warnings_column(track, header, rows)
     out.append(Table(f"{spec.title} iterations: change, note and key metrics of the evaluation run "
-                     f"(Δ versus the previous iteration in brackets).",
-                     ["#", "run", "what changed", "note", *track.metric_names], rows, classes))
+                     f"(Δ versus the previous iteration in brackets).", header, rows, classes))
     if (png := metrics_figure(track)) is not None:
         out.append(Figure(f"{spec.name}_metrics.png", png,
                           f"{spec.title} key metrics over iterations; the star marks the best iteration by "
@@ -402,6 +407,8 @@ def track_section(number: int, track: TrackData, p: ReportParams) -> list[Block]
         out += generator_figures(track, p, remarks)
     if remarks:
         out.append(Para("Not shown: " + "; ".join(remarks) + "."))
+    if spec is CLASSIFIER:
+        out += shortcut_blocks(track)
     return out
 
 
