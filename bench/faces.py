@@ -31,7 +31,7 @@ from tqdm import tqdm  # noqa: E402
 
 from stages.common.device import pick_device, set_threads  # noqa: E402
 from stages.common.faces import (Box, FaceCache, FaceCropper, best_detection,  # noqa: E402
-                                 crop_resize, process, square_around)
+                                 crop_resize, face_square, process)
 from stages.common.images import decode_rgb, encode  # noqa: E402
 from stages.common.params import FacesParams, load_block  # noqa: E402
 
@@ -95,7 +95,7 @@ def run_naive(paths: list[Path], params: FacesParams, threads: int) -> tuple[Tim
         boxes, probs = mtcnn.detect(image)
         det = best_detection(boxes, probs, (1.0, 1.0))
         if det is not None and det.prob >= params.min_prob:
-            encode(crop_resize(image, square_around(det.box, params.margin), params.crop_size), params.encoding)
+            encode(crop_resize(image, face_square(det.box, params.margin, *image.size), params.crop_size), params.encoding)
             found.append((det.box, det.prob))
         else:
             found.append(None)

@@ -75,8 +75,32 @@ def summarise(name: str, workdir: Path, seconds: dict[str, float]) -> dict[str, 
             "ece": test["ece"], "jpeg50_auc": next(v["roc_auc"] for k, v in ev["robustness"].items()
                                                    if k.startswith("jpeg")),
             "meta_auc": ev["shortcut_audit"]["metadata_roc_auc"],
+            **counterfactual_columns(ev), **audit_columns(ev),
+            "T": tr["temperature"],
             "faces_s": seconds["faces"], "train_s": seconds["train_classifier"], "eval_s": seconds["evaluate"],
             "total_s": sum(seconds.values())}
+
+
+def counterfactual_columns(ev: dict[str, Any]) -> dict[str, Any]:
+    """Per probe: ROC-AUC and TPR at the validation threshold (clean values are the test columns)."""
+    out: dict[str, Any] = {}
+    for name, probe in ev.get("counterfactual", {}).get("probes", {}).items():
+        out[f"{name}_auc"] = probe.get("roc_auc")
+        out[f"{name}_tpr"] = probe.get("tpr")
+    if "counterfactual" in ev:
+        out["test_tpr"] = next(iter(ev["counterfactual"]["probes"].values())).get("clean_tpr")
+    return out
+
+
+def audit_columns(ev: dict[str, Any]) -> dict[str, Any]:
+    """The crop-level audit's strongest single feature (test ROC-AUC furthest from 0.5) and its warnings."""
+    crop = ev["shortcut_audit"].get("crop_features") or {}
+    feats = {k: v.get("test_auc") for k, v in crop.get("features", {}).items() if v.get("test_auc") is not None}
+    if not feats:
+        return {}
+    worst = max(feats, key=lambda k: abs(feats[k] - 0.5))
+    return {"audit_top": f"{worst}={feats[worst]:.2f}", "audit_all_auc": crop.get("combined", {}).get("test_auc"),
+            "audit_warnings": len(crop.get("warnings", []))}
 
 
 def fmt(v: Any) -> str:

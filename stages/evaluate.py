@@ -19,9 +19,12 @@ from sklearn.metrics import confusion_matrix
 from stages.common.checkpoint import load_model
 from stages.common.classifier_data import load_split
 from stages.common.classifier_eval import robustness_transforms, shortcut_audit, worst_misclassified
+from stages.common.classifier_predict import faces_params_for
 from stages.common.classifier_train import infer_logits
+from stages.common.counterfactual import ProbeInput, ProbeSettings, run_probes
 from stages.common.crop_audit import CROP, SOURCE, audit_metrics, crop_feature_audit
 from stages.common.device import pick_device, set_threads
+from stages.common.faces import FaceCropper
 from stages.common.io import atomic_output_dir, read_csv, write_csv, write_json
 from stages.common.metrics import (binary_metrics, calibrated, per_generator_metrics, pr_points,
                                    reliability_table, roc_points)
@@ -88,6 +91,42 @@ def audit_figure(audit: dict[str, Any]) -> Figure:
                            audit["warn_auc"], f"Shortcut audit: one feature alone (test, n={audit['n_test']})")
 
 
+def counterfactuals(model: Any, ckpt: Any, test: Any, p_cal: np.ndarray, p: EvaluateParams,
+                    device: Any) -> tuple[dict[str, Any], dict[str, dict[int, np.ndarray]]]:
+    """The counterfactual probes of the test split, re-cropped with the faces params of training."""
+    faces, _ = faces_params_for(ckpt)
+    cropper = FaceCropper(faces, device=device)
+    mean, std = tuple(ckpt.mean), tuple(ckpt.std)
+
+    def score(pixels: np.ndarray) -> np.ndarray:
+        return calibrated(infer_logits(model, pixels, p.batch_size, device, mean, std, progress=False),
+                          ckpt.temperature)
+
+    settings = ProbeSettings(p.counterfactual_stretch, p.counterfactual_max_auc_drop,
+                             p.counterfactual_max_rate_drop, p.seed)
+    shown = example_rows(test.labels)
+    return run_probes(ProbeInput.from_frame(test.frame, test.labels), p_cal, score, cropper, ckpt.image_size,
+                      ckpt.threshold, settings, keep_examples=shown)
+
+
+def example_rows(y: np.ndarray, per_label: int = 3) -> list[int]:
+    """The first few real and fake test rows (the counterfactual example figure)."""
+    return [int(i) for label in (0, 1) for i in np.flatnonzero(np.asarray(y) == label)[:per_label]]
+
+
+def probe_examples_figure(test: Any, examples: dict[str, dict[int, np.ndarray]]) -> Figure:
+    """Rows: a few test faces; columns: the clean crop, then each probe's crop of the same photo."""
+    rows = sorted({i for crops in examples.values() for i in crops})
+    images, captions = [], []
+    for i in rows:
+        images.append(test.images[i])
+        captions.append(f"clean ({test.frame['label'].iloc[i]})")
+        for name, crops in examples.items():
+            images.append(crops.get(i, np.zeros_like(test.images[i])))
+            captions.append(name if i in crops else f"{name}: no face")
+    return image_grid(images, captions, ncols=len(examples) + 1, title="Counterfactual probes: what the model saw")
+
+
 def main() -> None:
     p = load_block("evaluate", EvaluateParams)
     set_threads(p.threads)
@@ -119,9 +158,14 @@ def main() -> None:
         }
         crop = metrics["shortcut_audit"]["crop_features"] = crop_feature_audit(train_frame, test.frame,
                                                                                 warn_auc=p.audit_warn_auc)
+        examples: dict[str, dict[int, np.ndarray]] = {}
+        if p.counterfactual:
+            metrics["counterfactual"], examples = counterfactuals(model, ckpt, test, p_cal, p, device)
         with atomic_output_dir(OUT_DIR) as tmp:
             write_json(tmp / "metrics.json", metrics)
             write_outputs(tmp, test, logits, p_cal, p_raw, threshold, metrics, p)
+            if examples:
+                save_figure(probe_examples_figure(test, examples), tmp / "figures" / "counterfactual_examples.png")
         mlflow.log_metrics(flatten_numeric({k: metrics[k] for k in ("test", "per_generator", "robustness")}))
         audit = metrics["shortcut_audit"]
         mlflow.log_metrics(flatten_numeric({"shortcut_audit": {k: audit[k] for k in
@@ -138,6 +182,15 @@ def main() -> None:
           f"metadata-only audit ROC-AUC {audit['metadata_roc_auc']}; crop audit: {crop['n_warnings']} warnings")
     for line in crop["warnings"]:
         print(f"evaluate: WARNING shortcut: {line}")
+    for name, probe in metrics.get("counterfactual", {}).get("probes", {}).items():
+        print(f"evaluate: counterfactual {name}: ROC-AUC {_r(probe.get('clean_roc_auc'))} -> {_r(probe.get('roc_auc'))}, "
+              f"TPR {_r(probe.get('clean_tpr'))} -> {_r(probe.get('tpr'))}, TNR {_r(probe.get('clean_tnr'))} -> "
+              f"{_r(probe.get('tnr'))} ({probe['n_scored']}/{probe['n']} faces found)"
+              + ("  <- FLAGGED: the model leans on a cue this change removes" if probe["flag"] else ""))
+
+
+def _r(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ import mlflow
 
 from stages.common.device import pick_device, set_threads
 from stages.common.faces import FaceCache, FaceCropper, cache_key, face_metrics, run_faces
-from stages.common.io import atomic_output_dir, link_or_copy, read_csv, write_csv, write_json
+from stages.common.grayscale import apply_policy, gray_copy
+from stages.common.io import atomic_output_dir, atomic_write_bytes, link_or_copy, read_csv, write_csv, write_json
 from stages.common.params import FacesParams, as_dict, load_block
 from stages.common.tracking import flatten_numeric, main_worktree, stage_run
 
@@ -33,14 +34,22 @@ def main() -> None:
     # The per-image work runs before the MLflow run opens, so a killed run leaves no dangling run.
     start = time.perf_counter()
     faces, sources, counts = run_faces(raw, cropper, cache)
+    faces = apply_policy(faces, params.grayscale)
     seconds = time.perf_counter() - start
     metrics = face_metrics(raw, faces)
 
     with stage_run(stage="faces", block="faces", params=params, manifest=RAW_MANIFEST):
         with atomic_output_dir(OUT_DIR) as tmp:
             (tmp / "images").mkdir()
-            for out_path, cached in sources.items():
-                link_or_copy(cached, tmp / Path(out_path).relative_to(OUT_DIR))
+            for out_path, gray in zip(faces["path"], faces["grayscale"]):
+                if not out_path:
+                    continue
+                target = tmp / Path(out_path).relative_to(OUT_DIR)
+                if gray == "matched":
+                    atomic_write_bytes(target, gray_copy(sources[out_path].read_bytes(), params.encoding,
+                                                         params.jpeg_quality))
+                else:
+                    link_or_copy(sources[out_path], target)
             write_csv(tmp / "manifest.csv", faces)
             write_json(tmp / "metrics.json", metrics)
             write_json(tmp / "params.json", as_dict(params))  # how these crops were made, for predict

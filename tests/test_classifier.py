@@ -314,7 +314,7 @@ def test_train_classifier_stage_writes_calibrated_checkpoint(in_tmp_project: Pat
     summary = json.loads((out / "metrics.json").read_text())
     model, ckpt = load_model(out / "model.pt")
     assert ckpt.threshold == pytest.approx(summary["threshold"]) and ckpt.temperature > 0
-    assert ckpt.image_size == 32 and ckpt.faces["size"] == 32  # from data/faces/params.json
+    assert ckpt.image_size == 32 and ckpt.faces["crop_size"] == 32  # from data/faces/params.json
     # temperature and threshold are those of the validation split
     val = load_split(in_tmp_project / "data/splits/val.csv", 32)
     logits = infer_logits(model, val.images, 16, CPU, tuple(ckpt.mean), tuple(ckpt.std))

@@ -201,6 +201,12 @@ def quantise(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
+def to_grey(x: torch.Tensor) -> torch.Tensor:
+    """Each float image's luma in all three channels."""
+    grey = torch.einsum("bchw,c->bhw", x, torch.tensor(GREY_WEIGHTS, device=x.device, dtype=x.dtype))
+    return grey.unsqueeze(1).expand_as(x).contiguous()
+
+
 # ---- training augmentations ----
 
 @dataclass(frozen=True)
@@ -214,23 +220,25 @@ class AugmentConfig:
     blur_sigma: float = 1.0
     noise_prob: float = 0.1
     noise_std: float = 0.02
+    grayscale: float = 0.1
 
     @classmethod
     def from_params(cls, p: ClassifierParams) -> AugmentConfig:
         return cls(flip=p.aug_flip, color_jitter=p.aug_color_jitter, crop_scale=p.aug_crop_scale,
                    jpeg_prob=p.aug_jpeg_prob, jpeg_quality=p.aug_jpeg_quality, blur_prob=p.aug_blur_prob,
-                   blur_sigma=p.aug_blur_sigma, noise_prob=p.aug_noise_prob, noise_std=p.aug_noise_std)
+                   blur_sigma=p.aug_blur_sigma, noise_prob=p.aug_noise_prob, noise_std=p.aug_noise_std,
+                   grayscale=p.aug_grayscale)
 
     @classmethod
     def none(cls) -> AugmentConfig:
-        return cls(0.0, 0.0, 1.0, 0.0, 95, 0.0, 1.0, 0.0, 0.0)
+        return cls(0.0, 0.0, 1.0, 0.0, 95, 0.0, 1.0, 0.0, 0.0, 0.0)
 
 
 class Augmenter:
     """uint8 (B, 3, S, S) CPU batch -> augmented float batch in [0, 1] on ``device``.
 
     Order: JPEG re-compression (uint8) -> random resized crop + flip (one affine resampling) ->
-    colour jitter -> Gaussian blur -> Gaussian noise. Random draws come from ``generator`` only.
+    colour jitter -> greyscale -> Gaussian blur -> Gaussian noise. Random draws come from ``generator`` only.
     """
 
     def __init__(self, cfg: AugmentConfig, generator: torch.Generator, device: torch.device | str = "cpu") -> None:
@@ -257,6 +265,10 @@ class Augmenter:
         x = self._geometry(x)
         if cfg.color_jitter > 0:
             x = self._colour(x)
+        if cfg.grayscale > 0:
+            chosen = self._mask(n, cfg.grayscale).nonzero().flatten().to(self.device)
+            if len(chosen):
+                x[chosen] = to_grey(x[chosen])
         if cfg.blur_prob > 0:
             chosen = self._mask(n, cfg.blur_prob).nonzero().flatten().to(self.device)
             if len(chosen):
@@ -301,8 +313,7 @@ class Augmenter:
         b = self._uniform(n, 1 - j, 1 + j).to(x.device).view(shape)
         c = self._uniform(n, 1 - j, 1 + j).to(x.device).view(shape)
         s = self._uniform(n, 1 - j, 1 + j).to(x.device).view(shape)
-        grey_w = torch.tensor(GREY_WEIGHTS, device=x.device, dtype=x.dtype)
-        grey = torch.einsum("bchw,c->bhw", x, grey_w).unsqueeze(1)
+        grey = to_grey(x)[:, :1]
         offset = b * (1 - c) * grey.mean((2, 3), keepdim=True)
         base = torch.addcmul(offset, grey, (1 - s) * b * c)  # (n, 1, h, w), shared by the 3 channels
         return torch.addcmul(base, x, s * b * c).clamp_(0.0, 1.0)

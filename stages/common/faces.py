@@ -6,8 +6,10 @@
   letterboxed (top-left) into one ``detect_side`` x ``detect_side`` canvas, so ``batch_size``
   images go through MTCNN in one call; boxes are mapped back to full-resolution pixels;
 * the most probable face wins; below ``min_prob`` it is a miss (``on_miss``: drop | center);
-* the crop is a square around the box centre, side ``max(w, h) * (1 + margin)``, cut from the
-  full-resolution image (black where it leaves the image) and resized with one fixed filter.
+* the crop is a square around the box centre, side ``max(w, h) * (1 + margin)``, shifted so it
+  lies inside the full-resolution image and shrunk (around the face) when the image is too small
+  for it; the margin it actually gives the face is recorded. Nothing is ever filled in: padding
+  with a constant made a label wherever one class's faces sat closer to the photo's edge.
 
 Every image, real or fake, goes through the same decode → crop → resize → encode path, so the
 file format carries no label. The per-image cache (``FaceCache``) makes the stage resumable.
@@ -39,8 +41,9 @@ from stages.common.schema import FACE_COLUMNS, FACE_KEPT, RAW_COLUMNS, RAW_STATU
 CROP_FILTER = Image.Resampling.LANCZOS     # the one filter every crop is resized with
 DETECT_FILTER = Image.Resampling.BILINEAR  # scaling of the detection copy (antialiased when shrinking)
 # Bump when the detect/crop code changes in a way that changes outputs: invalidates the cache.
-ALGO_VERSION = "letterbox-topleft/channels-last/lanczos/v1"
-# Params that change results; batch_size, device and threads only change speed.
+ALGO_VERSION = "letterbox-topleft/channels-last/lanczos/inside-image/v2"
+# Params that change results; batch_size, device and threads only change speed. ``grayscale`` is
+# applied after the cache (stages.common.grayscale), so it is not among them.
 RESULT_KEYS = ("crop_size", "margin", "min_prob", "on_miss", "detect_side", "min_face",
                "encoding", "jpeg_quality")
 USABLE_RAW = ("ok", "converted")
@@ -84,13 +87,19 @@ class Detection:
     prob: float
 
 
+Region = tuple[int, int, int, int]  # left, top, right, bottom in full-resolution pixels
+
+
 @dataclass(frozen=True)
 class FaceResult:
-    """Outcome for one image: the crop (``size`` x ``size`` RGB) unless dropped."""
+    """Outcome for one image: the crop (``crop_size`` x ``crop_size`` RGB) unless dropped."""
     image: Image.Image | None
     detection: Detection | None  # the most probable face found at any probability, or None
     status: str                  # ok | center | dropped
     reason: str
+    region: Region | None = None     # the square cut from the image (inside it)
+    margin_used: float | None = None  # the margin that square gives the face (None without a face)
+    grayscale: bool = False          # the crop carries no colour
 
     @property
     def prob(self) -> float:
@@ -158,24 +167,46 @@ def best_detection(boxes: Any, probs: Any, scale: tuple[float, float]) -> Detect
 
 # --------------------------------------------------------------------------- cropping
 
-def square_around(box: Box, margin: float) -> tuple[int, int, int, int]:
-    """Integer square centred on ``box`` with side ``max(w, h) * (1 + margin)``."""
-    side = max(1, round(max(box.width, box.height) * (1.0 + margin)))
+def face_square(box: Box, margin: float, width: int, height: int) -> Region:
+    """Integer square around ``box`` with side ``max(w, h) * (1 + margin)``, inside a width x height image.
+
+    Centred on the face where the image allows it, else shifted inward; shrunk to the image's
+    shorter side when it is larger (then the face gets less margin than asked: see margin_of).
+    """
+    side = max(1, min(round(max(box.width, box.height) * (1.0 + margin)), width, height))
     left = round((box.x1 + box.x2) / 2 - side / 2)
     top = round((box.y1 + box.y2) / 2 - side / 2)
+    left, top = min(max(left, 0), width - side), min(max(top, 0), height - side)
     return left, top, left + side, top + side
 
 
-def center_square(width: int, height: int) -> tuple[int, int, int, int]:
+def margin_of(region: Region, box: Box) -> float:
+    """The margin a square region gives a face box (negative: the square is inside the box)."""
+    return (region[2] - region[0]) / max(box.width, box.height, 1e-6) - 1.0
+
+
+def center_square(width: int, height: int) -> Region:
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
     return left, top, left + side, top + side
 
 
-def crop_resize(image: Image.Image, region: tuple[int, int, int, int], size: int) -> Image.Image:
-    """Cut ``region`` (black outside the image) and resize it to ``size`` x ``size``."""
-    # PIL fills the part of a crop box outside the image with zeros (black).
+def crop_resize(image: Image.Image, region: Region, size: int) -> Image.Image:
+    """Cut ``region`` (inside the image) and resize it to ``size`` x ``size``."""
+    w, h = image.size
+    if not (0 <= region[0] < region[2] <= w and 0 <= region[1] < region[3] <= h):
+        raise ValueError(f"crop region {region} leaves the {w}x{h} image (it would need padding)")
     return image.convert("RGB").crop(region).resize((size, size), CROP_FILTER)
+
+
+GRAY_SPREAD = 6  # channel spread (max - min of R, G, B, in levels) that JPEG chroma noise leaves in a grey photo
+
+
+def is_grayscale(image: Image.Image) -> bool:
+    """True when (nearly) every pixel has equal R, G and B: a grey photo, also when stored as RGB."""
+    a = np.asarray(image.convert("RGB"), dtype=np.int16)
+    spread = a.max(axis=2) - a.min(axis=2)
+    return bool(np.quantile(spread, 0.99) <= GRAY_SPREAD)
 
 
 class FaceCropper:
@@ -204,13 +235,17 @@ class FaceCropper:
     def finish(self, image: Image.Image, det: Detection | None) -> FaceResult:
         p = self.params
         if det is not None and det.prob >= p.min_prob:
-            return FaceResult(crop_resize(image, square_around(det.box, p.margin), p.crop_size), det, "ok", "")
-        reason = ("no face detected" if det is None
-                  else f"best face prob {det.prob:.3f} < min_prob {p.min_prob:g}")
-        if p.on_miss == "center":
-            return FaceResult(crop_resize(image, center_square(*image.size), p.size), det, "center",
-                              f"{reason}; centred crop")
-        return FaceResult(None, det, "dropped", reason)
+            region = face_square(det.box, p.margin, *image.size)
+            status, reason = "ok", ""
+        else:
+            reason = ("no face detected" if det is None
+                      else f"best face prob {det.prob:.3f} < min_prob {p.min_prob:g}")
+            if p.on_miss != "center":
+                return FaceResult(None, det, "dropped", reason)
+            region, status, reason = center_square(*image.size), "center", f"{reason}; centred crop"
+        crop = crop_resize(image, region, p.crop_size)
+        return FaceResult(crop, det, status, reason, region, margin_of(region, det.box) if det else None,
+                          is_grayscale(crop))
 
     def encode(self, crop: Image.Image) -> bytes:
         return encode(crop, self.params.encoding, self.params.jpeg_quality)
@@ -238,6 +273,10 @@ class CacheEntry:
     box: list[float] | None
     prob: float
     crop_sha1: str         # "" when there is no crop (dropped, error)
+    region: list[int] | None = None
+    margin_used: float | None = None
+    raw_size: list[int] | None = None  # decoded width, height (after EXIF orientation)
+    grayscale: bool = False
 
     @property
     def has_crop(self) -> bool:
@@ -302,10 +341,13 @@ def usable_rows(raw: pd.DataFrame) -> pd.DataFrame:
     return raw[raw["status"].isin(USABLE_RAW)]
 
 
-def _entry(result: FaceResult, crop_bytes: bytes | None) -> CacheEntry:
+def _entry(result: FaceResult, crop_bytes: bytes | None, raw_size: tuple[int, int]) -> CacheEntry:
     det = result.detection
     return CacheEntry(result.status, result.reason, det.box.as_list() if det else None,
-                      result.prob, sha1_bytes(crop_bytes) if crop_bytes else "")
+                      result.prob, sha1_bytes(crop_bytes) if crop_bytes else "",
+                      list(result.region) if result.region else None,
+                      None if result.margin_used is None else round(result.margin_used, 6),
+                      list(raw_size), result.grayscale)
 
 
 def _chunks(items: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
@@ -333,7 +375,7 @@ def _finish_batch(keys: Sequence[str], decoded: Sequence[DecodedImage | ImageDec
             continue
         result = cropper.finish(d.image, next(found))
         crop = cropper.encode(result.image) if result.image is not None else None
-        cache.store(key, _entry(result, crop), crop)
+        cache.store(key, _entry(result, crop, d.image.size), crop)
 
 
 def process(todo: dict[str, Path], cropper: FaceCropper, cache: FaceCache,
@@ -409,11 +451,16 @@ def run_faces(raw: pd.DataFrame, cropper: FaceCropper, cache: FaceCache,
         if path:
             sources[path] = cache.crop_path(key)
         box = entry.box or ["", "", "", ""]
+        region = entry.region or ["", "", "", ""]
+        raw_size = entry.raw_size or ["", ""]
         out_rows.append({**{c: row[c] for c in ("id", "label", "generator", "source", "group",
                                                 "predefined_split")},
-                         "path": path, "raw_path": row["path"],
+                         "path": path, "raw_path": row["path"], "raw_width": raw_size[0], "raw_height": raw_size[1],
                          "box_x1": box[0], "box_y1": box[1], "box_x2": box[2], "box_y2": box[3],
-                         "prob": entry.prob, "status": entry.status, "reason": entry.reason})
+                         "prob": entry.prob, "crop_x1": region[0], "crop_y1": region[1], "crop_x2": region[2],
+                         "crop_y2": region[3], "margin_used": "" if entry.margin_used is None else entry.margin_used,
+                         "grayscale": ("raw" if entry.grayscale else "no") if entry.has_crop else "",
+                         "status": entry.status, "reason": entry.reason})
     return pd.DataFrame(out_rows, columns=FACE_COLUMNS), sources, counts
 
 
@@ -437,7 +484,16 @@ def group_metrics(faces: pd.DataFrame, raw_skipped: int) -> dict[str, Any]:
         "detection_rate": _rate(n["ok"], decoded),            # decoded images with a face >= min_prob
         "mean_prob": round(float(probs.mean()), 6) if len(probs) else None,  # best face per image, 0 if none
         "mean_prob_detected": round(float(detected.mean()), 6) if len(detected) else None,
+        # share of kept crops that are grey: in the photo itself, and after faces.grayscale
+        "grayscale_raw_share": _rate(int((faces["grayscale"] == "raw").sum()), kept),
+        "grayscale_share": _rate(int(faces["grayscale"].isin(["raw", "matched"]).sum()), kept),
+        "margin_used_mean": _mean(faces.loc[faces["status"].isin(FACE_KEPT), "margin_used"]),
     }
+
+
+def _mean(values: pd.Series) -> float | None:
+    v = pd.to_numeric(values, errors="coerce").dropna()
+    return round(float(v.mean()), 6) if len(v) else None
 
 
 def face_metrics(raw: pd.DataFrame, faces: pd.DataFrame) -> dict[str, Any]:

@@ -59,10 +59,13 @@ class DataParams:
         return Path(self.source[len("folder:"):]).expanduser() if self.source.startswith("folder:") else None
 
 
+GRAYSCALE_MODES = ("match", "drop", "keep")  # faces.grayscale, see stages.common.grayscale
+
+
 @dataclass(frozen=True)
 class FacesParams:
     crop_size: int = bounded(128, 16, 1024)
-    margin: float = bounded(0.25, 0.0, 2.0)
+    margin: float = bounded(0.25, -0.5, 2.0)
     min_prob: float = bounded(0.90, 0.0, 1.0)
     on_miss: str = choice("drop", "center", default="drop")
     detect_side: int = bounded(256, 64, 4096)
@@ -72,6 +75,7 @@ class FacesParams:
     device: str = choice("auto", "cpu", "cuda", default="auto")
     min_face: int = bounded(20, 8, 4096)
     threads: int = bounded(1, 0, 256)
+    grayscale: str = choice(*GRAYSCALE_MODES, default="match")
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,7 @@ class ClassifierParams:
     aug_blur_sigma: float = bounded(1.0, 0.1, 10.0)
     aug_noise_prob: float = bounded(0.1, 0.0, 1.0)
     aug_noise_std: float = bounded(0.02, 0.0, 1.0)
+    aug_grayscale: float = bounded(0.1, 0.0, 1.0)
     amp: bool = True
     device: str = choice("auto", "cpu", "cuda", default="auto")
     threads: int = bounded(0, 0, 256)
@@ -151,6 +156,10 @@ class EvaluateParams:
     robust_downscale: float = bounded(0.5, 0.05, 1.0)
     robust_noise_std: float = bounded(0.05, 0.0, 1.0)
     audit_warn_auc: float = bounded(0.75, 0.5, 1.0)  # shortcut warning: a feature's test AUC >= this or <= 1 - this
+    counterfactual: bool = True
+    counterfactual_stretch: float = bounded(1.3, 0.2, 5.0)
+    counterfactual_max_auc_drop: float = bounded(0.05, 0.0, 1.0)
+    counterfactual_max_rate_drop: float = bounded(0.10, 0.0, 1.0)
     device: str = choice("auto", "cpu", "cuda", default="auto")
     threads: int = bounded(0, 0, 256)
     seed: int = 0
