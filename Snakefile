@@ -64,7 +64,9 @@ rule faces:
         "data/raw/manifest.csv",
     output:
         directory("data/faces/images"),
+        directory("data/faces/views"),
         "data/faces/manifest.csv",
+        "data/faces/views.csv",
         "data/faces/params.json",
         "data/faces/metrics.json",
     params:
@@ -121,6 +123,8 @@ rule train_classifier:
         "data/splits/train.csv",
         "data/splits/val.csv",
         "data/faces/images",
+        "data/faces/views",
+        "data/faces/views.csv",
         "data/faces/params.json",
     output:
         "results/classifier/model.pt",

@@ -31,7 +31,7 @@ from tqdm import tqdm  # noqa: E402
 
 from stages.common.device import pick_device, set_threads  # noqa: E402
 from stages.common.faces import (Box, FaceCache, FaceCropper, best_detection,  # noqa: E402
-                                 crop_resize, face_square, process)
+                                 Job, crop_resize, face_square, process)
 from stages.common.images import decode_rgb, encode  # noqa: E402
 from stages.common.params import FacesParams, load_block  # noqa: E402
 
@@ -68,7 +68,7 @@ def run_stage(paths: list[Path], params: FacesParams) -> tuple[Timing, Found]:
     cropper.crop([decode_rgb(paths[0]).image])  # warm-up
     with tempfile.TemporaryDirectory() as tmp:
         cache = FaceCache(Path(tmp), cropper.extension)
-        todo = {f"{i:04d}": p for i, p in enumerate(paths)}
+        todo = {f"{i:04d}": Job(p) for i, p in enumerate(paths)}
         with tqdm(total=len(todo), desc=f"stage side={params.detect_side} bs={params.batch_size}") as bar:
             start, cpu = time.perf_counter(), time.process_time()
             process(todo, cropper, cache, progress=bar.update)

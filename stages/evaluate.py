@@ -172,6 +172,11 @@ def main() -> None:
                                                                ("metadata_roc_auc", "model_roc_auc")}}))
         mlflow.log_metrics(audit_metrics(crop))
         mlflow.set_tag("shortcut_warning", "; ".join(crop["warnings"])[:MAX_TAG_CHARS] or "none")
+        if "counterfactual" in metrics:
+            cf = metrics["counterfactual"]
+            mlflow.log_metrics(flatten_numeric({"counterfactual": cf["probes"]}))
+            mlflow.log_metric("counterfactual.n_flagged", len(cf["flagged"]))
+            mlflow.set_tag("counterfactual_flagged", ", ".join(cf["flagged"]) or "none")
         mlflow.log_artifacts(str(OUT_DIR / "figures"), artifact_path="figures")
         mlflow.log_artifacts(str(OUT_DIR / "plots"), artifact_path="plots")
         mlflow.log_artifact(str(OUT_DIR / "metrics.json"))

@@ -1,4 +1,4 @@
-"""Stage faces: MTCNN face crops of every usable raw image → data/faces/{images/,manifest.csv,metrics.json,params.json}.
+"""Stage faces: MTCNN face crops of every usable raw image → data/faces/{images/,views/,manifest.csv,views.csv,metrics.json,params.json}.
 
 Reads only params.yaml block ``faces``. Per-image work is cached under
 <main checkout>/data/cache/faces/<hash of result params + detector version>/, so a killed run
@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 
 from stages.common.device import pick_device, set_threads
-from stages.common.faces import FaceCache, FaceCropper, cache_key, face_metrics, run_faces
-from stages.common.grayscale import apply_policy, gray_copy
+from stages.common.faces import FaceCache, FaceCropper, cache_key, face_metrics, run_faces, view_metrics
+from stages.common.grayscale import apply_policy, gray_copy, views_after_policy
 from stages.common.io import atomic_output_dir, atomic_write_bytes, link_or_copy, read_csv, write_csv, write_json
 from stages.common.params import FacesParams, as_dict, load_block
 from stages.common.tracking import flatten_numeric, main_worktree, stage_run
@@ -22,6 +23,18 @@ from stages.common.tracking import flatten_numeric, main_worktree, stage_run
 RAW_MANIFEST = Path("data/raw/manifest.csv")
 OUT_DIR = Path("data/faces")
 CACHE_DIR = Path("data/cache/faces")  # under the main checkout, shared with `dvc exp run --temp` copies
+
+
+def assemble(tmp: Path, frame: pd.DataFrame, sources: dict[str, Path], params: FacesParams) -> None:
+    """Link every kept crop of ``frame`` from the cache into ``tmp`` (a grey copy where the policy says so)."""
+    for out_path, gray in zip(frame["path"], frame["grayscale"]):
+        if not out_path:
+            continue
+        target = tmp / Path(out_path).relative_to(OUT_DIR)
+        if gray == "matched":
+            atomic_write_bytes(target, gray_copy(sources[out_path].read_bytes(), params.encoding, params.jpeg_quality))
+        else:
+            link_or_copy(sources[out_path], target)
 
 
 def main() -> None:
@@ -33,24 +46,22 @@ def main() -> None:
 
     # The per-image work runs before the MLflow run opens, so a killed run leaves no dangling run.
     start = time.perf_counter()
-    faces, sources, counts = run_faces(raw, cropper, cache)
-    faces = apply_policy(faces, params.grayscale)
+    run = run_faces(raw, cropper, cache)
+    faces = apply_policy(run.faces, params.grayscale)
+    views = views_after_policy(run.views, faces)
+    counts = run.counts
     seconds = time.perf_counter() - start
     metrics = face_metrics(raw, faces)
+    metrics["views"] = view_metrics(views)
 
     with stage_run(stage="faces", block="faces", params=params, manifest=RAW_MANIFEST):
         with atomic_output_dir(OUT_DIR) as tmp:
             (tmp / "images").mkdir()
-            for out_path, gray in zip(faces["path"], faces["grayscale"]):
-                if not out_path:
-                    continue
-                target = tmp / Path(out_path).relative_to(OUT_DIR)
-                if gray == "matched":
-                    atomic_write_bytes(target, gray_copy(sources[out_path].read_bytes(), params.encoding,
-                                                         params.jpeg_quality))
-                else:
-                    link_or_copy(sources[out_path], target)
+            (tmp / "views").mkdir()
+            for frame in (faces, views):
+                assemble(tmp, frame, run.sources, params)
             write_csv(tmp / "manifest.csv", faces)
+            write_csv(tmp / "views.csv", views)
             write_json(tmp / "metrics.json", metrics)
             write_json(tmp / "params.json", as_dict(params))  # how these crops were made, for predict
 

@@ -21,7 +21,7 @@ import torch
 
 from models.classifier import ArchSpec, build_classifier
 from stages.common.checkpoint import ClassifierCheckpoint, save_checkpoint
-from stages.common.classifier_data import load_split
+from stages.common.classifier_data import load_split, load_views
 from stages.common.classifier_train import EpochRecord, LoopConfig, train_loop
 from stages.common.distributed import World, relaunch_under_torchrun, training_world
 from stages.common.io import write_csv, write_json
@@ -34,6 +34,7 @@ from stages.common.tracking import stage_run
 
 SPLITS_DIR = Path("data/splits")
 FACES_PARAMS = Path("data/faces/params.json")  # the faces params that made the crops (faces stage)
+VIEWS = Path("data/faces/views.csv")           # training views of each face (faces.framing_views)
 OUT_DIR = Path("results/classifier")
 HISTORY_PANELS = {"loss": ["train_loss", "val_loss"], "accuracy": ["train_accuracy", "val_accuracy"],
                   "ROC-AUC": ["train_roc_auc", "val_roc_auc"]}
@@ -69,6 +70,7 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
     with world.main_first():  # rank 0 builds the image caches, the other ranks then memory-map them
         train = load_split(SPLITS_DIR / "train.csv", p.image_size, progress=world.is_main)
         val = load_split(SPLITS_DIR / "val.csv", p.image_size, progress=world.is_main)
+        views = load_views(train, VIEWS, p.image_size, progress=world.is_main)
     spec = spec_of(p)
     model = build_classifier(spec, weights.path if weights else None)
     mean, std = spec.normalisation
@@ -92,7 +94,8 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
                   f"({record.seconds:.1f}s)")
 
         result = train_loop(model, train.images, train.labels, val.images, val.labels, LoopConfig.from_params(p),
-                            device, mean, std, on_epoch=on_epoch if world.is_main else None, world=world)
+                            device, mean, std, on_epoch=on_epoch if world.is_main else None, world=world,
+                            views=views)
         if not world.is_main:
             return
         fit = fit_temperature_with_reason(result.val_logits, val.labels)  # never collapses on separable val
@@ -108,7 +111,7 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
             "threshold": threshold,
             "threshold_rule": p.threshold_rule, "class_weight_real": result.class_weights[0],
             "class_weight_fake": result.class_weights[1], "n_train": len(train), "n_val": len(val),
-            "processes": world.size,
+            "processes": world.size, "n_train_views": len(views) if views else 0,
             "train_images_per_s": float(np.mean([r.train_images_per_s for r in result.history])),
             "val": {**val_metrics, "ece_before_temperature": binary_metrics(val.labels, p_raw, 0.5)["ece"]},
         }

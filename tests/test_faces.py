@@ -16,7 +16,7 @@ from PIL import Image, JpegImagePlugin
 from skimage import data as skdata
 
 from stages.common.device import pick_device
-from stages.common.faces import (Box, FaceCache, FaceCropper, build_mtcnn, cache_key, process,
+from stages.common.faces import (Box, FaceCache, FaceCropper, Job, build_mtcnn, cache_key, process,
                                  run_faces)
 from stages.common.io import sha1_bytes
 from stages.common.params import FacesParams, ParamsError, parse_block
@@ -138,7 +138,7 @@ def test_every_input_format_leaves_with_the_same_size_format_and_encoder(
         todo[name] = tmp_path / name
     cropper = cropper_for(mtcnn, encoding=encoding, on_miss="center")
     cache = FaceCache(tmp_path / "cache", cropper.extension)
-    process(todo, cropper, cache)
+    process({k: Job(p) for k, p in todo.items()}, cropper, cache)
 
     outputs = {name: cache.crop_path(name).read_bytes() for name in todo}
     opened = {name: Image.open(io.BytesIO(b)) for name, b in outputs.items()}
@@ -185,7 +185,7 @@ def test_resume_reuses_finished_entries_and_ignores_half_written_files(
         im.save(todo[name])
     first = cropper_for(mtcnn, batch_size=2)
     cache = FaceCache(tmp_path / "cache", first.extension)
-    process(dict(list(todo.items())[:2]), first, cache)  # "killed" before c
+    process({k: Job(p) for k, p in list(todo.items())[:2]}, first, cache)  # "killed" before c
     assert first.detector.images == 2
     reference_b = cache.crop_path("b").read_bytes()
 
@@ -199,7 +199,7 @@ def test_resume_reuses_finished_entries_and_ignores_half_written_files(
     assert cache.load("a") is None and cache.load("c") is None
     todo_again = {k: p for k, p in todo.items() if cache.load(k) is None}
     second = cropper_for(mtcnn, batch_size=2)
-    process(todo_again, second, cache)
+    process({k: Job(p) for k, p in todo_again.items()}, second, cache)
     assert sorted(todo_again) == ["a", "c"]
     assert second.detector.images == 2  # b was reused, not detected again
     assert cache.crop_path("b").read_bytes() == reference_b
@@ -315,8 +315,12 @@ def test_missing_raw_file_is_an_error_row_not_a_crash(mtcnn: Any, astronaut: Ima
     raw = _write_raw(tmp_path, astronaut)
     (tmp_path / "data/raw/images/f2.jpg").unlink()
     cropper = cropper_for(mtcnn)
-    faces, sources, counts = run_faces(raw, cropper, FaceCache(tmp_path / "cache", ".png"), root=tmp_path)
+    run = run_faces(raw, cropper, FaceCache(tmp_path / "cache", ".png"), root=tmp_path)
+    faces, sources, counts = run.faces, run.sources, run.counts
     row = faces.set_index("id").loc["f2"]
     assert row["status"] == "error" and "missing" in row["reason"] and row["path"] == ""
-    assert counts.missing == 1 and set(sources) == {"data/faces/images/r1.png", "data/faces/images/f1.png"}
+    assert counts.missing == 1
+    assert {s for s in sources if s.startswith("data/faces/images/")} == {"data/faces/images/r1.png",
+                                                                          "data/faces/images/f1.png"}
+    assert set(run.views["id"]) == {"r1", "f1"}  # views only of kept faces
 

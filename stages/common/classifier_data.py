@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -61,17 +62,17 @@ def labels_of(frame: pd.DataFrame, name: str) -> np.ndarray:
     return frame["label"].map(LABEL_VALUES).to_numpy(dtype=np.float32)
 
 
-def cache_key(csv_path: Path, image_paths: list[Path], size: int, progress: bool = True) -> str:
-    """Hash of the CSV bytes, every image's bytes, the side and the cache format version."""
+def cache_key(listing: bytes, image_paths: list[Path], size: int, what: str, progress: bool = True) -> str:
+    """Hash of the listing (the split CSV's bytes), every image's bytes, the side and the cache format."""
     h = hashlib.sha1()
-    for path in tqdm(image_paths, desc=f"hash {csv_path.name}", unit="img", leave=False, mininterval=1.0,
+    for path in tqdm(image_paths, desc=f"hash {what}", unit="img", leave=False, mininterval=1.0,
                      disable=not progress):
         try:
             h.update(path.read_bytes())
         except FileNotFoundError:
-            raise ClassifierDataError(f"{csv_path}: image {path} is missing (re-run the faces stage)") from None
+            raise ClassifierDataError(f"{what}: image {path} is missing (re-run the faces stage)") from None
         h.update(b"\0")
-    return stable_hash({"v": CACHE_VERSION, "csv": hashlib.sha1(csv_path.read_bytes()).hexdigest(),
+    return stable_hash({"v": CACHE_VERSION, "csv": hashlib.sha1(listing).hexdigest(),
                         "images": h.hexdigest(), "size": size}, n=16)
 
 
@@ -113,16 +114,63 @@ def load_split(csv_path: Path, size: int, cache_dir: Path = CACHE_DIR, root: Pat
         if column not in frame.columns:
             raise ClassifierDataError(f"{csv_path}: column {column!r} is missing (see stages.common.schema)")
     labels = labels_of(frame, str(csv_path))
-    paths = [root / p for p in frame["path"]]
-    target = cache_dir / f"{name}-{cache_key(csv_path, paths, size, progress)}.npy"
+    images = cached_pixels(name, csv_path.read_bytes(), [root / p for p in frame["path"]], size, cache_dir, progress)
+    return SplitData(name, frame, images, labels)
+
+
+def cached_pixels(name: str, listing: bytes, paths: list[Path], size: int, cache_dir: Path,
+                  progress: bool = True) -> np.ndarray:
+    """(N, 3, size, size) uint8 memory map of ``paths``, decoded into ``cache_dir`` only on a miss."""
+    target = cache_dir / f"{name}-{cache_key(listing, paths, size, name, progress)}.npy"
     if not target.exists():
         for stale in cache_dir.glob(f"{name}-*.npy"):
-            stale.unlink(missing_ok=True)
+            if re.fullmatch(rf"{re.escape(name)}-[0-9a-f]{{16}}", stale.stem):  # not another split's entries
+                stale.unlink(missing_ok=True)
         build_cache(target, paths, size)
     images = np.load(target, mmap_mode="r")
-    if images.shape != (len(frame), 3, size, size):
-        raise ClassifierDataError(f"{target}: shape {images.shape} does not match {csv_path}; delete it")
-    return SplitData(name, frame, images, labels)
+    if images.shape != (len(paths), 3, size, size):
+        raise ClassifierDataError(f"{target}: shape {images.shape} does not match its {len(paths)} images; delete it")
+    return images
+
+
+@dataclass(frozen=True)
+class TrainViews:
+    """Extra views of training rows (the faces stage's tighter framings): each epoch a row is shown as its
+    crop or one of its views, uniformly at random."""
+
+    images: np.ndarray            # (M, 3, S, S) uint8
+    of_row: list[np.ndarray]      # per split row: its indices into ``images``
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def gather(self, crops: np.ndarray, idx: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+        """uint8 batch of rows ``idx``: each row's crop or one of its views."""
+        batch = gather(crops, idx)
+        picks = [(k, self.of_row[r]) for k, r in enumerate(idx) if len(self.of_row[r])]
+        for k, views in picks:
+            choice = int(torch.randint(len(views) + 1, (1,), generator=generator))
+            if choice:
+                batch[k] = torch.from_numpy(np.array(self.images[views[choice - 1]]))
+        return batch
+
+
+def load_views(split: SplitData, views_csv: Path, size: int, cache_dir: Path = CACHE_DIR, root: Path = Path("."),
+               progress: bool = True) -> TrainViews | None:
+    """The training views of ``split``'s rows listed in ``views_csv`` (None when there are none)."""
+    if not views_csv.exists():
+        return None
+    views = read_csv(views_csv)
+    views = views[(views["path"] != "") & views["id"].isin(set(split.frame["id"]))].reset_index(drop=True)
+    if views.empty:
+        return None
+    images = cached_pixels(f"{split.name}-views", views.to_csv(index=False).encode(),
+                           [root / p for p in views["path"]], size, cache_dir, progress)
+    position = {row_id: i for i, row_id in enumerate(split.frame["id"])}
+    of_row: list[list[int]] = [[] for _ in range(len(split))]
+    for k, row_id in enumerate(views["id"]):
+        of_row[position[row_id]].append(k)
+    return TrainViews(images, [np.asarray(v, dtype=int) for v in of_row])
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = None,

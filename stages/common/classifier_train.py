@@ -26,8 +26,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from models.classifier import DeepfakeClassifier
-from stages.common.classifier_data import (AugmentConfig, Augmenter, batch_indices, gather, normalise,
-                                           to_unit)
+from stages.common.classifier_data import (AugmentConfig, Augmenter, TrainViews, batch_indices, gather,
+                                           normalise, to_unit)
 from stages.common.distributed import World, seed_for
 from stages.common.params import ClassifierParams
 
@@ -185,10 +185,11 @@ def train_loop(model: DeepfakeClassifier, train_images: np.ndarray, train_labels
                val_images: np.ndarray, val_labels: np.ndarray, cfg: LoopConfig, device: torch.device,
                mean: tuple[float, ...], std: tuple[float, ...],
                on_epoch: Callable[[EpochRecord], None] | None = None, progress: bool = True,
-               world: World = World()) -> TrainResult:
+               world: World = World(), views: TrainViews | None = None) -> TrainResult:
     """Train ``model`` and return it holding the weights of its best validation ROC-AUC epoch.
 
-    ``cfg.batch_size`` is the global batch; with several ranks each trains on its share of it.
+    ``cfg.batch_size`` is the global batch; with several ranks each trains on its share of it. With
+    ``views``, each training row is shown as its crop or one of its views (drawn per batch).
     """
     if len(np.unique(val_labels)) < 2:
         raise ValueError("the validation split needs both real and fake images (early stopping on ROC-AUC, "
@@ -201,6 +202,7 @@ def train_loop(model: DeepfakeClassifier, train_images: np.ndarray, train_labels
     budget_s = cfg.max_minutes * 60.0 if cfg.max_minutes > 0 else math.inf
     order = torch.Generator().manual_seed(cfg.seed)  # the same batch order on every rank
     augment = Augmenter(cfg.augment, torch.Generator().manual_seed(seed_for(cfg.seed, world.rank)), device)
+    view_picks = torch.Generator().manual_seed(seed_for(cfg.seed, world.rank, 1))
     weights = class_weights(train_labels, cfg.class_weighting)
     model.to(device)
     if device.type == "cuda":
@@ -236,7 +238,7 @@ def train_loop(model: DeepfakeClassifier, train_images: np.ndarray, train_labels
         out_of_time = False
         for batch in bar:
             idx = world.shard(batch)
-            x = augment(gather(train_images, idx))
+            x = augment(views.gather(train_images, idx, view_picks) if views else gather(train_images, idx))
             y = labels_t[idx].to(device)
             with torch.autocast(device.type, enabled=use_amp):
                 logits = net(prepare_input(x, mean, std, device))

@@ -16,10 +16,12 @@ file format carries no label. The per-image cache (``FaceCache``) makes the stag
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import importlib.resources
 import json
+import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -36,7 +38,7 @@ from stages.common.device import pick_device
 from stages.common.images import DecodedImage, ImageDecodeError, decode_rgb, encode, extension
 from stages.common.io import atomic_write_bytes, sha1_bytes, sha1_file, stable_hash, write_json
 from stages.common.params import FacesParams, as_dict
-from stages.common.schema import FACE_COLUMNS, FACE_KEPT, RAW_COLUMNS, RAW_STATUSES
+from stages.common.schema import FACE_COLUMNS, FACE_KEPT, RAW_COLUMNS, RAW_STATUSES, VIEW_COLUMNS
 
 CROP_FILTER = Image.Resampling.LANCZOS     # the one filter every crop is resized with
 DETECT_FILTER = Image.Resampling.BILINEAR  # scaling of the detection copy (antialiased when shrinking)
@@ -355,11 +357,41 @@ def _chunks(items: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
         yield items[i:i + n]
 
 
-def _decode_all(paths: Iterable[Path]) -> list[DecodedImage | ImageDecodeError]:
+def window_of(image: Image.Image, keep: float, rng: random.Random | None = None) -> Image.Image:
+    """The part of ``image`` that a tighter frame keeps: ``keep`` of each side, centred, or placed at
+    random with ``rng``. No pixel is resampled."""
+    w, h = image.size
+    cw, ch = max(1, round(w * keep)), max(1, round(h * keep))
+    left, top = ((w - cw) // 2, (h - ch) // 2) if rng is None else (rng.randint(0, w - cw), rng.randint(0, h - ch))
+    return image.crop((left, top, left + cw, top + ch))
+
+
+@dataclass(frozen=True)
+class Job:
+    """One crop to compute: a raw photo, or a training view of it (the photo framed tighter)."""
+    path: Path
+    keep: float = 1.0   # fraction of each side kept (1 = the whole photo)
+    seed: str = ""      # where a tighter frame sits
+
+    def load(self) -> DecodedImage:
+        decoded = decode_rgb(self.path)
+        if self.keep >= 1.0:
+            return decoded
+        return dataclasses.replace(decoded, image=window_of(decoded.image, self.keep, random.Random(self.seed)))
+
+
+def view_job(path: Path, key: str, view: int, framing_min: float) -> tuple[str, Job]:
+    """Cache key and job of training view ``view`` (1, 2, ...) of the photo with cache key ``key``."""
+    seed = f"{key}/view{view}/{framing_min:g}"
+    keep = random.Random(seed).uniform(framing_min, 1.0)
+    return f"{key}.view{view}-{framing_min:g}", Job(path, keep, seed)
+
+
+def _decode_all(jobs: Iterable[Job]) -> list[DecodedImage | ImageDecodeError]:
     out: list[DecodedImage | ImageDecodeError] = []
-    for path in paths:
+    for job in jobs:
         try:
-            out.append(decode_rgb(path))
+            out.append(job.load())
         except ImageDecodeError as e:
             out.append(e)
     return out
@@ -378,9 +410,9 @@ def _finish_batch(keys: Sequence[str], decoded: Sequence[DecodedImage | ImageDec
         cache.store(key, _entry(result, crop, d.image.size), crop)
 
 
-def process(todo: dict[str, Path], cropper: FaceCropper, cache: FaceCache,
+def process(todo: dict[str, Job], cropper: FaceCropper, cache: FaceCache,
             progress: Callable[[int], Any] | None = None) -> None:
-    """Detect, crop and cache every image of ``todo`` (cache key → raw file), a batch at a time.
+    """Detect, crop and cache every image of ``todo`` (cache key → job), a batch at a time.
 
     A pipeline on two cores: while MTCNN (this thread) looks at batch i, one worker thread
     decodes batch i+1 and crops/encodes/writes batch i-1 (PIL releases the GIL for that work).
@@ -414,12 +446,19 @@ def raw_key(row: pd.Series, root: Path) -> str:
     return sha1 if len(sha1) == 40 else sha1_file(root / row["path"])
 
 
-def run_faces(raw: pd.DataFrame, cropper: FaceCropper, cache: FaceCache,
-              root: Path = Path(".")) -> tuple[pd.DataFrame, dict[str, Path], RunCounts]:
-    """Fill the cache for every usable raw row; return face rows, crop sources, counts.
+@dataclass(frozen=True)
+class FacesRun:
+    faces: pd.DataFrame         # FACE_COLUMNS, one row per usable raw image
+    views: pd.DataFrame         # VIEW_COLUMNS, faces.framing_views rows per kept face
+    sources: dict[str, Path]    # output path (data/faces/...) -> its cache file (assemble with link_or_copy)
+    counts: RunCounts
 
-    The returned frame has FACE_COLUMNS; ``path`` is ``data/faces/images/<id><ext>`` for kept rows.
-    The dict maps each kept row's output path to its cache file (assemble with link_or_copy).
+
+def run_faces(raw: pd.DataFrame, cropper: FaceCropper, cache: FaceCache, root: Path = Path(".")) -> FacesRun:
+    """Fill the cache for every usable raw row (and the training views of every kept face).
+
+    ``faces.path`` is ``data/faces/images/<id><ext>`` for kept rows, ``views.path``
+    ``data/faces/views/<id>.v<k><ext>`` for views whose face was found.
     """
     rows = usable_rows(raw)
     counts = RunCounts()
@@ -434,7 +473,7 @@ def run_faces(raw: pd.DataFrame, cropper: FaceCropper, cache: FaceCache,
         key = raw_key(row, root)
         keys.append(key)
         if key not in todo and cache.load(key) is None:
-            todo[key] = src
+            todo[key] = Job(src)
     counts.computed = len(todo)
     counts.reused = len(rows) - counts.missing - sum(1 for k in keys if k in todo)
     with tqdm(total=len(rows), initial=len(rows) - len(todo), desc="faces", unit="img") as bar:
@@ -461,7 +500,41 @@ def run_faces(raw: pd.DataFrame, cropper: FaceCropper, cache: FaceCache,
                          "crop_y2": region[3], "margin_used": "" if entry.margin_used is None else entry.margin_used,
                          "grayscale": ("raw" if entry.grayscale else "no") if entry.has_crop else "",
                          "status": entry.status, "reason": entry.reason})
-    return pd.DataFrame(out_rows, columns=FACE_COLUMNS), sources, counts
+    faces = pd.DataFrame(out_rows, columns=FACE_COLUMNS)
+    kept = {row_id: (root / raw_path, key) for row_id, raw_path, key, status
+            in zip(faces["id"], faces["raw_path"], keys, faces["status"]) if status in FACE_KEPT and key}
+    views = run_views(kept, cropper, cache, sources)
+    return FacesRun(faces, views, sources, counts)
+
+
+def run_views(kept: dict[str, tuple[Path, str]], cropper: FaceCropper, cache: FaceCache,
+              sources: dict[str, Path]) -> pd.DataFrame:
+    """``faces.framing_views`` training views of each kept face: the photo framed tighter (a window of
+    ``framing_min``..1 of each side, placed at random, seeded by the photo), cropped the same way.
+
+    The classifier trains on a random one of an image's crop and its views each epoch, so how tightly a
+    photo was framed (which differs between real and fake sources) stops being something to learn.
+    """
+    p = cropper.params
+    jobs = {row_id: [view_job(path, key, v, p.framing_min) for v in range(1, p.framing_views + 1)]
+            for row_id, (path, key) in kept.items()}
+    todo = {k: job for per_row in jobs.values() for k, job in per_row if cache.load(k) is None}
+    with tqdm(total=sum(map(len, jobs.values())), initial=sum(map(len, jobs.values())) - len(todo),
+              desc="views", unit="img", disable=not todo) as bar:
+        process(todo, cropper, cache, progress=bar.update)
+    rows = []
+    for row_id, per_row in jobs.items():
+        for view, (key, _) in enumerate(per_row, start=1):
+            entry = cache.load(key)
+            if entry is None:
+                raise RuntimeError(f"faces cache entry for view {view} of {row_id} ({key}) vanished during the run")
+            path = f"data/faces/views/{row_id}.v{view}{cache.ext}" if entry.has_crop else ""
+            if path:
+                sources[path] = cache.crop_path(key)
+            rows.append({"id": row_id, "view": view, "path": path, "status": entry.status, "reason": entry.reason,
+                         "margin_used": "" if entry.margin_used is None else entry.margin_used,
+                         "grayscale": ("raw" if entry.grayscale else "no") if entry.has_crop else ""})
+    return pd.DataFrame(rows, columns=VIEW_COLUMNS)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -494,6 +567,13 @@ def group_metrics(faces: pd.DataFrame, raw_skipped: int) -> dict[str, Any]:
 def _mean(values: pd.Series) -> float | None:
     v = pd.to_numeric(values, errors="coerce").dropna()
     return round(float(v.mean()), 6) if len(v) else None
+
+
+def view_metrics(views: pd.DataFrame) -> dict[str, Any]:
+    """How many training views exist and how many found their face."""
+    kept = int(views["status"].isin(FACE_KEPT).sum())
+    return {"views": len(views), "kept": kept, "kept_rate": _rate(kept, len(views)),
+            "margin_used_mean": _mean(views.loc[views["status"].isin(FACE_KEPT), "margin_used"])}
 
 
 def face_metrics(raw: pd.DataFrame, faces: pd.DataFrame) -> dict[str, Any]:

@@ -74,3 +74,17 @@ def gray_copy(crop: bytes, encoding: str, jpeg_quality: int) -> bytes:
     """The crop's luma as an RGB image, encoded like every other crop."""
     image = decode_rgb(crop).image.convert("L").convert("RGB")
     return encode(image, encoding, jpeg_quality)
+
+
+def views_after_policy(views: pd.DataFrame, faces: pd.DataFrame) -> pd.DataFrame:
+    """A face's training views follow its crop: grey where the crop was made grey, dropped where it was."""
+    out = views.copy()
+    state = dict(zip(faces["id"], zip(faces["status"], faces["grayscale"], faces["reason"])))
+    kept = out["status"].isin(FACE_KEPT)
+    matched = kept & out["id"].map(lambda i: state[i][1] == "matched")
+    out.loc[matched, "grayscale"] = "matched"
+    dropped = kept & out["id"].map(lambda i: state[i][0] not in FACE_KEPT)
+    out.loc[dropped, "status"] = "dropped"
+    out.loc[dropped, "reason"] = out.loc[dropped, "id"].map(lambda i: state[i][2])
+    out.loc[dropped, "path"] = ""
+    return out

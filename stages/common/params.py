@@ -76,6 +76,8 @@ class FacesParams:
     min_face: int = bounded(20, 8, 4096)
     threads: int = bounded(1, 0, 256)
     grayscale: str = choice(*GRAYSCALE_MODES, default="match")
+    framing_views: int = bounded(2, 0, 16)
+    framing_min: float = bounded(0.6, 0.1, 1.0)
 
 
 @dataclass(frozen=True)

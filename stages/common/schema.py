@@ -21,6 +21,9 @@ FACE_COLUMNS = [
     "crop_x1", "crop_y1", "crop_x2", "crop_y2", "margin_used", "grayscale", "status", "reason",
 ]
 GRAYSCALE_VALUES = ("no", "raw", "matched")
+
+# data/faces/views.csv — training views of each kept face (the photo framed tighter, cropped the same way)
+VIEW_COLUMNS = ["id", "view", "path", "status", "reason", "margin_used", "grayscale"]
 FACE_STATUSES = ("ok", "center", "dropped", "error")
 FACE_KEPT = ("ok", "center")
 
