@@ -1,7 +1,6 @@
 """Stage download: folder source with bad files, DFF zips read by range requests, zip slip, offline."""
 from __future__ import annotations
 
-import io
 import json
 import random
 import re
@@ -14,31 +13,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-import numpy as np
 import pandas as pd
 import pytest
 from fsspec.implementations.local import LocalFileSystem
-from PIL import Image
 
 from stages.common import source_folder, source_hf
 from stages.common.io import read_csv, sha1_file
 from stages.common.params import DataParams
 from stages.common.schema import RAW_COLUMNS
 from stages.common.synthetic import write_bad_files
-from tests.helpers import set_params
-
-
-def _jpeg(seed: int, size: int = 80) -> bytes:
-    """A small valid RGB JPEG (noise; different for every seed)."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+from tests.helpers import noise_jpeg, set_params, write_file
 
 
 # ---- folder source -----------------------------------------------------------------------------
@@ -48,9 +32,9 @@ def test_folder_stage_records_every_file_with_a_reason(in_tmp_project: Path) -> 
 
     col = in_tmp_project / "col"
     for i in range(3):
-        _write(col / "real" / "sub" / f"r{i}.jpg", _jpeg(i))
-        _write(col / "fake" / "genA" / f"f{i}.jpg", _jpeg(100 + i))
-    _write(col / "fake" / "loose.jpg", _jpeg(200))
+        write_file(col / "real" / "sub" / f"r{i}.jpg", noise_jpeg(i))
+        write_file(col / "fake" / "genA" / f"f{i}.jpg", noise_jpeg(100 + i))
+    write_file(col / "fake" / "loose.jpg", noise_jpeg(200))
     expected = write_bad_files(col / "real" / "bad")
     set_params(in_tmp_project / "params.yaml", "data", source="folder:col", per_source="all", min_side=64)
 
@@ -84,8 +68,8 @@ def test_folder_stage_records_every_file_with_a_reason(in_tmp_project: Path) -> 
 def test_predefined_split_layout(tmp_path: Path) -> None:
     col = tmp_path / "rf"
     for i, split in enumerate(("train", "valid", "test")):
-        _write(col / split / "real" / f"r{i}.jpg", _jpeg(i))
-        _write(col / split / "fake" / f"f{i}.jpg", _jpeg(10 + i))
+        write_file(col / split / "real" / f"r{i}.jpg", noise_jpeg(i))
+        write_file(col / split / "fake" / f"f{i}.jpg", noise_jpeg(10 + i))
     params = DataParams(source=f"folder:{col}", per_source="all")
     rows = pd.DataFrame(source_folder.collect(params, tmp_path / "images"))
     assert sorted(rows["predefined_split"]) == ["test", "test", "train", "train", "val", "val"]
@@ -94,8 +78,8 @@ def test_predefined_split_layout(tmp_path: Path) -> None:
 
 
 def test_mixed_layout_is_refused(tmp_path: Path) -> None:
-    _write(tmp_path / "c" / "train" / "real" / "a.jpg", _jpeg(0))
-    _write(tmp_path / "c" / "real" / "b.jpg", _jpeg(1))
+    write_file(tmp_path / "c" / "train" / "real" / "a.jpg", noise_jpeg(0))
+    write_file(tmp_path / "c" / "real" / "b.jpg", noise_jpeg(1))
     with pytest.raises(source_folder.FolderLayoutError, match="use one layout"):
         source_folder.scan_folder(tmp_path / "c")
 
@@ -103,7 +87,7 @@ def test_mixed_layout_is_refused(tmp_path: Path) -> None:
 def test_near_dup_group_from_manifest_and_own_group_otherwise(tmp_path: Path) -> None:
     col = tmp_path / "set"
     for name in ("real/a.jpg", "real/b.jpg", "fake/g/c.jpg", "fake/g/d.jpg"):
-        _write(col / name, _jpeg(hash(name) % 1000))
+        write_file(col / name, noise_jpeg(hash(name) % 1000))
     pd.DataFrame({"file": ["real/a.jpg", "real/b.jpg", "fake/g/c.jpg"],
                   "near_dup_group": ["G1", "G1", "G2"]}).to_csv(col / "manifest.csv", index=False)
     rows = pd.DataFrame(source_folder.collect(DataParams(source=f"folder:{col}", per_source="all"),
@@ -115,10 +99,10 @@ def test_near_dup_group_from_manifest_and_own_group_otherwise(tmp_path: Path) ->
 def test_folder_sampling_is_per_label_generator_and_seeded(tmp_path: Path) -> None:
     col = tmp_path / "s"
     for i in range(6):
-        _write(col / "real" / f"r{i}.jpg", _jpeg(i))
-        _write(col / "fake" / "g1" / f"a{i}.jpg", _jpeg(20 + i))
-    _write(col / "fake" / "g2" / "only.jpg", _jpeg(40))
-    _write(col / "real" / "readme.txt", b"notes")
+        write_file(col / "real" / f"r{i}.jpg", noise_jpeg(i))
+        write_file(col / "fake" / "g1" / f"a{i}.jpg", noise_jpeg(20 + i))
+    write_file(col / "fake" / "g2" / "only.jpg", noise_jpeg(40))
+    write_file(col / "real" / "readme.txt", b"notes")
     files = source_folder.scan_folder(col)
     picked = source_folder.sample_files(files, 2, seed=3)
     counts = pd.Series([(f.label, f.generator) for f in picked if f.rel.endswith(".jpg")]).value_counts()
@@ -202,7 +186,7 @@ def build_dff_zips(folder: Path, extra_members: dict[str, bytes] | None = None,
         path = folder / name
         with zipfile.ZipFile(path, "w", compression=method) as zf:
             for i in range(n):
-                zf.writestr(tops.get(stem, "") + _rel(i), _jpeg(1000 * z + i, size=96))
+                zf.writestr(tops.get(stem, "") + _rel(i), noise_jpeg(1000 * z + i, size=96))
             for member, data in (extra_members or {}).items():
                 zf.writestr(member, data)
         out[name] = path
@@ -267,7 +251,7 @@ def test_retries_then_records_a_skip(tmp_path: Path) -> None:
 
 
 def test_all_mode_extracts_every_member_and_refuses_zip_slip(tmp_path: Path) -> None:
-    extra = {"../../evil.jpg": _jpeg(7), "/abs/evil2.jpg": _jpeg(8), "README.txt": b"hello"}
+    extra = {"../../evil.jpg": noise_jpeg(7), "/abs/evil2.jpg": noise_jpeg(8), "README.txt": b"hello"}
     zips = build_dff_zips(tmp_path / "zips", extra)
     # flip one data byte of a member of the stored (uncompressed) zip: its CRC-32 no longer matches
     stored = zips["inpainting.zip"]

@@ -1,31 +1,16 @@
 """Identical bytes: one group across every copy (transitively); conflicting labels skip every copy."""
 from __future__ import annotations
 
-import io
 import json
 import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from PIL import Image
 
 from stages.common.io import read_csv
 from stages.common.rawset import CONFLICT_REASON, merge_duplicates
-from tests.helpers import set_params
-
-
-def _jpeg(seed: int, size: int = 80) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+from tests.helpers import noise_jpeg, set_params, write_file
 
 
 def _row(name: str, label: str, group: str, sha1: str, status: str = "ok") -> dict[str, Any]:
@@ -79,14 +64,14 @@ def test_download_stage_merges_duplicate_groups_and_counts_them(in_tmp_project: 
     from stages import download
 
     col = in_tmp_project / "col"
-    same, clash = _jpeg(1), _jpeg(2)
-    _write(col / "real" / "a.jpg", same)
-    _write(col / "real" / "copies" / "a_again.jpg", same)   # same label: kept, one group
-    _write(col / "fake" / "g" / "b.jpg", _jpeg(3))
-    _write(col / "fake" / "g" / "b_near.jpg", _jpeg(4))       # a near-duplicate of b (manifest group)
-    _write(col / "real" / "b_near_copy.jpg", _jpeg(4))
-    _write(col / "real" / "clash.jpg", clash)                 # real here ...
-    _write(col / "fake" / "g" / "clash.jpg", clash)           # ... fake there: both skipped
+    same, clash = noise_jpeg(1), noise_jpeg(2)
+    write_file(col / "real" / "a.jpg", same)
+    write_file(col / "real" / "copies" / "a_again.jpg", same)   # same label: kept, one group
+    write_file(col / "fake" / "g" / "b.jpg", noise_jpeg(3))
+    write_file(col / "fake" / "g" / "b_near.jpg", noise_jpeg(4))       # a near-duplicate of b (manifest group)
+    write_file(col / "real" / "b_near_copy.jpg", noise_jpeg(4))
+    write_file(col / "real" / "clash.jpg", clash)                 # real here ...
+    write_file(col / "fake" / "g" / "clash.jpg", clash)           # ... fake there: both skipped
     pd.DataFrame({"file": ["fake/g/b.jpg", "fake/g/b_near.jpg"], "near_dup_group": ["NB", "NB"]}).to_csv(
         col / "manifest.csv", index=False)
     set_params(in_tmp_project / "params.yaml", "data", source="folder:col", per_source="all")

@@ -1,29 +1,15 @@
 """folder: sources — nothing on disk is silently absent (links, loops, unreadable folders, special files)."""
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from stages.common import source_folder
 from stages.common.params import DataParams
-
-
-def _jpeg(seed: int, size: int = 80) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+from tests.helpers import noise_jpeg, write_file
 
 
 def _collect(col: Path, images: Path) -> pd.DataFrame:
@@ -34,10 +20,10 @@ def _collect(col: Path, images: Path) -> pd.DataFrame:
 
 def test_links_loops_and_special_files_are_recorded(tmp_path: Path) -> None:
     col = tmp_path / "col"
-    _write(col / "real" / "a.jpg", _jpeg(1))
-    _write(col / "fake" / "g" / "b.jpg", _jpeg(2))
-    _write(tmp_path / "elsewhere" / "c.jpg", _jpeg(3))
-    _write(tmp_path / "outside_dir" / "d.jpg", _jpeg(4))
+    write_file(col / "real" / "a.jpg", noise_jpeg(1))
+    write_file(col / "fake" / "g" / "b.jpg", noise_jpeg(2))
+    write_file(tmp_path / "elsewhere" / "c.jpg", noise_jpeg(3))
+    write_file(tmp_path / "outside_dir" / "d.jpg", noise_jpeg(4))
     (col / "real" / "link_to_file.jpg").symlink_to(tmp_path / "elsewhere" / "c.jpg")
     (col / "real" / "broken.jpg").symlink_to(tmp_path / "nowhere.jpg")
     (col / "real" / "loop_up").symlink_to(col / "real")                 # a folder link back to an ancestor
@@ -70,9 +56,9 @@ def test_links_loops_and_special_files_are_recorded(tmp_path: Path) -> None:
 def test_unreadable_folder_is_recorded_simulated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An unreadable folder, simulated in the scanner's one listing call (works as root too)."""
     col = tmp_path / "col"
-    _write(col / "real" / "a.jpg", _jpeg(1))
-    _write(col / "real" / "locked" / "hidden.jpg", _jpeg(2))
-    _write(col / "fake" / "genB" / "c.jpg", _jpeg(3))
+    write_file(col / "real" / "a.jpg", noise_jpeg(1))
+    write_file(col / "real" / "locked" / "hidden.jpg", noise_jpeg(2))
+    write_file(col / "fake" / "genB" / "c.jpg", noise_jpeg(3))
     real_scandir = os.scandir
     locked = {str(col / "real" / "locked"), str(col / "fake" / "genB")}
 
@@ -93,9 +79,9 @@ def test_unreadable_folder_is_recorded_simulated(tmp_path: Path, monkeypatch: py
 
 def test_unreadable_folder_is_recorded_chmod(tmp_path: Path) -> None:
     col = tmp_path / "col"
-    _write(col / "real" / "a.jpg", _jpeg(1))
-    _write(col / "real" / "locked" / "hidden.jpg", _jpeg(2))
-    _write(col / "fake" / "b.jpg", _jpeg(3))
+    write_file(col / "real" / "a.jpg", noise_jpeg(1))
+    write_file(col / "real" / "locked" / "hidden.jpg", noise_jpeg(2))
+    write_file(col / "fake" / "b.jpg", noise_jpeg(3))
     locked = col / "real" / "locked"
     locked.chmod(0)
     try:
@@ -120,18 +106,18 @@ def test_folder_source_errors_are_one_line(tmp_path: Path) -> None:
         source_folder.scan_folder(a_file)
     with pytest.raises(source_folder.FolderLayoutError, match="does not exist"):
         source_folder.scan_folder(tmp_path / "missing")
-    _write(tmp_path / "twice" / "Real" / "a.jpg", _jpeg(1))
-    _write(tmp_path / "twice" / "real" / "b.jpg", _jpeg(2))
+    write_file(tmp_path / "twice" / "Real" / "a.jpg", noise_jpeg(1))
+    write_file(tmp_path / "twice" / "real" / "b.jpg", noise_jpeg(2))
     with pytest.raises(source_folder.FolderLayoutError, match=r"both Real/ and real/ exist"):
         source_folder.scan_folder(tmp_path / "twice")
 
 
 def test_entries_outside_the_label_folders_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     col = tmp_path / "col"
-    _write(col / "real" / "a.jpg", _jpeg(1))
-    _write(col / "fake" / "b.jpg", _jpeg(2))
-    _write(col / "stray.jpg", _jpeg(3))
-    _write(col / "extras" / "c.jpg", _jpeg(4))
+    write_file(col / "real" / "a.jpg", noise_jpeg(1))
+    write_file(col / "fake" / "b.jpg", noise_jpeg(2))
+    write_file(col / "stray.jpg", noise_jpeg(3))
+    write_file(col / "extras" / "c.jpg", noise_jpeg(4))
     files = source_folder.scan_folder(col)
     assert [f.rel for f in files] == ["real/a.jpg", "fake/b.jpg"]
     assert "ignoring 2 entries outside the label folders (extras, stray.jpg)" in capsys.readouterr().out

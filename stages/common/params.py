@@ -65,7 +65,7 @@ GRAYSCALE_MODES = ("match", "drop", "keep")  # faces.grayscale, see stages.commo
 @dataclass(frozen=True)
 class FacesParams:
     crop_size: int = bounded(128, 16, 1024)
-    margin: float = bounded(0.25, -0.5, 2.0)
+    margin: float = bounded(-0.3, -0.5, 2.0)
     min_prob: float = bounded(0.90, 0.0, 1.0)
     on_miss: str = choice("drop", "center", default="drop")
     detect_side: int = bounded(256, 64, 4096)
