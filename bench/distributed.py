@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from bench.train import synthetic_split
-from stages.common.io import write_json
-from stages.common.pretrained import find_weights
+from core.io import write_json
+from core.pretrained import find_weights
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -29,11 +29,11 @@ import torch  # noqa: E402
 import pandas as pd  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from stages.common.device import pick_device, set_threads  # noqa: E402
-from stages.common.faces import (Box, FaceCache, FaceCropper, best_detection,  # noqa: E402
-                                 Job, crop_resize, face_square, process)
-from stages.common.images import decode_rgb, encode  # noqa: E402
-from stages.common.params import FacesParams, load_block  # noqa: E402
+from core.device import pick_device, set_threads  # noqa: E402
+from core.images import decode_rgb, encode  # noqa: E402
+from core.params import FacesParams, load_block  # noqa: E402
+from faces.cache import (Box, FaceCache, FaceCropper, best_detection, Job, crop_resize, face_square,  # noqa: E402
+                         process)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETS = (("hardfakevsreal", 100), ("ciplab_real_and_fake", 100))

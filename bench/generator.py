@@ -24,10 +24,10 @@ import torch
 from torch_fidelity import feature_extractor_inceptionv3 as inception_module
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
-from stages.common import fidelity as fd
-from stages.common import gan_training as gt
-from stages.common.device import pick_device, set_threads
-from stages.common.params import FidParams, GeneratorParams, as_dict, load_block, parse_block
+from core.device import pick_device, set_threads
+from core.params import FidParams, GeneratorParams, as_dict, load_block, parse_block
+from generator import fidelity as fd
+from generator import train as gt
 
 OUT = Path("bench/out/generator.json")
 

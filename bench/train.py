@@ -28,13 +28,13 @@ import torch
 from PIL import Image
 from torch import nn
 
+from classifier.data import AugmentConfig, Augmenter, batch_indices, gather, load_split, normalise
+from classifier.train import LoopConfig, prepare_input, smoothed_bce, train_loop
+from core.device import pick_device, set_threads
+from core.io import write_csv
+from core.params import ClassifierParams
+from core.schema import SPLIT_COLUMNS
 from models.classifier import ArchSpec, build_classifier
-from stages.common.classifier_data import AugmentConfig, Augmenter, batch_indices, gather, load_split, normalise
-from stages.common.classifier_train import LoopConfig, prepare_input, smoothed_bce, train_loop
-from stages.common.device import pick_device, set_threads
-from stages.common.io import write_csv
-from stages.common.params import ClassifierParams
-from stages.common.schema import SPLIT_COLUMNS
 
 
 def synthetic_split(root: Path, n: int, size: int, seed: int = 0) -> Path:

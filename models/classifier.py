@@ -4,7 +4,7 @@ Two families, chosen by ``classifier.arch``:
 - ``cnn``: a small from-scratch CNN (BatchNorm; residual or plain blocks; depth and width set in params);
 - ``mobilenet_v2`` | ``resnet18`` | ``efficientnet_b0``: a torchvision backbone whose ImageNet head is
   replaced by dropout + one linear unit. ImageNet weights come from a local file (see
-  ``stages.common.pretrained``), never from the network.
+  ``core.pretrained``), never from the network.
 """
 from __future__ import annotations
 

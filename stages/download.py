@@ -8,17 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from stages.common import source_folder, source_hf, synthetic
-from stages.common.io import atomic_output_dir, sha1_file, write_csv, write_json
-from stages.common.params import DataParams, ParamsError, load_block
-from stages.common.rawset import (
-    DuplicateStats,
-    manifest_frame,
-    merge_duplicates,
-    metric_counts,
-    summarise,
-)
-from stages.common.tracking import stage_run
+from core.io import atomic_output_dir, sha1_file, write_csv, write_json
+from core.params import DataParams, ParamsError, load_block
+from core.tracking import stage_run
+from sources import folder, hf, synthetic
+from sources.rawset import DuplicateStats, manifest_frame, merge_duplicates, metric_counts, summarise
 
 RAW_DIR = Path("data/raw")
 CACHE_DIR = Path("data/cache/download")
@@ -30,16 +24,16 @@ def collect(params: DataParams, images_dir: Path) -> tuple[list[dict[str, Any]],
     if params.source == "synthetic":
         rows = synthetic.collect(params, images_dir)
     elif params.folder is not None:
-        rows = source_folder.collect(params, images_dir)
+        rows = folder.collect(params, images_dir)
     else:
-        rows = source_hf.collect(params, images_dir, CACHE_DIR)
+        rows = hf.collect(params, images_dir, CACHE_DIR)
     return merge_duplicates(rows, images_dir)
 
 
 def main() -> None:
     params = load_block("data", DataParams)
     if params.source == "hf":
-        source_hf.check_reachable(params)  # offline: fail in about a second, before any other setup
+        hf.check_reachable(params)  # offline: fail in about a second, before any other setup
     import mlflow  # after the reachability check: importing it takes seconds
 
     with stage_run(stage="download", block="data", params=params):
@@ -62,6 +56,6 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (ParamsError, source_hf.SourceUnavailableError, source_hf.DownloadError,
-            source_folder.FolderLayoutError) as e:
+    except (ParamsError, hf.SourceUnavailableError, hf.DownloadError,
+            folder.FolderLayoutError) as e:
         raise SystemExit(f"download: {e}") from e

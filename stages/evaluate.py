@@ -16,22 +16,22 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix
 
-from stages.common.checkpoint import load_model
-from stages.common.classifier_data import load_split
-from stages.common.classifier_eval import robustness_transforms, shortcut_audit, worst_misclassified
-from stages.common.classifier_predict import faces_params_for
-from stages.common.classifier_train import infer_logits
-from stages.common.counterfactual import ProbeInput, ProbeSettings, run_probes
-from stages.common.crop_audit import CROP, SOURCE, audit_metrics, crop_feature_audit
-from stages.common.device import pick_device, set_threads
-from stages.common.faces import FaceCropper
-from stages.common.io import atomic_output_dir, read_csv, write_csv, write_json
-from stages.common.metrics import (binary_metrics, calibrated, per_generator_metrics, pr_points,
-                                   reliability_table, roc_points)
-from stages.common.params import EvaluateParams, load_block
-from stages.common.plots import (auc_bars_figure, bar_figure, confusion_figure, image_grid, pr_figure,
-                                 reliability_figure, roc_figure, save_figure)
-from stages.common.tracking import flatten_numeric, stage_run
+from classifier.checkpoint import load_model
+from classifier.data import load_split
+from classifier.evaluation import robustness_transforms, shortcut_audit, worst_misclassified
+from classifier.metrics import (binary_metrics, calibrated, per_generator_metrics, pr_points, reliability_table,
+                                roc_points)
+from classifier.predict import faces_params_for
+from classifier.train import infer_logits
+from core.device import pick_device, set_threads
+from core.io import atomic_output_dir, read_csv, write_csv, write_json
+from core.params import EvaluateParams, load_block
+from core.plots import (auc_bars_figure, bar_figure, confusion_figure, image_grid, pr_figure, reliability_figure,
+                        roc_figure, save_figure)
+from core.tracking import flatten_numeric, stage_run
+from faces.cache import FaceCropper
+from shortcuts.audit import CROP, SOURCE, audit_metrics, crop_feature_audit
+from shortcuts.counterfactual import ProbeInput, ProbeSettings, run_probes
 
 CHECKPOINT = Path("results/classifier/model.pt")
 SPLITS_DIR = Path("data/splits")

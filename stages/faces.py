@@ -13,12 +13,12 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from stages.common.device import pick_device, set_threads
-from stages.common.faces import FaceCache, FaceCropper, cache_key, face_metrics, run_faces, view_metrics
-from stages.common.grayscale import apply_policy, gray_copy, views_after_policy
-from stages.common.io import atomic_output_dir, atomic_write_bytes, link_or_copy, read_csv, write_csv, write_json
-from stages.common.params import FacesParams, as_dict, load_block
-from stages.common.tracking import flatten_numeric, main_worktree, stage_run
+from core.device import pick_device, set_threads
+from core.io import atomic_output_dir, atomic_write_bytes, link_or_copy, read_csv, write_csv, write_json
+from core.params import FacesParams, as_dict, load_block
+from core.tracking import flatten_numeric, main_worktree, stage_run
+from faces.cache import FaceCache, FaceCropper, cache_key, face_metrics, run_faces, view_metrics
+from faces.grayscale import apply_policy, gray_copy, views_after_policy
 
 RAW_MANIFEST = Path("data/raw/manifest.csv")
 OUT_DIR = Path("data/faces")

@@ -11,13 +11,13 @@ from typing import Any
 import mlflow
 import torch
 
-from stages.common.device import pick_device
-from stages.common.fidelity import (ImageSet, MetricConfig, build_extractors, extract_all, flat_metrics,
-                                    mobilenet_weights, report_rows, resolve_inception_weights)
-from stages.common.gan_training import generate, load_generator, load_image_cache
-from stages.common.io import read_csv, write_json
-from stages.common.params import FidParams, load_block
-from stages.common.tracking import stage_run
+from core.device import pick_device
+from core.io import read_csv, write_json
+from core.params import FidParams, load_block
+from core.tracking import stage_run
+from generator.fidelity import (ImageSet, MetricConfig, build_extractors, extract_all, flat_metrics, mobilenet_weights,
+                                report_rows, resolve_inception_weights)
+from generator.train import generate, load_generator, load_image_cache
 
 CHECKPOINT = Path("results/generator/model.pt")
 TEST_SPLIT = Path("data/splits/test.csv")

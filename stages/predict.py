@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.common.checkpoint import load_model
-from stages.common.classifier_predict import COLUMNS, collect_files, faces_params_for, predict_files
-from stages.common.device import pick_device
-from stages.common.faces import FaceCropper
-from stages.common.io import write_csv
+from classifier.checkpoint import load_model
+from classifier.predict import COLUMNS, collect_files, faces_params_for, predict_files
+from core.device import pick_device
+from core.io import write_csv
+from faces.cache import FaceCropper
 
 DEFAULT_CHECKPOINT = Path("results/classifier/model.pt")
 

@@ -1,8 +1,8 @@
 """Stage report: every MLflow run of the project → results/report/{index.html, report.md, figures/, iterations.json}.
 
 Reads only params block ``report`` (its ``experiment`` defaults to ``tracking.experiment``). The
-iteration tables, plots and setup facts are gathered in stages.common.report_data and rendered in
-stages.common.report_render; index.html is self-contained (images embedded, inline CSS, no URL).
+iteration tables, plots and setup facts are gathered in report.iterations and rendered in
+report.render; index.html is self-contained (images embedded, inline CSS, no URL).
 """
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import mlflow
 
-from stages.common.io import atomic_output_dir, write_json
-from stages.common.params import ReportParams, TrackingParams, load_block
-from stages.common.report_data import collect, summary
-from stages.common.report_render import build_document, write_report
-from stages.common.tracking import main_worktree, stage_run, tracking_uri
+from core.io import atomic_output_dir, write_json
+from core.params import ReportParams, TrackingParams, load_block
+from core.tracking import main_worktree, stage_run, tracking_uri
+from report.iterations import collect, summary
+from report.render import build_document, write_report
 
 OUT_DIR = Path("results/report")
 # one progress bar per downloaded artifact is noise here

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stages.common.device import DEVICE_CHOICES, pick_device
-from stages.common.gan_training import generate, load_generator, png_bytes
-from stages.common.io import atomic_output_dir, atomic_write_bytes
+from core.device import DEVICE_CHOICES, pick_device
+from core.io import atomic_output_dir, atomic_write_bytes
+from generator.train import generate, load_generator, png_bytes
 
 DEFAULT_CHECKPOINT = Path("results/generator/model.pt")
 

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import mlflow
 
-from stages.common.io import atomic_output_dir, read_csv, write_csv, write_json
-from stages.common.params import SplitParams, load_block
-from stages.common.schema import FACE_KEPT, SPLITS
-from stages.common.splitting import split_faces, summarise
-from stages.common.tracking import stage_run
+from core.io import atomic_output_dir, read_csv, write_csv, write_json
+from core.params import SplitParams, load_block
+from core.schema import FACE_KEPT, SPLITS
+from core.tracking import stage_run
+from sources.split import split_faces, summarise
 
 FACES_MANIFEST = Path("data/faces/manifest.csv")
 OUT_DIR = Path("data/splits")

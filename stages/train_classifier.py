@@ -19,18 +19,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from classifier.checkpoint import ClassifierCheckpoint, save_checkpoint
+from classifier.data import load_split, load_views
+from classifier.metrics import binary_metrics, calibrated, choose_threshold_from_logits, fit_temperature_with_reason
+from classifier.train import EpochRecord, LoopConfig, train_loop
+from core.distributed import World, relaunch_under_torchrun, training_world
+from core.io import write_csv, write_json
+from core.params import ClassifierParams, FacesParams, as_dict, load_block, parse_block
+from core.plots import history_figure, save_figure
+from core.pretrained import find_weights
+from core.tracking import stage_run
 from models.classifier import ArchSpec, build_classifier
-from stages.common.checkpoint import ClassifierCheckpoint, save_checkpoint
-from stages.common.classifier_data import load_split, load_views
-from stages.common.classifier_train import EpochRecord, LoopConfig, train_loop
-from stages.common.distributed import World, relaunch_under_torchrun, training_world
-from stages.common.io import write_csv, write_json
-from stages.common.metrics import (binary_metrics, calibrated, choose_threshold_from_logits,
-                                   fit_temperature_with_reason)
-from stages.common.params import ClassifierParams, FacesParams, as_dict, load_block, parse_block
-from stages.common.plots import history_figure, save_figure
-from stages.common.pretrained import find_weights
-from stages.common.tracking import stage_run
 
 SPLITS_DIR = Path("data/splits")
 FACES_PARAMS = Path("data/faces/params.json")  # the faces params that made the crops (faces stage)

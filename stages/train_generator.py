@@ -13,12 +13,12 @@ import mlflow
 import pandas as pd
 import torch
 
-from stages.common.distributed import World, relaunch_under_torchrun, training_world
-from stages.common.gan_training import (TrainingResult, fd_mobilenet_hook, load_image_cache, model_payload,
-                                        params_hash, save_torch, tensor_fingerprint, train, training_rows)
-from stages.common.io import atomic_output_dir, link_or_copy, read_csv, write_csv, write_json
-from stages.common.params import GeneratorParams, load_block
-from stages.common.tracking import stage_run
+from core.distributed import World, relaunch_under_torchrun, training_world
+from core.io import atomic_output_dir, link_or_copy, read_csv, write_csv, write_json
+from core.params import GeneratorParams, load_block
+from core.tracking import stage_run
+from generator.train import (TrainingResult, fd_mobilenet_hook, load_image_cache, model_payload, params_hash,
+                             save_torch, tensor_fingerprint, train, training_rows)
 
 TRAIN_SPLIT = Path("data/splits/train.csv")
 WORK_ROOT = Path("data/cache/generator")

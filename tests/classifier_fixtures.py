@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from stages.common.io import write_csv, write_json
-from stages.common.schema import SPLIT_COLUMNS
+from core.io import write_csv, write_json
+from core.schema import SPLIT_COLUMNS
 
 GENERATORS = ("gan_a", "gan_b")
 

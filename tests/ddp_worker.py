@@ -1,12 +1,12 @@
 """Run by tests/test_distributed.py as 2 torchrun workers (gloo, CPU): the data-parallel primitives
-of stages.common.distributed against what one process computes on the whole batch."""
+of core.distributed against what one process computes on the whole batch."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.common.distributed import World, training_world
+from core.distributed import World, training_world
 
 
 def check_gradient_average(world: World) -> None:

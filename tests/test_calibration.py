@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.common.metrics import (TEMPERATURE_BOUNDS, calibrated, choose_threshold, choose_threshold_from_logits,
-                                   fit_temperature, fit_temperature_with_reason, negative_log_likelihood, separable,
-                                   sigmoid)
+from classifier.metrics import (TEMPERATURE_BOUNDS, calibrated, choose_threshold, choose_threshold_from_logits,
+                                fit_temperature, fit_temperature_with_reason, negative_log_likelihood, separable,
+                                sigmoid)
 
 
 def separable_validation(rng: np.random.Generator, n: int = 67) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +96,7 @@ def test_train_classifier_records_the_temperature_reason(in_tmp_project, one_tor
     import mlflow
 
     from stages import train_classifier
-    from stages.common.checkpoint import load_checkpoint
+    from classifier.checkpoint import load_checkpoint
     from tests.classifier_fixtures import make_splits, tiny_classifier_params
     from tests.helpers import set_params
 

@@ -14,15 +14,16 @@ import pandas as pd
 import pytest
 import torch
 
+from classifier import data as classifier_data
+from classifier.checkpoint import ClassifierCheckpoint, load_checkpoint, load_model, save_checkpoint
+from classifier.data import (AugmentConfig, Augmenter, ClassifierDataError, gaussian_blur, jpeg_recompress, load_split,
+                             normalise, to_unit)
+from classifier.metrics import calibrated, choose_threshold, fit_temperature, negative_log_likelihood
+from classifier.train import LoopConfig, class_weights, infer_logits, train_loop
+from core import pretrained
+from core.params import ClassifierParams, ParamsError, parse_block
+from core.pretrained import MissingPretrainedWeights, find_weights
 from models.classifier import ArchSpec, build_classifier
-from stages.common import classifier_data, pretrained
-from stages.common.checkpoint import ClassifierCheckpoint, load_checkpoint, load_model, save_checkpoint
-from stages.common.classifier_data import (AugmentConfig, Augmenter, ClassifierDataError, gaussian_blur,
-                                           jpeg_recompress, load_split, normalise, to_unit)
-from stages.common.classifier_train import LoopConfig, class_weights, infer_logits, train_loop
-from stages.common.metrics import calibrated, choose_threshold, fit_temperature, negative_log_likelihood
-from stages.common.params import ClassifierParams, ParamsError, parse_block
-from stages.common.pretrained import MissingPretrainedWeights, find_weights
 from tests.classifier_fixtures import make_splits, synthetic_face, tiny_classifier_params
 from tests.conftest import PROJECT_ROOT, shared_set
 from tests.helpers import set_params

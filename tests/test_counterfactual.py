@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.common.counterfactual import (FRAMING, ProbeInput, ProbeSettings, probe_metrics, run_probes, stretcher,
-                                          tighter_framing)
-from stages.common.faces import FaceCropper
-from stages.common.params import FacesParams
+from core.params import FacesParams
+from faces.cache import FaceCropper
+from shortcuts.counterfactual import (FRAMING, ProbeInput, ProbeSettings, probe_metrics, run_probes, stretcher,
+                                      tighter_framing)
 
 SETTINGS = ProbeSettings(stretch=1.3, max_auc_drop=0.05, max_rate_drop=0.10, seed=0)
 
@@ -74,7 +74,7 @@ def checker_energy(pixels: np.ndarray) -> np.ndarray:
 
 
 def clean_scores(inputs: ProbeInput, score: object) -> np.ndarray:
-    from stages.common.counterfactual import Probe, probe_crops
+    from shortcuts.counterfactual import Probe, probe_crops
     identity = Probe("clean", "", lambda image, rng: image)
     pixels, rows = probe_crops(inputs, identity, cropper(), 48, seed=0)
     assert list(rows) == list(range(len(inputs.labels)))

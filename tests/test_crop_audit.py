@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from stages.common import crop_audit as ca
-from stages.common.params import EvaluateParams
+from core.params import EvaluateParams
+from shortcuts import audit as ca
 
 SIDE = 32
 Crop = Callable[[np.random.Generator, bool, int], np.ndarray]

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.common.faces import Box, Detection, FaceCropper, face_square, is_grayscale, margin_of
-from stages.common.grayscale import DROP_REASON, apply_policy, gray_copy, rows_to_gray
-from stages.common.images import decode_rgb, encode
-from stages.common.params import FacesParams
+from core.images import decode_rgb, encode
+from core.params import FacesParams
+from faces.cache import Box, Detection, FaceCropper, face_square, is_grayscale, margin_of
+from faces.grayscale import DROP_REASON, apply_policy, gray_copy, rows_to_gray
 
 
 class NoDetector:
@@ -123,7 +123,7 @@ def test_no_grey_images_means_nothing_changes() -> None:
 # --------------------------------------------------------------------------- training views
 
 def test_training_views_are_shown_instead_of_the_crop_at_random(tmp_path: Path) -> None:
-    from stages.common.classifier_data import SplitData, load_views
+    from classifier.data import SplitData, load_views
 
     frame = pd.DataFrame({"id": ["a", "b", "c"], "path": ["", "", ""], "label": ["real", "fake", "real"],
                           "generator": ["real", "g", "real"]})
@@ -152,7 +152,7 @@ def test_training_views_are_shown_instead_of_the_crop_at_random(tmp_path: Path) 
 
 
 def test_views_follow_their_crop_through_the_grayscale_policy() -> None:
-    from stages.common.grayscale import views_after_policy
+    from faces.grayscale import views_after_policy
 
     faces = faces_frame(2, {"a": 2}, grey_reals=1)
     faces = apply_policy(faces, "match")
@@ -195,7 +195,7 @@ def _audited_split(root: Path, name: str, share: float, mode: str, seed: int) ->
 
 @pytest.mark.parametrize("share", [0.1, 0.4])
 def test_matching_removes_the_grayscale_cue_from_the_audit(tmp_path: Path, share: float) -> None:
-    from stages.common.crop_audit import crop_feature_audit
+    from shortcuts.audit import crop_feature_audit
 
     def spread_auc(mode: str) -> float:
         base = tmp_path / mode

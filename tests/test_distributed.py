@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 import torch
 
-from stages.common import distributed
-from stages.common import gan_training as gt
-from stages.common.checkpoint import load_model
-from stages.common.classifier_train import LoopConfig, infer_logits, train_loop
-from stages.common.distributed import World, local_processes, relaunch_under_torchrun, world_from_env
-from stages.common.params import GeneratorParams, parse_block
+from classifier.checkpoint import load_model
+from classifier.train import LoopConfig, infer_logits, train_loop
+from core import distributed
+from core.distributed import World, local_processes, relaunch_under_torchrun, world_from_env
+from core.params import GeneratorParams, parse_block
+from generator import train as gt
 from tests.classifier_fixtures import make_splits, tiny_classifier_params
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import set_params

@@ -17,11 +17,12 @@ import pandas as pd
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from stages.common import source_folder, source_hf
-from stages.common.io import read_csv, sha1_file
-from stages.common.params import DataParams
-from stages.common.schema import RAW_COLUMNS
-from stages.common.synthetic import write_bad_files
+from core.io import read_csv, sha1_file
+from core.params import DataParams
+from core.schema import RAW_COLUMNS
+from sources import folder as source_folder
+from sources import hf as source_hf
+from sources.synthetic import write_bad_files
 from tests.helpers import noise_jpeg, set_params, write_file
 
 

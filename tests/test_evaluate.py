@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 from sklearn import metrics as skm
 
+from classifier.checkpoint import ClassifierCheckpoint, load_checkpoint, save_checkpoint
+from classifier.evaluation import raw_metadata, robustness_transforms, shortcut_audit, worst_misclassified
+from classifier.metrics import (binary_metrics, choose_threshold, equal_error_rate, expected_calibration_error,
+                                per_generator_metrics, reliability_table)
+from core.params import EvaluateParams
 from models.classifier import ArchSpec, build_classifier
-from stages.common.checkpoint import ClassifierCheckpoint, load_checkpoint, save_checkpoint
-from stages.common.classifier_eval import raw_metadata, robustness_transforms, shortcut_audit, worst_misclassified
-from stages.common.metrics import (binary_metrics, choose_threshold, equal_error_rate, expected_calibration_error,
-                                   per_generator_metrics, reliability_table)
-from stages.common.params import EvaluateParams
 from tests.classifier_fixtures import make_splits, tiny_classifier_params
 from tests.helpers import set_params
 

@@ -15,12 +15,11 @@ import torch
 from PIL import Image, JpegImagePlugin
 from skimage import data as skdata
 
-from stages.common.device import pick_device
-from stages.common.faces import (Box, FaceCache, FaceCropper, Job, build_mtcnn, cache_key, process,
-                                 run_faces)
-from stages.common.io import sha1_bytes
-from stages.common.params import FacesParams, ParamsError, parse_block
-from stages.common.schema import FACE_COLUMNS, RAW_COLUMNS
+from core.device import pick_device
+from core.io import sha1_bytes
+from core.params import FacesParams, ParamsError, parse_block
+from core.schema import FACE_COLUMNS, RAW_COLUMNS
+from faces.cache import Box, FaceCache, FaceCropper, Job, build_mtcnn, cache_key, process, run_faces
 from tests.helpers import set_params
 
 # Where the astronaut's face is in skimage.data.astronaut() (512x512), a generous ground-truth region.

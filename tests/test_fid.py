@@ -11,9 +11,9 @@ import torch
 import torch_fidelity
 from torch_fidelity import feature_extractor_inceptionv3 as inception_module
 
-from stages.common import fidelity as fd
-from stages.common import gan_training as gt
-from stages.common.params import GeneratorParams, parse_block
+from core.params import GeneratorParams, parse_block
+from generator import fidelity as fd
+from generator import train as gt
 from tests.helpers import set_params
 from tests.test_generator import make_splits, synthetic_images
 

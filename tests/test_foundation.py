@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from stages.common.io import atomic_output_dir, sha1_file
-from stages.common.params import DataParams, FacesParams, ParamsError, load_block, parse_block
-from stages.common.tracking import main_worktree, stage_run, tracking_uri
+from core.io import atomic_output_dir, sha1_file
+from core.params import DataParams, FacesParams, ParamsError, load_block, parse_block
+from core.tracking import main_worktree, stage_run, tracking_uri
 from tests.helpers import set_params
 
 

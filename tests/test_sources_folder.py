@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stages.common import source_folder
-from stages.common.params import DataParams
+from core.params import DataParams
+from sources import folder as source_folder
 from tests.helpers import noise_jpeg, write_file
 
 

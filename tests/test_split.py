@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.common.io import read_csv
-from stages.common.params import ParamsError, SplitParams, parse_block
-from stages.common.schema import FACE_COLUMNS, SPLITS
-from stages.common.splitting import SplitError, split_faces, summarise
+from core.io import read_csv
+from core.params import ParamsError, SplitParams, parse_block
+from core.schema import FACE_COLUMNS, SPLITS
+from sources.split import SplitError, split_faces, summarise
 from tests.helpers import set_params
 
 GENERATORS = ("gen_a", "gen_b", "gen_c")

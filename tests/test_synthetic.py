@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from stages.common import synthetic
-from stages.common.io import read_csv
-from stages.common.params import DataParams
+from core.io import read_csv
+from core.params import DataParams
+from sources import synthetic
 from tests.helpers import set_params
 
 
@@ -68,7 +68,7 @@ def test_mtcnn_finds_a_face_in_at_least_90_percent() -> None:
 
 
 def test_bad_files_cover_every_awkward_case() -> None:
-    from stages.common.rawset import check_image
+    from sources.rawset import check_image
 
     for name, (data, status, reason) in synthetic.bad_files().items():
         verdict = check_image(data, Path(name).suffix, min_side=64)

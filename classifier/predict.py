@@ -1,0 +1,129 @@
+"""Score arbitrary image files with the trained classifier, the way training saw its faces.
+
+Each file is decoded with ``decode_rgb``, its face found and cropped by ``FaceCropper`` with the
+faces params recorded in the checkpoint at training time, encoded and decoded as the faces stage
+stored crops (png or jpeg), resized like the training cache, then scored with the checkpoint's
+temperature and validation threshold. Every file gets a status:
+
+- ``ok``: a face was found and scored;
+- ``no_face``: no face at faces.min_prob (scored on a centred crop only when training used
+  ``faces.on_miss: center``, as its crops then included such crops too);
+- ``unreadable``: the file is missing, not an image, or corrupt (the reason says which).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from classifier.checkpoint import ClassifierCheckpoint
+from classifier.metrics import calibrated
+from classifier.train import infer_logits
+from core.images import ImageDecodeError, decode_rgb, square_pixels
+from core.params import FacesParams, load_block, parse_block
+from faces.cache import FaceCropper
+from models.classifier import DeepfakeClassifier
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+COLUMNS = ["file", "status", "reason", "prob_fake", "predicted", "threshold", "face_prob",
+           "box_x1", "box_y1", "box_x2", "box_y2"]
+
+
+@dataclass
+class Prediction:
+    file: str
+    status: str                 # ok | no_face | unreadable
+    reason: str = ""
+    prob_fake: float | None = None
+    predicted: str = ""         # real | fake | "" (not scored)
+    threshold: float | None = None
+    face_prob: float | None = None
+    box: tuple[float, float, float, float] | None = None
+
+    def row(self) -> dict[str, Any]:
+        box = self.box or ("", "", "", "")
+        return {"file": self.file, "status": self.status, "reason": self.reason,
+                "prob_fake": "" if self.prob_fake is None else round(self.prob_fake, 6),
+                "predicted": self.predicted, "threshold": "" if self.threshold is None else round(self.threshold, 6),
+                "face_prob": "" if self.face_prob is None else round(self.face_prob, 6),
+                "box_x1": box[0], "box_y1": box[1], "box_x2": box[2], "box_y2": box[3]}
+
+
+def collect_files(paths: Iterable[Path]) -> tuple[list[Path], int]:
+    """Named files as given; folders searched recursively for image suffixes. Returns (files, ignored)."""
+    files: list[Path] = []
+    ignored = 0
+    for path in paths:
+        if path.is_dir():
+            for f in sorted(p for p in path.rglob("*") if p.is_file()):
+                if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
+                    files.append(f)
+                else:
+                    ignored += 1
+        else:
+            files.append(path)  # a missing path is reported as unreadable
+    seen: set[Path] = set()
+    unique = [f for f in files if not (f in seen or seen.add(f))]
+    return unique, ignored
+
+
+def faces_params_for(ckpt: ClassifierCheckpoint, params_file: Path = Path("params.yaml")) -> tuple[FacesParams, str]:
+    """The faces params training used (from the checkpoint); params.yaml only for older checkpoints."""
+    if ckpt.faces:
+        known = {f.name for f in dataclasses.fields(FacesParams)}
+        return parse_block("faces", FacesParams, {k: v for k, v in ckpt.faces.items() if k in known}), "checkpoint"
+    return load_block("faces", FacesParams, params_file), str(params_file)
+
+
+def _chunks(items: list[Path], n: int) -> Iterator[list[Path]]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def predict_files(files: list[Path], model: DeepfakeClassifier, ckpt: ClassifierCheckpoint, cropper: FaceCropper,
+                  device: torch.device, batch_size: int = 16) -> list[Prediction]:
+    """One Prediction per file, in order."""
+    out: list[Prediction] = []
+    for chunk in tqdm(list(_chunks(files, batch_size)), desc="predict", unit="batch", mininterval=1.0):
+        preds = [Prediction(str(f), "unreadable") for f in chunk]
+        decoded: list[tuple[int, Any]] = []
+        for i, f in enumerate(chunk):
+            if not f.exists():
+                preds[i].reason = "no such file"
+                continue
+            try:
+                decoded.append((i, decode_rgb(f).image))
+            except ImageDecodeError as e:
+                preds[i].reason = str(e)
+            except OSError as e:
+                preds[i].reason = f"cannot read ({e.strerror or e})"
+        results = cropper.crop([im for _, im in decoded]) if decoded else []
+        pixels, scored = [], []
+        for (i, _), res in zip(decoded, results):
+            det = res.detection
+            preds[i].face_prob = det.prob if det else 0.0
+            preds[i].box = tuple(round(v, 1) for v in det.box.as_list()) if det else None  # type: ignore[assignment]
+            if res.status == "ok":
+                preds[i].status = "ok"
+            else:
+                preds[i].status = "no_face"
+                preds[i].reason = res.reason
+            if res.image is not None:
+                stored = decode_rgb(cropper.encode(res.image)).image  # as the faces stage stored it
+                pixels.append(square_pixels(stored, ckpt.image_size))
+                scored.append(i)
+        if pixels:
+            logits = infer_logits(model, np.stack(pixels), batch_size, device, tuple(ckpt.mean), tuple(ckpt.std),
+                                  desc="score")
+            for i, prob in zip(scored, calibrated(logits, ckpt.temperature)):
+                preds[i].prob_fake = float(prob)
+                preds[i].threshold = ckpt.threshold
+                preds[i].predicted = "fake" if prob >= ckpt.threshold else "real"
+        out.extend(preds)
+    return out

@@ -1,0 +1,3 @@
+"""The report: MLflow runs grouped into iterations, setup facts, a small document model, figures,
+HTML and Markdown.
+"""

@@ -1,0 +1,3 @@
+"""Shortcut checks: the crop-feature audit and the counterfactual probes (is the model right for
+the wrong reason?).
+"""

@@ -1,0 +1,102 @@
+"""Group-aware, stratified train/val/test assignment.
+
+Groups (an identity, a near-duplicate cluster, a DFF real/fake path family) are never split: every
+row of a group lands in one split. Within that constraint, each split gets close to its fraction
+of every (label, generator) stratum.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pandas as pd
+
+from core.params import SplitParams
+from core.schema import SPLITS
+
+SPLIT_RANK = {"train": 0, "val": 1, "test": 2}  # a group spread over several predefined splits goes to the latest
+PREDEFINED_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+class SplitError(ValueError):
+    """The faces manifest cannot be split as params.yaml asks."""
+
+
+def assign_random(frame: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.Series:
+    """Split name per row; whole groups assigned greedily to the split furthest below its target."""
+    strata = frame["label"] + "/" + frame["generator"]
+    group_strata = strata.groupby(frame["group"]).value_counts()
+    groups = list(frame["group"].unique())
+    np.random.default_rng(seed).shuffle(groups)
+
+    # Running balance: each group goes to the split whose share of the group's strata is furthest
+    # below target so far, so every (label, generator) stratum tracks the fractions all along.
+    filled: dict[str, dict[str, int]] = {s: defaultdict(int) for s in SPLITS}
+    seen: dict[str, int] = defaultdict(int)
+    choice: dict[str, str] = {}
+    for group in groups:
+        members = group_strata[group].to_dict()
+        for k, n in members.items():
+            seen[k] += n
+
+        def added_error(split: str) -> float:
+            err = 0.0
+            for k, n in members.items():
+                target = fractions[split] * seen[k]
+                err += ((filled[split][k] + n - target) ** 2 - (filled[split][k] - target) ** 2) / seen[k]
+            return err
+
+        best = min(SPLITS, key=lambda s: (added_error(s), -fractions[s]))
+        choice[group] = best
+        for k, n in members.items():
+            filled[best][k] += n
+    return frame["group"].map(choice)
+
+
+def assign_predefined(frame: pd.DataFrame) -> tuple[pd.Series, int]:
+    """Use the dataset's own split; a group found in several splits is moved whole to the latest one."""
+    given = frame["predefined_split"].astype(str).str.lower().map(PREDEFINED_ALIASES)
+    missing = int(given.isna().sum())
+    if missing:
+        raise SplitError(
+            f"split.protocol is 'predefined' but {missing} of {len(frame)} faces have no predefined split "
+            "(the source is not laid out train|valid|test/{real,fake}); use split.protocol: random")
+    latest = given.map(SPLIT_RANK).groupby(frame["group"]).transform("max")
+    inverse = {v: k for k, v in SPLIT_RANK.items()}
+    assigned = latest.map(inverse)
+    return assigned, int((assigned != given).sum())
+
+
+def split_faces(frame: pd.DataFrame, params: SplitParams) -> tuple[pd.DataFrame, dict]:
+    """Return the frame with a ``split`` column and a dict of facts for the summary."""
+    if frame.empty:
+        raise SplitError("no usable faces to split: check data/faces/metrics.json for the drop rate")
+    facts: dict = {"protocol": params.protocol, "seed": params.seed}
+    fractions = {"train": params.train, "val": params.val, "test": round(1.0 - params.train - params.val, 10)}
+    if params.protocol == "predefined":
+        split, moved = assign_predefined(frame)
+        facts["rows_moved_to_keep_groups_whole"] = moved
+    else:
+        split = assign_random(frame, fractions, params.seed)
+        facts["fractions"] = fractions
+    out = frame.assign(split=split.values)
+    if params.protocol == "leave_one_generator_out":
+        generators = sorted(set(frame.loc[frame["label"] == "fake", "generator"]))
+        if params.holdout_generator not in generators:
+            raise SplitError(f"split.holdout_generator: {params.holdout_generator!r} is not in the data; "
+                             f"fake generators present: {', '.join(generators)}")
+        unseen = (out["generator"] == params.holdout_generator) & (out["split"] != "test")
+        facts["holdout_generator"] = params.holdout_generator
+        facts["holdout_rows_excluded_from_train_val"] = int(unseen.sum())
+        out = out[~unseen]
+    return out, facts
+
+
+def summarise(split_frame: pd.DataFrame, facts: dict) -> dict:
+    counts: dict = {}
+    for (split, label, generator), n in split_frame.groupby(["split", "label", "generator"]).size().items():
+        counts.setdefault(split, {}).setdefault(label, {})[generator] = int(n)
+    crossing = int((split_frame.groupby("group")["split"].nunique() > 1).sum())
+    totals = {s: int((split_frame["split"] == s).sum()) for s in SPLITS}
+    groups = {s: int(split_frame.loc[split_frame["split"] == s, "group"].nunique()) for s in SPLITS}
+    return {**facts, "counts": counts, "total": totals, "groups": groups, "groups_crossing_splits": crossing}

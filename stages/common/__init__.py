@@ -1,1 +1,0 @@
-"""Helpers shared by several stages (params, atomic IO, tracking, images, faces)."""
