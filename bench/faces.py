@@ -32,8 +32,9 @@ from tqdm import tqdm  # noqa: E402
 from core.device import pick_device, set_threads  # noqa: E402
 from core.images import decode_rgb, encode  # noqa: E402
 from core.params import FacesParams, load_block  # noqa: E402
-from faces.cache import (Box, FaceCache, FaceCropper, best_detection, Job, crop_resize, face_square,  # noqa: E402
-                         process)
+from faces.cache import FaceCache, Job, process  # noqa: E402
+from faces.crop import FaceCropper, crop_resize, face_square  # noqa: E402
+from faces.detect import Box, best_detection  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETS = (("hardfakevsreal", 100), ("ciplab_real_and_fake", 100))

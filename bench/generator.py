@@ -27,7 +27,7 @@ from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics
 from core.device import pick_device, set_threads
 from core.params import FidParams, GeneratorParams, as_dict, load_block, parse_block
 from generator import fidelity as fd
-from generator import train as gt
+from generator.trainers import build_trainer
 
 OUT = Path("bench/out/generator.json")
 
@@ -37,7 +37,7 @@ def train_throughput(model: str, size: int, n: int, epochs: int, base: Generator
     p = parse_block("generator", GeneratorParams, raw)
     device = pick_device(p.device)
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    trainer = gt.build_trainer(p, device)
+    trainer = build_trainer(p, device)
     trainer.train_epoch(1, images)  # warm-up
     t0 = time.perf_counter()
     for e in range(epochs):

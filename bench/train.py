@@ -28,8 +28,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from classifier.data import AugmentConfig, Augmenter, batch_indices, gather, load_split, normalise
-from classifier.train import LoopConfig, prepare_input, smoothed_bce, train_loop
+from classifier.augment import AugmentConfig, Augmenter
+from classifier.data import batch_indices, gather, load_split, normalise
+from classifier.infer import prepare_input
+from classifier.train import LoopConfig, smoothed_bce, train_loop
 from core.device import pick_device, set_threads
 from core.io import write_csv
 from core.params import ClassifierParams

@@ -24,7 +24,8 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from classifier.data import add_noise, down_up, gaussian_blur, jpeg_recompress, quantise, to_unit
+from classifier.augment import add_noise, down_up, gaussian_blur, jpeg_recompress, quantise
+from classifier.data import to_unit
 from core.params import EvaluateParams
 
 Transform = Callable[[torch.Tensor], torch.Tensor]

@@ -23,11 +23,11 @@ import torch
 from tqdm import tqdm
 
 from classifier.checkpoint import ClassifierCheckpoint
+from classifier.infer import infer_logits
 from classifier.metrics import calibrated
-from classifier.train import infer_logits
 from core.images import ImageDecodeError, decode_rgb, square_pixels
 from core.params import FacesParams, load_block, parse_block
-from faces.cache import FaceCropper
+from faces.crop import FaceCropper
 from models.classifier import DeepfakeClassifier
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}

@@ -1,4 +1,4 @@
-"""The classifier's training loop and batched inference (no MLflow, no files: the stage does that).
+"""The classifier's training loop (no MLflow, no files: the stage does that).
 
 AdamW with a per-batch cosine or one-cycle schedule, label smoothing, class weights when the
 classes are imbalanced, an optional frozen-backbone warm-up, early stopping on validation ROC-AUC
@@ -6,7 +6,7 @@ classes are imbalanced, an optional frozen-backbone warm-up, early stopping on v
 
 Data-parallel (``world.size`` > 1, see core.distributed): every rank draws the same global
 batches and trains on its share under DistributedDataParallel; validation is split between the ranks
-and gathered, so every rank takes the same early-stopping and budget decisions.
+and gathered (classifier.infer), so every rank takes the same early-stopping and budget decisions.
 """
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from classifier.data import AugmentConfig, Augmenter, TrainViews, batch_indices, gather, normalise, to_unit
+from classifier.augment import AugmentConfig, Augmenter
+from classifier.data import TrainViews, batch_indices, gather
+from classifier.infer import prepare_input, validation_logits
 from core.distributed import World, seed_for
 from core.params import ClassifierParams
 from models.classifier import DeepfakeClassifier
@@ -118,49 +120,6 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: LoopConfig, total_steps: int
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=cfg.lr * 0.01)
     raise ValueError(f"classifier.schedule {cfg.schedule!r}; allowed: 'cosine', 'onecycle'")
-
-
-def prepare_input(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> torch.Tensor:
-    x = normalise(x, mean, std)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
-@torch.no_grad()
-def infer_logits(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device,
-                 mean: tuple[float, ...], std: tuple[float, ...],
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 desc: str = "infer", amp: bool = True, rows: np.ndarray | None = None,
-                 progress: bool = True) -> np.ndarray:
-    """Logits for every (3, S, S) uint8 image (or only ``rows``, in their order); ``transform`` maps a
-    uint8 CPU batch to float [0, 1]."""
-    model.eval()
-    rows = np.arange(len(images)) if rows is None else rows
-    out = np.empty(len(rows), dtype=np.float32)
-    use_amp = amp and device.type == "cuda"
-    for pos in tqdm(list(batch_indices(len(rows), batch_size)), desc=desc, unit="batch", leave=False,
-                    mininterval=1.0, disable=not progress):
-        batch = gather(images, rows[pos])
-        x = transform(batch).to(device) if transform is not None else to_unit(batch.to(device))
-        with torch.autocast(device.type, enabled=use_amp):
-            logits = model(prepare_input(x, mean, std, device))
-        out[pos] = logits.float().cpu().numpy()
-    return out
-
-
-def validation_logits(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device,
-                      mean: tuple[float, ...], std: tuple[float, ...], amp: bool, world: World,
-                      progress: bool) -> np.ndarray:
-    """Logits for every validation image, each rank inferring its share; the same array on every rank."""
-    world.broadcast_from_main(model, buffers_only=True)  # rank 0's BatchNorm statistics on every rank
-    rows = world.shard(np.arange(len(images)))
-    part = infer_logits(model, images, batch_size, device, mean, std, desc="validate", amp=amp, rows=rows,
-                        progress=progress)
-    out = np.empty(len(images), dtype=np.float32)
-    for r, logits in world.gather((rows, part)):
-        out[r] = logits
-    return out
 
 
 def data_parallel(model: nn.Module, world: World, device: torch.device) -> nn.Module:

@@ -1,50 +1,27 @@
-"""What the report shows, gathered from the MLflow runs of the project (plus manifests and ``dvc exp show``).
+"""The runs grouped into two *tracks* of *iterations*, with what changed and which one is best.
 
-Every stage execution is one MLflow run tagged ``stage``, ``dvc_exp_name``, ``note``, ``git_commit`` and
-``data_manifest_sha1``, with params ``<block>.<key>``. Here the runs are grouped into two *tracks*
-(classifier: train_classifier + evaluate; generator: train_generator + fid). An *iteration* pairs a
-training run with the evaluation run of the same iteration: the evaluation run with the same
+Tracks: classifier (train_classifier + evaluate) and generator (train_generator + fid). An *iteration*
+pairs a training run with the evaluation run of the same iteration: the evaluation run with the same
 ``dvc_exp_name``, else the next evaluation run started after the training run and before the next one.
 An evaluation run left over (only the evaluation re-ran, e.g. an ``evaluate`` param changed) is an
 iteration of its own that reuses the previous training run.
 
-Metric names are resolved leniently (``roc_auc`` also finds ``test_roc_auc`` / ``test.roc_auc``; ``kid``
-also ``generator.kid_mean``), so stages can rename metrics without breaking the report; a metric that
-cannot be found is shown as missing, never guessed. The best iteration is chosen by the primary metric,
-or, when no iteration has it (e.g. FID without Inception weights), by the first listed metric that some
-iteration has.
+The best iteration is chosen by the primary metric, or, when no iteration has it (e.g. FID without
+Inception weights), by the first listed metric that some iteration has.
 """
 from __future__ import annotations
 
-import fnmatch
-import importlib.metadata
-import io
-import json
-import os
-import platform
-import re
-import shutil
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from core.params import ReportParams
+from report.runs import (Artifacts, RunInfo, curve_keys, first_image, read_json_artifact, read_roc, resolve_metric,
+                         sample_grids, spread)
 
 UPSTREAM_STAGES = ("download", "faces", "split")
-STAGE_ORDER = ("download", "faces", "split", "train_classifier", "evaluate", "train_generator", "fid", "report")
-SPLIT_SUMMARY = Path("data/splits/summary.json")
-FACE_METRICS = Path("data/faces/metrics.json")
-METRIC_PREFIXES = ("", "test_", "test.", "test/", "eval_", "eval.", "generator.")
-METRIC_SUFFIXES = ("", "_mean", ".mean")
 
 
 @dataclass(frozen=True)
@@ -58,34 +35,6 @@ class TrackSpec:
 
 CLASSIFIER = TrackSpec("classifier", "Classifier", "train_classifier", "evaluate", ("classifier", "evaluate"))
 GENERATOR = TrackSpec("generator", "Generator", "train_generator", "fid", ("generator", "fid"))
-
-
-@dataclass
-class RunInfo:
-    run_id: str
-    stage: str
-    status: str
-    start: float              # seconds since the epoch
-    end: float | None
-    params: dict[str, str]
-    metrics: dict[str, float]
-    tags: dict[str, str]
-
-    @property
-    def exp_name(self) -> str:
-        return self.tags.get("dvc_exp_name", "")
-
-    @property
-    def note(self) -> str:
-        return self.tags.get("note") or self.tags.get("mlflow.note.content", "")
-
-    @property
-    def duration(self) -> float | None:
-        return None if self.end is None else max(0.0, self.end - self.start)
-
-    @property
-    def started(self) -> str:
-        return time.strftime("%Y-%m-%d %H:%M", time.localtime(self.start))
 
 
 @dataclass(frozen=True)
@@ -147,93 +96,6 @@ class TrackData:
 
     def lower_better(self, name: str) -> bool:
         return name in self.lower_is_better
-
-
-@dataclass(frozen=True)
-class DvcExp:
-    name: str
-    rev: str
-    baseline: str
-    timestamp: str
-
-
-@dataclass
-class SetupData:
-    data_params: dict[str, str]
-    faces_params: dict[str, str]
-    split_params: dict[str, str]
-    split_summary: dict[str, Any] | None
-    face_metrics: dict[str, Any] | None
-    hardware: dict[str, str]
-    devices: dict[str, str]                       # stage -> device tag of its latest run
-    wall_times: list[dict[str, Any]]              # stage, runs, latest_s, median_s, total_s
-
-
-@dataclass
-class ReportData:
-    experiment: str
-    tracking_uri: str
-    generated: str
-    runs: list[RunInfo]
-    left_out: dict[str, dict[str, int]]           # stage -> status -> count (runs not FINISHED)
-    tracks: list[TrackData]
-    setup: SetupData
-    dvc_exps: list[DvcExp]
-    dvc_error: str | None
-
-
-# ---------------------------------------------------------------- runs
-
-
-def load_runs(client: Any, experiment: str, exclude: str | None = None
-              ) -> tuple[list[RunInfo], dict[str, dict[str, int]]]:
-    """Finished runs of ``experiment`` (time order) and counts of the others per stage and status.
-
-    ``exclude``: a run id left out entirely (the report's own run, still RUNNING).
-    """
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return [], {}
-    finished: list[RunInfo] = []
-    left_out: dict[str, Counter] = {}
-    token = None
-    while True:
-        page = client.search_runs([exp.experiment_id], max_results=1000, order_by=["attributes.start_time ASC"],
-                                  page_token=token)
-        for run in page:
-            info = _run_info(run)
-            if info.run_id == exclude:
-                continue
-            if info.status == "FINISHED":
-                finished.append(info)
-            else:
-                left_out.setdefault(info.stage or "untagged", Counter())[info.status] += 1
-        token = page.token
-        if not token:
-            break
-    finished.sort(key=lambda r: (r.start, r.run_id))
-    return finished, {stage: dict(c) for stage, c in left_out.items()}
-
-
-def _run_info(run: Any) -> RunInfo:
-    info, data = run.info, run.data
-    return RunInfo(run_id=info.run_id, stage=data.tags.get("stage", ""), status=info.status,
-                   start=(info.start_time or 0) / 1000.0,
-                   end=info.end_time / 1000.0 if info.end_time else None,
-                   params=dict(data.params), metrics=dict(data.metrics), tags=dict(data.tags))
-
-
-def resolve_metric(metrics: dict[str, float], name: str) -> str | None:
-    """The MLflow key that holds metric ``name`` (exact first, then test_/test./_mean variants)."""
-    for prefix in METRIC_PREFIXES:
-        for suffix in METRIC_SUFFIXES:
-            key = f"{prefix}{name}{suffix}"
-            if key in metrics:
-                return key
-    return None
-
-
-# ---------------------------------------------------------------- iterations
 
 
 def pair_runs(trains: Sequence[RunInfo], evals: Sequence[RunInfo]) -> list[tuple[RunInfo | None, RunInfo | None]]:
@@ -341,110 +203,6 @@ def best_index(iterations: Sequence[Iteration], primary: str, lower: bool) -> in
     return pick(scored, key=lambda kv: kv[1])[0]
 
 
-# ---------------------------------------------------------------- artifacts and histories
-
-
-class Artifacts:
-    """Listing and reading run artifacts; every failure becomes a remark instead of an exception."""
-
-    def __init__(self, client: Any, workdir: Path) -> None:
-        self.client = client
-        self.workdir = workdir
-        self.remarks: list[str] = []
-        self._listing: dict[str, list[str]] = {}
-
-    def paths(self, run_id: str) -> list[str]:
-        if run_id not in self._listing:
-            try:
-                self._listing[run_id] = sorted(self._walk(run_id, None))
-            except Exception as err:  # noqa: BLE001 - any store error is reported, the report goes on
-                self.remarks.append(f"artifacts of run {run_id[:8]} could not be listed: {err}")
-                self._listing[run_id] = []
-        return self._listing[run_id]
-
-    def _walk(self, run_id: str, path: str | None) -> list[str]:
-        out: list[str] = []
-        for f in self.client.list_artifacts(run_id, path):
-            out += self._walk(run_id, f.path) if f.is_dir else [f.path]
-        return out
-
-    def matching(self, run_id: str, patterns: Sequence[str]) -> list[str]:
-        """Artifact paths matching any pattern (case-insensitive), the shortest file name first."""
-        hits = [p for p in self.paths(run_id) if any(fnmatch.fnmatch(p.lower(), pat.lower()) for pat in patterns)]
-        return sorted(hits, key=lambda p: (len(Path(p).name), p))
-
-    def read(self, run_id: str, path: str) -> bytes | None:
-        try:
-            dst = Path(tempfile.mkdtemp(dir=self.workdir))
-            local = self.client.download_artifacts(run_id, path, dst_path=str(dst))
-            return Path(local).read_bytes()
-        except Exception as err:  # noqa: BLE001
-            self.remarks.append(f"artifact {path} of run {run_id[:8]} could not be read: {err}")
-            return None
-
-
-def read_roc(art: Artifacts, run: RunInfo, patterns: Sequence[str]) -> pd.DataFrame | None:
-    for path in art.matching(run.run_id, patterns):
-        raw = art.read(run.run_id, path)
-        if raw is None:
-            continue
-        try:
-            frame = pd.read_csv(io.BytesIO(raw))
-        except (ValueError, pd.errors.ParserError) as err:
-            art.remarks.append(f"{path} of run {run.run_id[:8]} is not a readable CSV: {err}")
-            continue
-        cols = {c.lower().strip(): c for c in frame.columns}
-        if "fpr" in cols and "tpr" in cols:
-            out = frame[[cols["fpr"], cols["tpr"]]].apply(pd.to_numeric, errors="coerce").dropna()
-            out.columns = ["fpr", "tpr"]
-            return out.sort_values(["fpr", "tpr"]).reset_index(drop=True)
-        art.remarks.append(f"{path} of run {run.run_id[:8]} has no fpr,tpr columns (has {list(frame.columns)})")
-    return None
-
-
-def epoch_of(path: str) -> int | None:
-    numbers = re.findall(r"\d+", Path(path).stem)
-    return int(numbers[-1]) if numbers else None
-
-
-def sample_grids(art: Artifacts, run: RunInfo, patterns: Sequence[str]) -> list[tuple[int, str]]:
-    """(epoch, artifact path) of the run's sample grids, by epoch (the first file per epoch)."""
-    by_epoch: dict[int, str] = {}
-    for path in art.matching(run.run_id, patterns):
-        epoch = epoch_of(path)
-        if epoch is not None and path.lower().endswith(".png"):
-            by_epoch.setdefault(epoch, path)
-    return sorted(by_epoch.items())
-
-
-def spread(items: Sequence[Any], n: int) -> list[Any]:
-    """At most ``n`` items evenly spread over ``items``, first and last included."""
-    if len(items) <= n:
-        return list(items)
-    if n == 1:
-        return [items[-1]]
-    idx = sorted({round(k * (len(items) - 1) / (n - 1)) for k in range(n)})
-    return [items[i] for i in idx]
-
-
-def curve_keys(client: Any, run: RunInfo, wanted: Sequence[str], exclude: Sequence[str]
-               ) -> dict[str, list[tuple[int, float]]]:
-    """Metric histories (step, value) of a training run: ``wanted`` keys, or every per-epoch metric."""
-    keys = [k for k in wanted if k in run.metrics]
-    auto = not keys
-    if auto:
-        keys = [k for k in sorted(run.metrics) if not any(fnmatch.fnmatch(k, pat) for pat in exclude)]
-    out: dict[str, list[tuple[int, float]]] = {}
-    for key in keys:
-        points = sorted((int(m.step), float(m.value)) for m in client.get_metric_history(run.run_id, key))
-        if not auto or len(points) > 1:
-            out[key] = points
-    return out
-
-
-# ---------------------------------------------------------------- tracks
-
-
 def build_track(spec: TrackSpec, runs: Sequence[RunInfo], p: ReportParams, client: Any, art: Artifacts) -> TrackData:
     if spec is CLASSIFIER:
         names, primary, wanted = list(p.classifier_metrics), p.classifier_primary, p.classifier_curves
@@ -473,8 +231,8 @@ def build_track(spec: TrackSpec, runs: Sequence[RunInfo], p: ReportParams, clien
                 it.eval_json = read_json_artifact(art, it.eval, "metrics.json")
         source = best or latest
         if source is not None and source.eval is not None:
-            track.confusion = _first_image(art, source.eval, p.confusion_artifacts)
-            track.misclassified = _first_image(art, source.eval, p.misclassified_artifacts)
+            track.confusion = first_image(art, source.eval, p.confusion_artifacts)
+            track.misclassified = first_image(art, source.eval, p.misclassified_artifacts)
     else:
         for it in recent:
             found = [(epoch, run, path) for run in (it.train, it.eval) if run is not None
@@ -490,176 +248,3 @@ def build_track(spec: TrackSpec, runs: Sequence[RunInfo], p: ReportParams, clien
                 if raw is not None:
                     track.epoch_grids.append((epoch, raw))
     return track
-
-
-def read_json_artifact(art: Artifacts, run: RunInfo, path: str) -> dict[str, Any] | None:
-    """The run's JSON artifact at ``path`` as a dict; None (with a remark when unreadable) otherwise."""
-    if path not in art.paths(run.run_id) or (raw := art.read(run.run_id, path)) is None:
-        return None
-    try:
-        data = json.loads(raw)
-    except ValueError as err:
-        art.remarks.append(f"{path} of run {run.run_id[:8]} is not valid JSON: {err}")
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _first_image(art: Artifacts, run: RunInfo, patterns: Sequence[str]) -> bytes | None:
-    for path in art.matching(run.run_id, patterns):
-        if path.lower().endswith(".png") and (raw := art.read(run.run_id, path)) is not None:
-            return raw
-    return None
-
-
-# ---------------------------------------------------------------- setup facts
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def hardware() -> dict[str, str]:
-    """The machine that runs the report (the runs' own devices are in their tags)."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(errors="replace"), re.M)
-        cpu = model.group(1).strip() if model else cpu
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    out = {"CPU": cpu, "CPU cores": f"{os.cpu_count()} logical, {usable} usable by this process",
-           "Python": platform.python_version(), "OS": platform.platform()}
-    meminfo = Path("/proc/meminfo")
-    if meminfo.exists():
-        mem = re.search(r"^MemTotal:\s*(\d+) kB", meminfo.read_text(), re.M)
-        if mem:
-            out["Memory"] = f"{int(mem.group(1)) / 1024 ** 2:.1f} GiB"
-    try:
-        out["torch"] = importlib.metadata.version("torch")
-        import torch
-
-        if torch.cuda.is_available():
-            names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-            out["CUDA"] = f"{torch.version.cuda}: {names}"
-        else:
-            out["CUDA"] = f"not available (torch built with CUDA {torch.version.cuda or 'none'})"
-    except (importlib.metadata.PackageNotFoundError, ImportError):
-        out["torch"] = "not installed"
-    return out
-
-
-def wall_times(runs: Sequence[RunInfo]) -> list[dict[str, Any]]:
-    rows = []
-    stages = sorted({r.stage for r in runs}, key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else 99, s))
-    for stage in stages:
-        durations = [d for r in runs if r.stage == stage and (d := r.duration) is not None]
-        if durations:
-            rows.append({"stage": stage, "runs": len(durations), "latest_s": durations[-1],
-                         "median_s": statistics.median(durations), "total_s": sum(durations)})
-    return rows
-
-
-def devices(runs: Sequence[RunInfo]) -> dict[str, str]:
-    """stage -> the device of its latest run, with the data-parallel process count when > 1."""
-    out: dict[str, str] = {}
-    for run in runs:  # time order: the latest wins
-        device = next((v for k, v in run.tags.items() if k.endswith(".device")), None)
-        world = next((v for k, v in run.tags.items() if k.endswith(".world_size")), "1")
-        if device is not None:
-            out[run.stage] = device if world == "1" else f"{device} × {world} processes"
-    return out
-
-
-def latest_params(runs: Sequence[RunInfo], stage: str) -> dict[str, str]:
-    mine = [r for r in runs if r.stage == stage]
-    return dict(mine[-1].params) if mine else {}
-
-
-def setup_data(runs: Sequence[RunInfo]) -> SetupData:
-    return SetupData(data_params=latest_params(runs, "download"), faces_params=latest_params(runs, "faces"),
-                     split_params=latest_params(runs, "split"), split_summary=read_json(SPLIT_SUMMARY),
-                     face_metrics=read_json(FACE_METRICS), hardware=hardware(), devices=devices(runs),
-                     wall_times=wall_times(runs))
-
-
-# ---------------------------------------------------------------- dvc exp show
-
-
-def dvc_experiments(repo: Path, timeout: float) -> tuple[list[DvcExp], str | None]:
-    """Experiments listed by ``dvc exp show --json`` in ``repo``; an error message instead when it fails."""
-    exe = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    try:
-        proc = subprocess.run([exe, "exp", "show", "--json", "--all-commits"], cwd=repo, capture_output=True, text=True,
-                              timeout=timeout, env=env)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return [], f"dvc exp show did not run: {err}"
-    if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout).strip().splitlines()
-        return [], f"dvc exp show failed: {lines[-1] if lines else f'exit {proc.returncode}'}"
-    try:
-        return parse_exp_show(json.loads(proc.stdout)), None
-    except (json.JSONDecodeError, AttributeError, TypeError) as err:
-        return [], f"dvc exp show output not understood: {err}"
-
-
-def parse_exp_show(entries: list[dict[str, Any]]) -> list[DvcExp]:
-    out: list[DvcExp] = []
-    for commit in entries:
-        baseline = (commit.get("name") or str(commit.get("rev", ""))[:7]) or "?"
-        for group in commit.get("experiments") or []:
-            for rev in group.get("revs") or []:
-                data = rev.get("data") or {}
-                out.append(DvcExp(name=rev.get("name") or group.get("name") or "", rev=str(rev.get("rev", ""))[:7],
-                                  baseline=baseline, timestamp=str(data.get("timestamp") or "")))
-    return out
-
-
-# ---------------------------------------------------------------- everything
-
-
-def collect(p: ReportParams, experiment: str, uri: str, repo: Path | None, exclude: str | None = None) -> ReportData:
-    """Read every finished run of ``experiment`` at ``uri`` into a ReportData (artifacts read into memory)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    runs, left_out = load_runs(client, experiment, exclude)
-    with tempfile.TemporaryDirectory(prefix="report-artifacts-") as tmp:
-        art = Artifacts(client, Path(tmp))
-        tracks = [build_track(spec, runs, p, client, art) for spec in (CLASSIFIER, GENERATOR)]
-        for track in tracks:
-            track.remarks += [r for r in art.remarks if r not in track.remarks]
-            art.remarks.clear()
-    exps, dvc_error = dvc_experiments(repo, p.dvc_timeout_s) if (p.dvc_exp_show and repo is not None) else (
-        [], "dvc exp show not asked for (report.dvc_exp_show: false)")
-    return ReportData(experiment=experiment, tracking_uri=uri, generated=time.strftime("%Y-%m-%d %H:%M:%S"),
-                      runs=runs, left_out=left_out, tracks=tracks, setup=setup_data(runs), dvc_exps=exps,
-                      dvc_error=dvc_error)
-
-
-def summary(data: ReportData) -> dict[str, Any]:
-    """The iteration tables as JSON (results/report/iterations.json): what the report shows, machine-readable."""
-    tracks: dict[str, Any] = {}
-    for track in data.tracks:
-        rows = []
-        for it in track.iterations:
-            rows.append({
-                "number": it.number, "train_run": it.train.run_id if it.train else None,
-                "eval_run": it.eval.run_id if it.eval else None, "reused_train_of": it.reused_train_of,
-                "exp_name": it.exp_name, "note": it.note, "best": it is track.best_iteration,
-                "changes": [{"key": c.key, "old": c.old, "new": c.new} for c in it.changes],
-                "metrics": it.metrics, "metric_keys": it.metric_keys, "deltas": it.deltas, "better": it.better,
-                "has_roc": it.roc is not None, "final_grid_epoch": it.final_grid[0] if it.final_grid else None,
-            })
-        best = track.best_iteration
-        tracks[track.spec.name] = {"primary": track.primary, "requested_primary": track.requested_primary or None,
-                                   "best": best.number if best else None,
-                                   "iterations": rows, "remarks": track.remarks}
-    return {"experiment": data.experiment, "generated": data.generated, "runs": len(data.runs),
-            "left_out": data.left_out, "tracks": tracks, "dvc_error": data.dvc_error,
-            "dvc_experiments": len(data.dvc_exps)}

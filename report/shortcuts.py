@@ -1,6 +1,6 @@
 """The classifier track's "Shortcuts" part of the report: can the model be right for the wrong reason?
 
-Data: the evaluation run's ``metrics.json`` artifact, which report_data reads into
+Data: the evaluation run's ``metrics.json`` artifact, which report.iterations reads into
 ``Iteration.eval_json`` for the latest and the best iteration:
 
 - ``shortcut_audit.crop_features`` (shortcuts.audit): each crop/source feature's test ROC-AUC
@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from report.document import MISSING, Block, Cell, Heading, Para, Span, Table
 from report.iterations import Iteration, TrackData
-from report.render import MISSING, Block, Cell, Heading, Para, Span, Table
 
-N_WARNINGS_METRIC = "shortcut_audit.n_warnings"   # as stages.evaluate logs it (crop_audit.N_WARNINGS_METRIC)
+N_WARNINGS_METRIC = "shortcut_audit.n_warnings"   # as stages.evaluate logs it (shortcuts.audit.N_WARNINGS_METRIC)
 N_FLAGGED_METRIC = "counterfactual.n_flagged"
 
 

@@ -2,7 +2,7 @@
 real from fake on its own?
 
 A detector that learns a shortcut (black padding, grayscale, image size, JPEG tables, framing) scores
-near 1.0 and is worthless. The metadata audit (``classifier_eval.shortcut_audit``) reads raw-file
+near 1.0 and is worthless. The metadata audit (``classifier.evaluation.shortcut_audit``) reads raw-file
 headers only; this one measures what the model sees. One value per split row:
 
 crop — the stored face crop (``path``), i.e. the pixels the classifier is fed:

@@ -32,7 +32,7 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from core.images import ImageDecodeError, decode_rgb, square_pixels
-from faces.cache import FaceCropper
+from faces.crop import FaceCropper
 from faces.grayscale import gray_copy
 
 Change = Callable[[Image.Image, random.Random], Image.Image]

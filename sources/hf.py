@@ -15,37 +15,27 @@ zip is one real photo and its three fakes.
 * Members pair on their path below the zip's single top folder (stripped when every image member
   of the zip sits under one); fewer than 90% of the real paths pairing with all three fakes stops
   the run. With the default repo and revision each zip's size is checked against ``DFF_ZIP_SIZES``.
-* Hub requests are paced by one ``RateLimiter`` shared by the worker threads
-  (``data.requests_per_minute``; anonymous users get about 3,000 resolve requests per 5 minutes,
-  every range read is one). An HTTP 429 is honoured (``RateLimit`` / ``Retry-After`` headers):
-  every thread waits, then retries; a wait is not a failed attempt. The first 429 prints a hint to
-  set ``HF_TOKEN``.
+* Hub requests are paced and HTTP 429s waited out by one ``HubThrottle`` shared by the worker
+  threads (sources.hub; ``data.requests_per_minute``).
 
-The filesystem is a parameter (``RangeFS``): tests run the same range-read path on local zips.
+The filesystem is a parameter (``RangeFS``, sources.zips): tests run the same range-read path on local zips.
 """
 from __future__ import annotations
 
-import json
-import math
-import os
 import random
-import re
-import socket
-import struct
-import threading
 import time
-import zipfile
-import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
-from email.utils import parsedate_to_datetime
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol, TypeVar
+from typing import Any
 from urllib.parse import quote
 
-from core.io import atomic_write_bytes, stable_hash, write_json
+from core.io import stable_hash
 from core.params import DataParams
+from sources.hub import (MAX_RATE_LIMIT_WAITS, DownloadError, HubThrottle, SourceUnavailableError, first_line,
+                         is_connection_error, offline_message, rate_limited, with_retries)
 from sources.rawset import IMAGE_EXTENSIONS, FetchError, RawItem, store_all
+from sources.zips import RangeFS, UnsafeMemberError, ZipEntry, ZipSource, cached_read, list_entries, safe_member_path
 
 DFF_ZIPS: dict[str, str] = {  # zip at the repo root -> generator ("real" for the real photos)
     "wiki.zip": "real", "text2img.zip": "text2img", "inpainting.zip": "inpainting", "insight.zip": "insight",
@@ -58,295 +48,9 @@ DFF_ZIP_SIZES: dict[str, int] = {
     "inpainting.zip": 1_082_027_665, "insight.zip": 1_081_375_437,
 }
 MIN_PAIRED = 0.90            # share of the real paths that must have all three fakes at the same path
-RATE_LIMIT_MARGIN_S = 1.0    # added to the server's reset time (it is rounded to whole seconds)
-DEFAULT_RATE_LIMIT_WAIT_S = 30.0  # a 429 without RateLimit / Retry-After headers
-MAX_RATE_LIMIT_WAIT_S = 900.0     # never trust a reset time longer than this
-MAX_RATE_LIMIT_WAITS = 30    # 429s in a row for one read before the run stops (with the HF_TOKEN hint)
 RETRIED_IN_CLIENT = (408, 500, 502, 503, 504)  # huggingface_hub's own retries minus 429 (handled here)
-RANGE_SLACK = 1024           # extra bytes read after a member's data, for a local extra field
-LISTING_BLOCK = 1 << 16      # read-ahead while zipfile parses the central directory
-_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # zip local file header, 30 bytes
-_DRIVE = re.compile(r"^[A-Za-z]:")
-T = TypeVar("T")
-
-
-class SourceUnavailableError(RuntimeError):
-    """The Hub cannot be reached (offline, DNS, proxy, timeouts)."""
-
-
-class DownloadError(RuntimeError):
-    """The dataset on the Hub is not what this source expects."""
-
-
-class UnsafeMemberError(ValueError):
-    """A zip member name that would be written outside the output folder (zip slip)."""
-
-
-class _CorruptMember(Exception):
-    """Bytes read for a member do not check out (maybe a cut response): retried."""
-
-
-class RangeFS(Protocol):
-    """The part of an fsspec filesystem this module uses (HfFileSystem, LocalFileSystem, ...)."""
-
-    def info(self, path: str, **kwargs: Any) -> dict[str, Any]: ...
-
-    def open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any: ...
-
 
 ZipFetcher = Callable[[str], Path]  # zip name at the repo root -> local path of the whole zip
-
-
-@dataclass(frozen=True)
-class ZipEntry:
-    name: str
-    header_offset: int
-    compress_size: int
-    file_size: int
-    compress_type: int
-    crc: int
-    flag_bits: int
-    extra_len: int
-
-
-@dataclass(frozen=True)
-class ZipSource:
-    """One zip file reachable with random access through ``fs``."""
-
-    fs: RangeFS
-    path: str
-    size: int
-
-
-def offline_message(err: BaseException) -> str:
-    return (f"cannot reach the Hugging Face Hub ({type(err).__name__}: {err}). Without network set "
-            f"data.source: folder:<path> (a local real/ + fake/<generator>/ image folder, e.g. "
-            f"folder:../shared/data/hardfakevsreal) or data.source: synthetic in params.yaml")
-
-
-_CONNECTION_ERROR_NAMES = frozenset({
-    "ConnectError", "ConnectTimeout", "ConnectionError", "NetworkError", "TimeoutException", "Timeout",
-    "ReadTimeout", "ReadError", "ProxyError", "RemoteProtocolError", "OfflineModeIsEnabled",
-})
-
-
-def is_connection_error(exc: BaseException | None) -> bool:
-    """True when ``exc`` (or its cause) means the server could not be reached, whatever HTTP library."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror)):
-            return True
-        if any(cls.__name__ in _CONNECTION_ERROR_NAMES for cls in type(exc).__mro__):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def safe_member_path(root: Path, name: str) -> Path:
-    """``root / name`` for a zip member name, refusing names that would land outside ``root``."""
-    norm = name.replace("\\", "/")
-    parts = [p for p in norm.split("/") if p not in ("", ".")]
-    if not name or "\x00" in name:
-        raise UnsafeMemberError(f"unsafe zip member path {name!r}: empty or contains NUL")
-    if norm.startswith("/") or _DRIVE.match(norm):
-        raise UnsafeMemberError(f"unsafe zip member path {name!r}: absolute path or drive letter")
-    if ".." in parts or not parts:
-        raise UnsafeMemberError(f"unsafe zip member path {name!r}: '..' would escape the output folder")
-    target = root.joinpath(*parts)
-    if not target.resolve().is_relative_to(root.resolve()):
-        raise UnsafeMemberError(f"unsafe zip member path {name!r}: resolves outside {root}")
-    return target
-
-
-# ---- pacing and HTTP 429 -----------------------------------------------------------------------
-
-class RateLimiter:
-    """A token bucket shared by all worker threads: on average ``per_minute`` requests a minute,
-    bursts of up to ``burst``; ``pause(s)`` holds every thread back for ``s`` seconds (after a 429).
-
-    Each ``acquire`` reserves the next free slot under a lock and sleeps outside it. ``clock`` and
-    ``sleep`` are parameters so tests run on a fake clock.
-    """
-
-    def __init__(self, per_minute: float, burst: int | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        if per_minute <= 0:
-            raise ValueError(f"requests per minute must be positive, got {per_minute}")
-        self.interval = 60.0 / per_minute
-        self.burst = max(1, burst if burst is not None else min(int(per_minute) // 12, 50))  # <= 5 s of requests
-        self.clock, self.sleep = clock, sleep
-        self._tat = -math.inf          # theoretical arrival time of the next request at the steady rate
-        self._paused_until = -math.inf
-        self._lock = threading.Lock()
-        self.waited = 0.0              # seconds spent waiting for slots, all threads together
-
-    def acquire(self) -> float:
-        """Reserve the next free slot and wait for it; returns the slot's time on ``clock``."""
-        with self._lock:
-            now = self.clock()
-            tat = max(self._tat, now)
-            at = max(now, tat - (self.burst - 1) * self.interval, self._paused_until)
-            self._tat = max(tat, at) + self.interval
-            self.waited += at - now
-        if at > now:
-            self.sleep(at - now)
-        return at
-
-    def pause(self, seconds: float) -> None:
-        with self._lock:
-            self._paused_until = max(self._paused_until, self.clock() + seconds)
-
-
-@dataclass(frozen=True)
-class RateLimited:
-    """An HTTP 429: how long to wait and what the server said."""
-
-    wait: float
-    detail: str
-
-
-_RATELIMIT_NAME = re.compile(r'"([^"]*)"')
-_RATELIMIT_PARAM = re.compile(r"\b([a-z]+)\s*=\s*(\d+)", re.IGNORECASE)
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    for key in headers:
-        if str(key).lower() == name:
-            return str(headers[key])
-    return None
-
-
-def rate_limit_wait(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> RateLimited:
-    """Seconds to wait after a 429, from the IETF ``RateLimit`` header (``"resolvers";r=0;t=120``:
-    0 left, reset in 120 s) and/or ``Retry-After`` (seconds or an HTTP date); the longer one wins,
-    plus ``RATE_LIMIT_MARGIN_S``. Without either: ``DEFAULT_RATE_LIMIT_WAIT_S``."""
-    waits: list[float] = []
-    notes: list[str] = []
-    ratelimit = _header(headers, "ratelimit")
-    if ratelimit:
-        params = {k.lower(): int(v) for k, v in _RATELIMIT_PARAM.findall(ratelimit)}
-        name = _RATELIMIT_NAME.search(ratelimit)
-        if "t" in params and params.get("r", 0) == 0:
-            waits.append(float(params["t"]))
-            notes.append(f"{name.group(1) if name else 'rate'!r} limit, reset in {params['t']} s")
-    policy = _header(headers, "ratelimit-policy")
-    if policy:
-        q = {k.lower(): int(v) for k, v in _RATELIMIT_PARAM.findall(policy)}
-        if "q" in q and "w" in q:
-            notes.append(f"{q['q']} requests per {q['w']} s")
-    retry_after = (_header(headers, "retry-after") or "").strip()
-    if retry_after.isdigit():
-        waits.append(float(retry_after))
-        notes.append(f"Retry-After {retry_after} s")
-    elif retry_after:
-        try:
-            waits.append(max(0.0, parsedate_to_datetime(retry_after).timestamp() - now()))
-            notes.append(f"Retry-After {retry_after}")
-        except (TypeError, ValueError):
-            pass
-    if not waits:
-        return RateLimited(DEFAULT_RATE_LIMIT_WAIT_S, "no reset time given")
-    return RateLimited(min(max(waits), MAX_RATE_LIMIT_WAIT_S) + RATE_LIMIT_MARGIN_S, "; ".join(notes))
-
-
-def rate_limited(exc: BaseException | None) -> RateLimited | None:
-    """The wait for an HTTP 429 anywhere in ``exc``'s chain (``HfHubHTTPError``/httpx/requests errors
-    carry ``.response``; aiohttp errors ``.status`` and ``.headers``); None for any other error."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        response = getattr(exc, "response", None)
-        status = getattr(response, "status_code", None) or getattr(exc, "status", None)
-        if status == 429:
-            headers = getattr(response, "headers", None) or getattr(exc, "headers", None) or {}
-            return rate_limit_wait(headers)
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def _has_token() -> bool:
-    if os.environ.get("HF_TOKEN"):
-        return True
-    try:
-        from huggingface_hub import get_token
-        return bool(get_token())
-    except Exception:  # noqa: BLE001 - only for the wording of a hint
-        return False
-
-
-class HubThrottle:
-    """Pacing and 429 handling shared by every thread of one run: ``before_request`` paces,
-    ``on_rate_limited`` makes all threads wait and prints the ``HF_TOKEN`` hint once."""
-
-    def __init__(self, per_minute: float, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic, burst: int | None = None) -> None:
-        self.limiter = RateLimiter(per_minute, burst, clock, sleep)
-        self.sleep = sleep
-        self.hits = 0
-        self.waited = 0.0
-        self._lock = threading.Lock()
-
-    def before_request(self) -> None:
-        self.limiter.acquire()
-
-    def on_rate_limited(self, hit: RateLimited, what: str) -> None:
-        with self._lock:
-            self.hits += 1
-            first = self.hits == 1
-            self.waited += hit.wait
-        if first:
-            print(f"download: the Hub answered HTTP 429 Too Many Requests while reading {what} ({hit.detail}); "
-                  f"waiting {hit.wait:.0f} s, then resuming (429 waits are not failed attempts). {token_hint()}",
-                  flush=True)
-        self.limiter.pause(hit.wait)
-        self.sleep(hit.wait)
-
-    def report(self) -> None:
-        if self.hits:
-            print(f"download: the Hub rate-limited {self.hits} requests; waited {self.waited:.0f} s for it in all. "
-                  f"{token_hint()}", flush=True)
-
-
-def token_hint() -> str:
-    if _has_token():
-        return ("A Hugging Face token is set; lower data.requests_per_minute to stay under its limit.")
-    return ("Anonymous users get about 3,000 requests per 5 minutes: set HF_TOKEN to a Hugging Face access "
-            "token (https://huggingface.co/settings/tokens) for higher limits, or lower data.requests_per_minute.")
-
-
-def with_retries(fn: Callable[[], T], attempts: int, what: str, sleep: Callable[[float], None],
-                 throttle: HubThrottle | None = None) -> T:
-    """``fn()`` with exponential backoff. A lost connection after the last attempt aborts the run
-    (rerun to resume from the cache); any other persistent failure becomes a ``FetchError``.
-    An HTTP 429 is not an attempt: wait for the server's reset time (every thread, through
-    ``throttle``) and try again; ``MAX_RATE_LIMIT_WAITS`` in a row stop the run with a ``DownloadError``."""
-    throttle = throttle if throttle is not None else HubThrottle(60_000, sleep=sleep)
-    last: Exception | None = None
-    attempt = waits = 0
-    while attempt < attempts:
-        try:
-            return fn()
-        except FetchError:
-            raise  # deterministic (e.g. unsupported compression): retrying cannot help
-        except Exception as e:  # noqa: BLE001 - every other failure is retried, then classified
-            hit = rate_limited(e)
-            if hit is not None:
-                waits += 1
-                if waits > MAX_RATE_LIMIT_WAITS:
-                    raise DownloadError(f"still rate-limited by the Hub (HTTP 429) after {MAX_RATE_LIMIT_WAITS} waits "
-                                        f"while reading {what}; {token_hint()} Rerun to resume from "
-                                        f"data/cache/download/") from e
-                throttle.on_rate_limited(hit, what)
-                continue
-            last = e
-            attempt += 1
-            if attempt < attempts:
-                sleep(min(0.5 * 2 ** (attempt - 1), 8.0))
-    if is_connection_error(last):
-        raise SourceUnavailableError(f"lost the connection while reading {what} ({attempts} attempts: {last}); "
-                                     f"rerun to resume from data/cache/download/") from last
-    raise FetchError(f"read failed after {attempts} attempts ({type(last).__name__}: {_first_line(last)})")
 
 
 def open_zip(fs: RangeFS, path: str, throttle: HubThrottle | None = None) -> ZipSource:
@@ -357,21 +61,16 @@ def open_zip(fs: RangeFS, path: str, throttle: HubThrottle | None = None) -> Zip
             info = fs.info(path)
             break
         except FileNotFoundError as e:
-            raise DownloadError(f"{path} not found ({_first_line(e)}); check data.hf_repo and data.hf_revision") from e
+            raise DownloadError(f"{path} not found ({first_line(e)}); check data.hf_repo and data.hf_revision") from e
         except Exception as e:
             if is_connection_error(e):
                 raise SourceUnavailableError(offline_message(e)) from e
             hit = rate_limited(e)
             if hit is None or waits >= MAX_RATE_LIMIT_WAITS:
-                raise DownloadError(f"{path}: {type(e).__name__}: {_first_line(e)}") from e
+                raise DownloadError(f"{path}: {type(e).__name__}: {first_line(e)}") from e
             waits += 1
             (throttle or HubThrottle(60_000)).on_rate_limited(hit, path)
     return ZipSource(fs, path, int(info["size"]))
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return " ".join(lines[:2]) if lines else type(exc).__name__
 
 
 def known_sizes(params: DataParams) -> dict[str, int]:
@@ -391,65 +90,6 @@ def check_sizes(sources: Mapping[str, ZipSource], expected: Mapping[str, int], w
             raise DownloadError(f"{name} on {where} is {src.size:,} bytes, expected {want:,}: not the DeepFakeFace "
                                 f"files this pipeline was checked against (set data.hf_repo / data.hf_revision "
                                 f"to the dataset you mean; sizes are only checked for the defaults)")
-
-
-def list_entries(src: ZipSource, cache_file: Path) -> list[ZipEntry]:
-    """The zip's central directory (read once with a few range reads, then cached as JSON)."""
-    if cache_file.exists():
-        return [ZipEntry(**e) for e in json.loads(cache_file.read_text())]
-    with (src.fs.open(src.path, "rb", block_size=LISTING_BLOCK, cache_type="readahead", size=src.size) as f,
-          zipfile.ZipFile(f) as zf):
-        entries = [ZipEntry(i.filename, i.header_offset, i.compress_size, i.file_size, i.compress_type,
-                            i.CRC, i.flag_bits, len(i.extra)) for i in zf.infolist() if not i.is_dir()]
-    write_json(cache_file, [asdict(e) for e in entries])
-    return entries
-
-
-def read_entry(src: ZipSource, entry: ZipEntry) -> bytes:
-    """One member's bytes via range reads of its local header + data only; CRC-checked."""
-    if entry.flag_bits & 0x1:
-        raise FetchError("encrypted zip member")
-    if entry.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        raise FetchError(f"unsupported zip compression method {entry.compress_type}")
-    start = entry.header_offset
-    guess = _LOCAL_HEADER.size + len(entry.name.encode()) + entry.extra_len + entry.compress_size + RANGE_SLACK
-    with src.fs.open(src.path, "rb", block_size=LISTING_BLOCK, cache_type="none", size=src.size) as f:
-        f.seek(start)
-        buf = f.read(min(guess, src.size - start))
-        if len(buf) < _LOCAL_HEADER.size:
-            raise _CorruptMember("short read of the local header")
-        sig, *_, name_len, extra_len = _LOCAL_HEADER.unpack_from(buf)
-        if sig != b"PK\x03\x04":
-            raise _CorruptMember("bad local header signature")
-        data_start = _LOCAL_HEADER.size + name_len + extra_len
-        data_end = data_start + entry.compress_size
-        if data_end > len(buf):  # local extra field longer than the slack: fetch the rest
-            buf += f.read(data_end - len(buf))
-    raw = buf[data_start:data_end]
-    data = raw if entry.compress_type == zipfile.ZIP_STORED else _inflate(raw)
-    if len(data) != entry.file_size or zlib.crc32(data) != entry.crc:
-        raise _CorruptMember("size or CRC-32 mismatch")
-    return data
-
-
-def _inflate(raw: bytes) -> bytes:
-    try:
-        d = zlib.decompressobj(-15)
-        return d.decompress(raw) + d.flush()
-    except zlib.error as e:
-        raise _CorruptMember(f"inflate failed ({e})") from None
-
-
-def cached_read(src: ZipSource, entry: ZipEntry, cache_file: Path | None) -> bytes:
-    """``read_entry`` through a per-member cache file (written atomically, CRC-checked on reuse)."""
-    if cache_file is not None and cache_file.exists():
-        data = cache_file.read_bytes()
-        if len(data) == entry.file_size and zlib.crc32(data) == entry.crc:
-            return data
-    data = read_entry(src, entry)
-    if cache_file is not None:
-        atomic_write_bytes(cache_file, data)
-    return data
 
 
 def _parts(name: str) -> list[str]:

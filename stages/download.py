@@ -12,6 +12,7 @@ from core.io import atomic_output_dir, sha1_file, write_csv, write_json
 from core.params import DataParams, ParamsError, load_block
 from core.tracking import stage_run
 from sources import folder, hf, synthetic
+from sources.hub import DownloadError, SourceUnavailableError
 from sources.rawset import DuplicateStats, manifest_frame, merge_duplicates, metric_counts, summarise
 
 RAW_DIR = Path("data/raw")
@@ -56,6 +57,5 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (ParamsError, hf.SourceUnavailableError, hf.DownloadError,
-            folder.FolderLayoutError) as e:
+    except (ParamsError, SourceUnavailableError, DownloadError, folder.FolderLayoutError) as e:
         raise SystemExit(f"download: {e}") from e

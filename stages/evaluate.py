@@ -3,7 +3,7 @@
 Reads params block ``evaluate``, results/classifier/model.pt (temperature and threshold were fitted
 on validation), data/splits/{train,test}.csv (train only to fit the shortcut audits), the face crops
 and the raw files. Writes results/eval/{metrics.json, scores.csv, plots/*.csv, figures/*.png} and logs
-metrics and figures to MLflow. Shortcut warnings (crop_audit) are printed and tagged on the run.
+metrics and figures to MLflow. Shortcut warnings (shortcuts.audit) are printed and tagged on the run.
 """
 from __future__ import annotations
 
@@ -19,17 +19,17 @@ from sklearn.metrics import confusion_matrix
 from classifier.checkpoint import load_model
 from classifier.data import load_split
 from classifier.evaluation import robustness_transforms, shortcut_audit, worst_misclassified
+from classifier.infer import infer_logits
 from classifier.metrics import (binary_metrics, calibrated, per_generator_metrics, pr_points, reliability_table,
                                 roc_points)
 from classifier.predict import faces_params_for
-from classifier.train import infer_logits
 from core.device import pick_device, set_threads
 from core.io import atomic_output_dir, read_csv, write_csv, write_json
 from core.params import EvaluateParams, load_block
 from core.plots import (auc_bars_figure, bar_figure, confusion_figure, image_grid, pr_figure, reliability_figure,
                         roc_figure, save_figure)
 from core.tracking import flatten_numeric, stage_run
-from faces.cache import FaceCropper
+from faces.crop import FaceCropper
 from shortcuts.audit import CROP, SOURCE, audit_metrics, crop_feature_audit
 from shortcuts.counterfactual import ProbeInput, ProbeSettings, run_probes
 

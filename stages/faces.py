@@ -17,8 +17,10 @@ from core.device import pick_device, set_threads
 from core.io import atomic_output_dir, atomic_write_bytes, link_or_copy, read_csv, write_csv, write_json
 from core.params import FacesParams, as_dict, load_block
 from core.tracking import flatten_numeric, main_worktree, stage_run
-from faces.cache import FaceCache, FaceCropper, cache_key, face_metrics, run_faces, view_metrics
+from faces.cache import FaceCache, cache_key, run_faces
+from faces.crop import FaceCropper
 from faces.grayscale import apply_policy, gray_copy, views_after_policy
+from faces.metrics import face_metrics, view_metrics
 
 RAW_MANIFEST = Path("data/raw/manifest.csv")
 OUT_DIR = Path("data/faces")

@@ -15,9 +15,10 @@ from core.device import pick_device
 from core.io import read_csv, write_json
 from core.params import FidParams, load_block
 from core.tracking import stage_run
+from generator.data import load_image_cache
 from generator.fidelity import (ImageSet, MetricConfig, build_extractors, extract_all, flat_metrics, mobilenet_weights,
                                 report_rows, resolve_inception_weights)
-from generator.train import generate, load_generator, load_image_cache
+from generator.sampling import generate, load_generator
 
 CHECKPOINT = Path("results/generator/model.pt")
 TEST_SPLIT = Path("data/splits/test.csv")

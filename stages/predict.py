@@ -18,7 +18,7 @@ from classifier.checkpoint import load_model
 from classifier.predict import COLUMNS, collect_files, faces_params_for, predict_files
 from core.device import pick_device
 from core.io import write_csv
-from faces.cache import FaceCropper
+from faces.crop import FaceCropper
 
 DEFAULT_CHECKPOINT = Path("results/classifier/model.pt")
 

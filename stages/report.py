@@ -1,8 +1,9 @@
 """Stage report: every MLflow run of the project → results/report/{index.html, report.md, figures/, iterations.json}.
 
 Reads only params block ``report`` (its ``experiment`` defaults to ``tracking.experiment``). The
-iteration tables, plots and setup facts are gathered in report.iterations and rendered in
-report.render; index.html is self-contained (images embedded, inline CSS, no URL).
+iteration tables, plots and setup facts are gathered in report.collect, laid out as document blocks
+in report.sections and rendered in report.render; index.html is self-contained (images embedded,
+inline CSS, no URL).
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import mlflow
 from core.io import atomic_output_dir, write_json
 from core.params import ReportParams, TrackingParams, load_block
 from core.tracking import main_worktree, stage_run, tracking_uri
-from report.iterations import collect, summary
-from report.render import build_document, write_report
+from report.collect import collect, summary
+from report.render import write_report
+from report.sections import build_document
 
 OUT_DIR = Path("results/report")
 # one progress bar per downloaded artifact is noise here

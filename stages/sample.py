@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from core.device import DEVICE_CHOICES, pick_device
 from core.io import atomic_output_dir, atomic_write_bytes
-from generator.train import generate, load_generator, png_bytes
+from generator.sampling import generate, load_generator, png_bytes
 
 DEFAULT_CHECKPOINT = Path("results/generator/model.pt")
 

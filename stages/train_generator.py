@@ -17,8 +17,8 @@ from core.distributed import World, relaunch_under_torchrun, training_world
 from core.io import atomic_output_dir, link_or_copy, read_csv, write_csv, write_json
 from core.params import GeneratorParams, load_block
 from core.tracking import stage_run
-from generator.train import (TrainingResult, fd_mobilenet_hook, load_image_cache, model_payload, params_hash,
-                             save_torch, tensor_fingerprint, train, training_rows)
+from generator.data import load_image_cache, tensor_fingerprint, training_rows
+from generator.train import TrainingResult, fd_mobilenet_hook, model_payload, params_hash, save_torch, train
 
 TRAIN_SPLIT = Path("data/splits/train.csv")
 WORK_ROOT = Path("data/cache/generator")

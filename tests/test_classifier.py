@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from classifier import data as classifier_data
+from classifier.augment import AugmentConfig, Augmenter, gaussian_blur, jpeg_recompress
 from classifier.checkpoint import ClassifierCheckpoint, load_checkpoint, load_model, save_checkpoint
-from classifier.data import (AugmentConfig, Augmenter, ClassifierDataError, gaussian_blur, jpeg_recompress, load_split,
-                             normalise, to_unit)
+from classifier.data import ClassifierDataError, load_split, normalise, to_unit
+from classifier.infer import infer_logits
 from classifier.metrics import calibrated, choose_threshold, fit_temperature, negative_log_likelihood
-from classifier.train import LoopConfig, class_weights, infer_logits, train_loop
+from classifier.train import LoopConfig, class_weights, train_loop
 from core import pretrained
 from core.params import ClassifierParams, ParamsError, parse_block
 from core.pretrained import MissingPretrainedWeights, find_weights

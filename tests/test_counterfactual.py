@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from core.params import FacesParams
-from faces.cache import FaceCropper
+from faces.crop import FaceCropper
 from shortcuts.counterfactual import (FRAMING, ProbeInput, ProbeSettings, probe_metrics, run_probes, stretcher,
                                       tighter_framing)
 

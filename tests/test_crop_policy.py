@@ -12,7 +12,8 @@ from PIL import Image
 
 from core.images import decode_rgb, encode
 from core.params import FacesParams
-from faces.cache import Box, Detection, FaceCropper, face_square, is_grayscale, margin_of
+from faces.crop import FaceCropper, face_square, is_grayscale, margin_of
+from faces.detect import Box, Detection
 from faces.grayscale import DROP_REASON, apply_policy, gray_copy, rows_to_gray
 
 

@@ -10,6 +10,10 @@ from tests.conftest import PROJECT_ROOT
 
 # Top-level folders that hold the project's Python code (a stage's code deps live in these).
 CODE_PACKAGES = ("stages", "models", "core", "sources", "faces", "classifier", "shortcuts", "generator", "report")
+# Modules that define a training loop, and the entry points that only run trained models: those must not
+# import these (so editing a loop reruns training, never evaluate or fid).
+TRAINING_LOOPS = ("classifier/train.py", "generator/train.py", "generator/trainers.py")
+INFERENCE_ENTRY_POINTS = ("stages.evaluate", "stages.fid", "stages.predict", "stages.sample")
 
 
 def dvc_stages() -> dict[str, dict[str, Any]]:
@@ -113,3 +117,16 @@ def test_code_deps_are_exactly_what_each_stage_imports() -> None:
         module = stage["cmd"].split("python -m ", 1)[1].split()[0]
         code_deps = {d for d in stage["deps"] if d.split("/", 1)[0] in CODE_PACKAGES}
         assert code_deps == local_imports(module), f"{name}: dvc.yaml code deps differ from its imports"
+
+
+def test_inference_entry_points_import_no_training_loop() -> None:
+    """evaluate, fid, predict and sample run trained models: no training loop among their imports."""
+    for path in TRAINING_LOOPS:
+        assert (PROJECT_ROOT / path).exists(), f"{path} is gone: update TRAINING_LOOPS"
+    assert "classifier/train.py" in local_imports("stages.train_classifier")
+    assert {"generator/train.py", "generator/trainers.py"} <= local_imports("stages.train_generator")
+    for module in INFERENCE_ENTRY_POINTS:
+        loops = sorted(local_imports(module) & set(TRAINING_LOOPS))
+        assert not loops, (f"{module} imports the training loop(s) {loops} (directly or through another module): "
+                           "move what it needs into an inference module (e.g. classifier/infer.py, "
+                           "generator/sampling.py)")

@@ -15,11 +15,13 @@ import pytest
 import torch
 
 from classifier.checkpoint import load_model
-from classifier.train import LoopConfig, infer_logits, train_loop
+from classifier.infer import infer_logits
+from classifier.train import LoopConfig, train_loop
 from core import distributed
 from core.distributed import World, local_processes, relaunch_under_torchrun, world_from_env
 from core.params import GeneratorParams, parse_block
-from generator import train as gt
+from generator.sampling import load_generator
+from generator.train import train
 from tests.classifier_fixtures import make_splits, tiny_classifier_params
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import set_params
@@ -90,7 +92,7 @@ def test_a_global_batch_too_small_to_split_is_a_clear_error(tmp_path: Path) -> N
                    world=World(rank=0, size=4))
     p = parse_block("generator", GeneratorParams, {**TINY_GENERATOR, "batch_size": 4})
     with pytest.raises(ValueError, match="at least 2 images per batch"):
-        gt.train(p, torch.zeros((16, 3, 32, 32), dtype=torch.uint8), tmp_path, "h", torch.device("cpu"),
+        train(p, torch.zeros((16, 3, 32, 32), dtype=torch.uint8), tmp_path, "h", torch.device("cpu"),
                  world=World(rank=0, size=4))
 
 
@@ -136,7 +138,7 @@ def test_train_generator_under_torchrun(in_tmp_project: Path, model: str) -> Non
     summary = json.loads((out / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["complete"] and summary["n_train"] == 16
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["epoch_001.png", "epoch_002.png"]
-    net, _, payload = gt.load_generator(out / "model.pt", torch.device("cpu"))
+    net, _, payload = load_generator(out / "model.pt", torch.device("cpu"))
     assert payload["epochs_done"] == 2 and torch.isfinite(net(torch.randn(2, 8))).all()
     runs = stage_runs(in_tmp_project, "train_generator")
     assert len(runs) == 1 and runs["tags.generator.world_size"].iloc[0] == "2"

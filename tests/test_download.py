@@ -22,6 +22,9 @@ from core.params import DataParams
 from core.schema import RAW_COLUMNS
 from sources import folder as source_folder
 from sources import hf as source_hf
+from sources import hub as source_hub
+from sources import zips as source_zips
+from sources.rawset import FetchError
 from sources.synthetic import write_bad_files
 from tests.helpers import noise_jpeg, set_params, write_file
 
@@ -245,10 +248,10 @@ def test_retries_then_records_a_skip(tmp_path: Path) -> None:
     assert all(r["status"] == "ok" for r in rows) and len(rows) == 8
 
     wiki = source_hf.open_zip(LocalFileSystem(), str(tmp_path / "zips" / "wiki.zip"))
-    entry = source_hf.list_entries(wiki, tmp_path / "entries.json")[0]
-    broken = source_hf.ZipSource(CountingFS(fail_first_reads=10**6), wiki.path, wiki.size)
-    with pytest.raises(source_hf.FetchError, match="read failed after 3 attempts"):
-        source_hf.with_retries(lambda: source_hf.read_entry(broken, entry), 3, "x", lambda s: None)
+    entry = source_zips.list_entries(wiki, tmp_path / "entries.json")[0]
+    broken = source_zips.ZipSource(CountingFS(fail_first_reads=10**6), wiki.path, wiki.size)
+    with pytest.raises(FetchError, match="read failed after 3 attempts"):
+        source_hub.with_retries(lambda: source_zips.read_entry(broken, entry), 3, "x", lambda s: None)
 
 
 def test_all_mode_extracts_every_member_and_refuses_zip_slip(tmp_path: Path) -> None:
@@ -282,13 +285,13 @@ def test_all_mode_extracts_every_member_and_refuses_zip_slip(tmp_path: Path) -> 
 @pytest.mark.parametrize("name", ["../evil.jpg", "a/../../evil.jpg", "/etc/passwd", "C:\\evil.jpg",
                                   "c:/evil.jpg", "..\\..\\evil.jpg", "", "a/\x00.jpg", "./"])
 def test_safe_member_path_refuses_escapes(tmp_path: Path, name: str) -> None:
-    with pytest.raises(source_hf.UnsafeMemberError, match="unsafe zip member path"):
-        source_hf.safe_member_path(tmp_path, name)
+    with pytest.raises(source_zips.UnsafeMemberError, match="unsafe zip member path"):
+        source_zips.safe_member_path(tmp_path, name)
 
 
 def test_safe_member_path_accepts_nested_names(tmp_path: Path) -> None:
-    assert source_hf.safe_member_path(tmp_path, "wiki/00/1_2_3.jpg") == tmp_path / "wiki" / "00" / "1_2_3.jpg"
-    assert source_hf.safe_member_path(tmp_path, "a\\b.jpg") == tmp_path / "a" / "b.jpg"
+    assert source_zips.safe_member_path(tmp_path, "wiki/00/1_2_3.jpg") == tmp_path / "wiki" / "00" / "1_2_3.jpg"
+    assert source_zips.safe_member_path(tmp_path, "a\\b.jpg") == tmp_path / "a" / "b.jpg"
 
 
 def test_relative_key_and_group() -> None:
@@ -463,7 +466,7 @@ def _resolve_reads(hub: Hub) -> int:
 
 def test_hub_429_is_waited_out_and_every_file_is_fetched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(source_hf, "_has_token", lambda: False)
+    monkeypatch.setattr(source_hub, "_has_token", lambda: False)
     clock = FakeClock()
     limit = HubLimit(allowance=5, window=40, clock=clock)
     with serve_hub(tmp_path / "hub", limit) as hub:
@@ -476,7 +479,7 @@ def test_hub_429_is_waited_out_and_every_file_is_fetched(tmp_path: Path, monkeyp
     assert limit.sent, "the fake Hub never answered 429: the test did not exercise throttling"
     # every reset time the server sent was waited out, on the injected sleep, plus the margin
     waited = set(clock.sleeps)
-    assert {t + source_hf.RATE_LIMIT_MARGIN_S for t in limit.sent} <= waited
+    assert {t + source_hub.RATE_LIMIT_MARGIN_S for t in limit.sent} <= waited
     assert clock.now >= limit.window * (limit.served // limit.allowance - 1)
     out = capsys.readouterr().out
     assert "HTTP 429" in out and "HF_TOKEN" in out and "'resolvers' limit" in out
@@ -500,7 +503,7 @@ def test_pacing_keeps_under_the_hub_limit(tmp_path: Path) -> None:
 
 def test_rate_limiter_paces_bursts_and_pauses() -> None:
     clock = FakeClock()
-    limiter = source_hf.RateLimiter(60, burst=2, clock=clock, sleep=clock.sleep)
+    limiter = source_hub.RateLimiter(60, burst=2, clock=clock, sleep=clock.sleep)
     for _ in range(5):
         limiter.acquire()
     assert clock.sleeps == [1.0, 1.0, 1.0] and clock.now == 3.0  # 2 at once, then one a second
@@ -508,12 +511,12 @@ def test_rate_limiter_paces_bursts_and_pauses() -> None:
     limiter.acquire()
     assert clock.now == 13.0  # everyone waits out a 429's reset time
     with pytest.raises(ValueError):
-        source_hf.RateLimiter(0)
+        source_hub.RateLimiter(0)
 
 
 def test_rate_limiter_is_shared_by_threads() -> None:
     clock = FakeClock()
-    limiter = source_hf.RateLimiter(120, burst=3, clock=clock, sleep=clock.sleep)  # a slot every 0.5 s
+    limiter = source_hub.RateLimiter(120, burst=3, clock=clock, sleep=clock.sleep)  # a slot every 0.5 s
     slots: list[float] = []
     lock = threading.Lock()
 
@@ -536,20 +539,20 @@ def test_rate_limiter_is_shared_by_threads() -> None:
 
 
 def test_rate_limit_headers_are_parsed() -> None:
-    hit = source_hf.rate_limit_wait({"RateLimit": '"resolvers";r=0;t=120',
+    hit = source_hub.rate_limit_wait({"RateLimit": '"resolvers";r=0;t=120',
                                      "RateLimit-Policy": '"fixed window";"resolvers";q=3000;w=300'})
-    assert hit.wait == 120 + source_hf.RATE_LIMIT_MARGIN_S
+    assert hit.wait == 120 + source_hub.RATE_LIMIT_MARGIN_S
     assert "'resolvers' limit, reset in 120 s" in hit.detail and "3000 requests per 300 s" in hit.detail
-    assert source_hf.rate_limit_wait({"retry-after": "7"}).wait == 7 + source_hf.RATE_LIMIT_MARGIN_S
+    assert source_hub.rate_limit_wait({"retry-after": "7"}).wait == 7 + source_hub.RATE_LIMIT_MARGIN_S
     # remaining > 0: the RateLimit header is not the reason for this 429; Retry-After (the longer) wins
-    both = source_hf.rate_limit_wait({"ratelimit": '"api";r=5;t=50', "Retry-After": "3"})
-    assert both.wait == 3 + source_hf.RATE_LIMIT_MARGIN_S
-    date = source_hf.rate_limit_wait({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"},
+    both = source_hub.rate_limit_wait({"ratelimit": '"api";r=5;t=50', "Retry-After": "3"})
+    assert both.wait == 3 + source_hub.RATE_LIMIT_MARGIN_S
+    date = source_hub.rate_limit_wait({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"},
                                      now=lambda: 1445412480.0 - 60)  # 60 s before that date
-    assert date.wait == pytest.approx(60 + source_hf.RATE_LIMIT_MARGIN_S)
-    assert source_hf.rate_limit_wait({}).wait == source_hf.DEFAULT_RATE_LIMIT_WAIT_S
-    assert source_hf.rate_limit_wait({"Retry-After": "99999"}).wait == (
-        source_hf.MAX_RATE_LIMIT_WAIT_S + source_hf.RATE_LIMIT_MARGIN_S)
+    assert date.wait == pytest.approx(60 + source_hub.RATE_LIMIT_MARGIN_S)
+    assert source_hub.rate_limit_wait({}).wait == source_hub.DEFAULT_RATE_LIMIT_WAIT_S
+    assert source_hub.rate_limit_wait({"Retry-After": "99999"}).wait == (
+        source_hub.MAX_RATE_LIMIT_WAIT_S + source_hub.RATE_LIMIT_MARGIN_S)
 
 
 class _Response:
@@ -564,7 +567,7 @@ class _HTTPError(OSError):
 
 
 def test_429_does_not_use_up_attempts(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(source_hf, "_has_token", lambda: False)
+    monkeypatch.setattr(source_hub, "_has_token", lambda: False)
     clock = FakeClock()
     calls = {"n": 0}
 
@@ -577,17 +580,17 @@ def test_429_does_not_use_up_attempts(monkeypatch: pytest.MonkeyPatch, capsys: p
                 raise zipfile.BadZipFile("File is not a zip file")  # implicit chaining: keeps __context__
         return "data"
 
-    throttle = source_hf.HubThrottle(600, sleep=clock.sleep, clock=clock)
-    assert source_hf.with_retries(flaky, 1, "x", clock.sleep, throttle) == "data"
-    assert throttle.hits == 4 and clock.sleeps.count(2 + source_hf.RATE_LIMIT_MARGIN_S) == 4
+    throttle = source_hub.HubThrottle(600, sleep=clock.sleep, clock=clock)
+    assert source_hub.with_retries(flaky, 1, "x", clock.sleep, throttle) == "data"
+    assert throttle.hits == 4 and clock.sleeps.count(2 + source_hub.RATE_LIMIT_MARGIN_S) == 4
     assert "set HF_TOKEN" in capsys.readouterr().out
 
-    monkeypatch.setattr(source_hf, "MAX_RATE_LIMIT_WAITS", 3)
-    with pytest.raises(source_hf.DownloadError, match="still rate-limited by the Hub .* after 3 waits"):
-        source_hf.with_retries(lambda: (_ for _ in ()).throw(_HTTPError(429, {})), 2, "x", clock.sleep, throttle)
+    monkeypatch.setattr(source_hub, "MAX_RATE_LIMIT_WAITS", 3)
+    with pytest.raises(source_hub.DownloadError, match="still rate-limited by the Hub .* after 3 waits"):
+        source_hub.with_retries(lambda: (_ for _ in ()).throw(_HTTPError(429, {})), 2, "x", clock.sleep, throttle)
     # other HTTP errors still use up attempts and end as a recorded skip (FetchError)
-    with pytest.raises(source_hf.FetchError, match="read failed after 2 attempts"):
-        source_hf.with_retries(lambda: (_ for _ in ()).throw(_HTTPError(503, {})), 2, "x", clock.sleep, throttle)
+    with pytest.raises(FetchError, match="read failed after 2 attempts"):
+        source_hub.with_retries(lambda: (_ for _ in ()).throw(_HTTPError(503, {})), 2, "x", clock.sleep, throttle)
 
 
 # ---- what the zips must look like: sizes, pairing ----------------------------------------------
@@ -601,14 +604,14 @@ def test_zip_sizes_are_checked_for_the_default_revision_only(tmp_path: Path) -> 
     assert source_hf.known_sizes(DataParams(hf_revision="main")) == {}
     assert source_hf.known_sizes(DataParams(hf_repo="me/my-dff-copy")) == {}
     wrong = dict(sizes, **{"insight.zip": sizes["insight.zip"] + 1})
-    with pytest.raises(source_hf.DownloadError) as info:
+    with pytest.raises(source_hub.DownloadError) as info:
         source_hf.collect(params, tmp_path / "images", tmp_path / "cache", fs=LocalFileSystem(),
                           root=str(tmp_path / "zips"), expected_sizes=wrong)
     message = str(info.value)
     assert "\n" not in message and "insight.zip" in message and f"expected {wrong['insight.zip']:,}" in message
     assert not (tmp_path / "images").exists()
     # the default revision holds the local zips to the real DFF sizes: refused before any member is read
-    with pytest.raises(source_hf.DownloadError, match="wiki.zip .* expected 1,766,572,515"):
+    with pytest.raises(source_hub.DownloadError, match="wiki.zip .* expected 1,766,572,515"):
         source_hf.collect(params, tmp_path / "images", tmp_path / "cache", fs=LocalFileSystem(),
                           root=str(tmp_path / "zips"))
     # another revision: no size table, the same zips are read
@@ -639,7 +642,7 @@ def test_unpaired_zips_fail_loudly(tmp_path: Path, case: str) -> None:
     else:  # 9 of the 12 real paths have fakes: 75% < 90%
         build_dff_zips(tmp_path / "zips", n_common=9)
     for per_source in (3, "all"):
-        with pytest.raises(source_hf.DownloadError) as info:
+        with pytest.raises(source_hub.DownloadError) as info:
             source_hf.collect(DataParams(source="hf", per_source=per_source, workers=1), tmp_path / "images",
                               tmp_path / f"cache{per_source}", fs=LocalFileSystem(), root=str(tmp_path / "zips"),
                               fetch_zip=lambda n: tmp_path / "zips" / n, expected_sizes={})
@@ -651,7 +654,7 @@ def test_unpaired_zips_fail_loudly(tmp_path: Path, case: str) -> None:
 
 def test_missing_zip_on_the_hub_is_one_line(tmp_path: Path, fake_hub: Hub) -> None:
     fake_hub.zips["insight.zip"].unlink()
-    with pytest.raises(source_hf.DownloadError) as info:
+    with pytest.raises(source_hub.DownloadError) as info:
         source_hf.collect(DataParams(source="hf", per_source=2, workers=1), tmp_path / "images", tmp_path / "cache",
                           endpoint=fake_hub.endpoint, expected_sizes={})
     message = str(info.value)
@@ -680,7 +683,7 @@ def test_offline_hf_fails_fast_with_the_way_out(tmp_path: Path, make_fs: str) ->
         fs, root = HfFileSystem(endpoint="http://127.0.0.1:9"), None
     else:  # the paced client collect() builds itself
         fs, root, endpoint = None, None, "http://127.0.0.1:9"
-    with pytest.raises(source_hf.SourceUnavailableError) as info:
+    with pytest.raises(source_hub.SourceUnavailableError) as info:
         source_hf.collect(DataParams(source="hf"), tmp_path / "images", tmp_path / "cache", fs=fs, root=root,
                           endpoint=endpoint)
     message = str(info.value)
@@ -696,7 +699,7 @@ def test_offline_stage_exits_before_touching_outputs(in_tmp_project: Path, monke
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # closed port: refused
     set_params(in_tmp_project / "params.yaml", "data", source="hf", per_source=5)
     db_before = Path("mlflow.db").read_bytes()
-    with pytest.raises(source_hf.SourceUnavailableError, match="data.source: synthetic"):
+    with pytest.raises(source_hub.SourceUnavailableError, match="data.source: synthetic"):
         download.main()
     assert not Path("data").exists() and Path("mlflow.db").read_bytes() == db_before  # no MLflow run either
 
@@ -708,6 +711,6 @@ def test_is_connection_error_recognises_wrapped_errors() -> None:
         except ConnectionRefusedError as e:
             raise RuntimeError("wrapped") from e
     except RuntimeError as outer:
-        assert source_hf.is_connection_error(outer)
-    assert not source_hf.is_connection_error(FileNotFoundError("x"))
-    assert not source_hf.is_connection_error(ValueError(random.random()))
+        assert source_hub.is_connection_error(outer)
+    assert not source_hub.is_connection_error(FileNotFoundError("x"))
+    assert not source_hub.is_connection_error(ValueError(random.random()))

@@ -13,7 +13,8 @@ from torch_fidelity import feature_extractor_inceptionv3 as inception_module
 
 from core.params import GeneratorParams, parse_block
 from generator import fidelity as fd
-from generator import train as gt
+from generator.train import model_payload, save_torch
+from generator.trainers import build_trainer
 from tests.helpers import set_params
 from tests.test_generator import make_splits, synthetic_images
 
@@ -140,8 +141,8 @@ def test_missing_inception_weights_say_what_to_put_where(tmp_path: Path) -> None
 
 def _write_checkpoint(root: Path) -> None:
     p = parse_block("generator", GeneratorParams, dict(image_size=32, latent_dim=8, g_width=8, d_width=8, device="cpu"))
-    trainer = gt.build_trainer(p, torch.device("cpu"))
-    gt.save_torch(root / "results/generator/model.pt", gt.model_payload(trainer, p, "hash", 3))
+    trainer = build_trainer(p, torch.device("cpu"))
+    save_torch(root / "results/generator/model.pt", model_payload(trainer, p, "hash", 3))
 
 
 def test_fid_stage_report_with_and_without_inception(in_tmp_project: Path,

@@ -15,7 +15,11 @@ from PIL import Image, ImageDraw
 from core.io import read_csv
 from core.params import GeneratorParams, ParamsError, parse_block
 from core.schema import SPLIT_COLUMNS
-from generator import train as gt
+from generator.augment import AUGMENTATIONS, aug_color, aug_cutout, aug_translation, augment
+from generator.data import training_rows
+from generator.sampling import load_generator, load_torch
+from generator.train import model_payload, save_torch, train
+from generator.trainers import EMA, build_trainer, gradient_penalty
 from models.generator import VAE, ConvDiscriminator, ConvGenerator, GeneratorArch, kl_divergence
 from tests.helpers import set_params
 
@@ -128,7 +132,7 @@ def test_gradient_penalty_of_linear_critic_is_known() -> None:
     w[0, 0, 0, 0], w[0, 1, 2, 3] = 3.0, 4.0  # ||w|| = 5
     w.requires_grad_(True)
     real, fake = torch.randn(6, 3, 4, 4), torch.randn(6, 3, 4, 4)
-    gp = gt.gradient_penalty(lambda x: (x * w).flatten(1).sum(1), real, fake, torch.Generator().manual_seed(0))
+    gp = gradient_penalty(lambda x: (x * w).flatten(1).sum(1), real, fake, torch.Generator().manual_seed(0))
     assert gp.item() == pytest.approx(16.0)
     gp.backward()  # create_graph: the penalty trains the critic
     assert torch.allclose(w.grad, 2 * (5 - 1) * w.detach() / 5)
@@ -137,7 +141,7 @@ def test_gradient_penalty_of_linear_critic_is_known() -> None:
 def test_gradient_penalty_is_taken_at_the_interpolates() -> None:
     """critic(x) = ||x||^2 / 2 has gradient x: the penalty depends on where x_hat lies between real and fake."""
     real, fake = torch.full((5, 3, 2, 2), 0.5), torch.zeros(5, 3, 2, 2)
-    gp = gt.gradient_penalty(lambda x: 0.5 * x.pow(2).flatten(1).sum(1), real, fake, torch.Generator().manual_seed(7))
+    gp = gradient_penalty(lambda x: 0.5 * x.pow(2).flatten(1).sum(1), real, fake, torch.Generator().manual_seed(7))
     eps = torch.rand((5, 1, 1, 1), generator=torch.Generator().manual_seed(7))
     norms = (eps * real + (1 - eps) * fake).flatten(1).norm(dim=1)  # = eps * ||real|| = eps * sqrt(3)
     assert gp.item() == pytest.approx(((norms - 1) ** 2).mean().item(), rel=1e-5)
@@ -149,7 +153,7 @@ def test_ema_update_follows_the_formula_and_differs_from_raw() -> None:
     net = torch.nn.Linear(2, 1)
     with torch.no_grad():
         net.weight.fill_(1.0)
-    ema = gt.EMA(net, decay=0.999)
+    ema = EMA(net, decay=0.999)
     with torch.no_grad():
         net.weight.fill_(3.0)
     ema.update(net)  # first step: decay min(0.999, 1/10) = 0.1
@@ -165,23 +169,23 @@ def test_ema_update_follows_the_formula_and_differs_from_raw() -> None:
 def test_diffaugment_ops_are_differentiable_and_do_what_they_say() -> None:
     x = torch.arange(16.0).view(1, 1, 4, 4).repeat(3, 3, 1, 1).requires_grad_(True)
     rng = torch.Generator().manual_seed(0)
-    for op in gt.AUGMENTATIONS:
-        y = gt.augment(x, [op], rng)
+    for op in AUGMENTATIONS:
+        y = augment(x, [op], rng)
         assert y.shape == x.shape
         (g,) = torch.autograd.grad(y.sum(), x)
         assert g.abs().sum() > 0
-    shifted = gt.aug_translation(x.detach(), torch.Generator().manual_seed(3), ratio=0.25)
+    shifted = aug_translation(x.detach(), torch.Generator().manual_seed(3), ratio=0.25)
     for img in shifted:  # each image is x moved by at most one pixel, zeros filling in
         matches = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
                    if torch.equal(img, _shift(x.detach()[0], dy, dx))]
         assert matches
     ones = torch.ones(8, 1, 16, 16)
-    cut = gt.aug_cutout(ones, torch.Generator().manual_seed(1))
+    cut = aug_cutout(ones, torch.Generator().manual_seed(1))
     zeros = (cut == 0).flatten(1).sum(1)
     assert (zeros > 0).all() and (zeros <= 64).all()  # an 8x8 square, clipped at the border
     # colour: the same brightness/saturation/contrast change for every pixel of an image
     grey = torch.full((2, 3, 4, 4), 0.2)
-    coloured = gt.aug_color(grey, torch.Generator().manual_seed(0))
+    coloured = aug_color(grey, torch.Generator().manual_seed(0))
     assert torch.allclose(coloured, coloured[:, :1, :1, :1].expand_as(coloured))
 
 
@@ -195,7 +199,7 @@ def _shift(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 def test_vae_reconstruction_loss_falls() -> None:
     images = synthetic_images(32)
-    trainer = gt.build_trainer(tiny_params(model="vae", lr_g=2e-3, kl_weight=0.1, hflip=False), torch.device("cpu"))
+    trainer = build_trainer(tiny_params(model="vae", lr_g=2e-3, kl_weight=0.1, hflip=False), torch.device("cpu"))
     recon = [trainer.train_epoch(e, images)["recon"] for e in range(1, 7)]
     assert all(np.isfinite(recon))
     assert recon[-1] < 0.7 * recon[0]
@@ -203,7 +207,7 @@ def test_vae_reconstruction_loss_falls() -> None:
 
 @pytest.mark.parametrize("model", ["dcgan", "wgan_gp"])
 def test_gan_epoch_logs_d_outputs_and_ema_differs(model: str) -> None:
-    trainer = gt.build_trainer(tiny_params(model=model, n_critic=2, instance_noise=0.1), torch.device("cpu"))
+    trainer = build_trainer(tiny_params(model=model, n_critic=2, instance_noise=0.1), torch.device("cpu"))
     out = trainer.train_epoch(1, synthetic_images(32))
     assert {"d_loss", "g_loss", "d_real", "d_fake"} <= set(out)
     assert all(np.isfinite(v) for v in out.values())
@@ -218,10 +222,10 @@ def test_gan_epoch_logs_d_outputs_and_ema_differs(model: str) -> None:
 
 def test_training_rows_selection_and_empty_error() -> None:
     split = pd.DataFrame({"label": ["real", "fake", "real"], "path": ["a", "b", "c"]})
-    assert list(gt.training_rows(split, "real")["path"]) == ["a", "c"]
-    assert len(gt.training_rows(split, "all")) == 3
+    assert list(training_rows(split, "real")["path"]) == ["a", "c"]
+    assert len(training_rows(split, "all")) == 3
     with pytest.raises(ValueError, match="no 'fake' faces"):
-        gt.training_rows(split[split["label"] == "real"], "fake")
+        training_rows(split[split["label"] == "real"], "fake")
 
 
 def test_kill_during_training_resumes_from_last_checkpoint(tmp_path: Path) -> None:
@@ -235,15 +239,15 @@ def test_kill_during_training_resumes_from_last_checkpoint(tmp_path: Path) -> No
             raise KeyboardInterrupt  # as if killed right after epoch 2's checkpoint
 
     with pytest.raises(KeyboardInterrupt):
-        gt.train(p, images, tmp_path / "work", "h1", torch.device("cpu"), on_epoch=killer, log=lambda _: None)
-    result = gt.train(p, images, tmp_path / "work", "h1", torch.device("cpu"), on_epoch=killer, log=lambda _: None)
+        train(p, images, tmp_path / "work", "h1", torch.device("cpu"), on_epoch=killer, log=lambda _: None)
+    result = train(p, images, tmp_path / "work", "h1", torch.device("cpu"), on_epoch=killer, log=lambda _: None)
     assert seen == [1, 2, 3]
     assert result.resumed_from == 2 and result.epochs_done == 3 and result.complete
     assert [m["epoch"] for m in result.history] == [1, 2, 3]
-    fresh = gt.train(p, images, tmp_path / "other", "h1", torch.device("cpu"), log=lambda _: None)
+    fresh = train(p, images, tmp_path / "other", "h1", torch.device("cpu"), log=lambda _: None)
     for (k, a), b in zip(result.trainer.sampler().state_dict().items(), fresh.trainer.sampler().state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), k  # resume == uninterrupted run
-    other_hash = gt.train(p, images, tmp_path / "work", "h2", torch.device("cpu"), log=lambda _: None)
+    other_hash = train(p, images, tmp_path / "work", "h2", torch.device("cpu"), log=lambda _: None)
     assert other_hash.resumed_from == 0  # a checkpoint of other params is not resumed
 
 
@@ -275,7 +279,7 @@ def test_stage_trains_logs_and_writes_outputs(project: Path, model: str) -> None
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["epoch_001.png", "epoch_002.png"]
     with Image.open(out / "samples" / "epoch_002.png") as grid:
         assert grid.size == (2 * SIZE + 3 * 2, 2 * SIZE + 3 * 2)  # 2x2 grid, 2px padding
-    net, arch, payload = gt.load_generator(out / "model.pt", torch.device("cpu"))
+    net, arch, payload = load_generator(out / "model.pt", torch.device("cpu"))
     assert arch == GeneratorArch(model, SIZE, 8, 8, 1) and payload["epochs_done"] == 2
     run = mlflow.search_runs(experiment_names=["deepfake-pipeline"], output_format="list")[0]
     key = "recon" if model == "vae" else "d_real"
@@ -311,16 +315,16 @@ def test_stage_budget_stop_then_rerun_continues_epoch_count(project: Path) -> No
     assert list(read_csv(project / "results/generator/history.csv")["epoch"]) == [1, 2, 3]
     assert len(list((project / "results/generator/samples").iterdir())) == 3
     ckpt = next((project / "data/cache/generator").glob("*/checkpoint.pt"))
-    assert gt.load_torch(ckpt)["epoch"] == 3  # loads with weights_only=True
+    assert load_torch(ckpt)["epoch"] == 3  # loads with weights_only=True
 
 
 def test_sample_cli_writes_n_seeded_images(tmp_path: Path) -> None:
     from stages import sample
 
     p = tiny_params(model="dcgan")
-    trainer = gt.build_trainer(p, torch.device("cpu"))
+    trainer = build_trainer(p, torch.device("cpu"))
     ckpt = tmp_path / "model.pt"
-    gt.save_torch(ckpt, gt.model_payload(trainer, p, "h", 0))
+    save_torch(ckpt, model_payload(trainer, p, "h", 0))
     sample.main(["--n", "5", "--out", str(tmp_path / "a"), "--checkpoint", str(ckpt), "--seed", "3"])
     files = sorted((tmp_path / "a").glob("*.png"))
     assert len(files) == 5
@@ -334,4 +338,4 @@ def test_sample_cli_writes_n_seeded_images(tmp_path: Path) -> None:
     assert len(list((tmp_path / "a").glob("*.png"))) == 2
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(Exception, match="junk.pt"):
-        gt.load_generator(tmp_path / "junk.pt", torch.device("cpu"))
+        load_generator(tmp_path / "junk.pt", torch.device("cpu"))

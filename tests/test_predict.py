@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 
 from classifier.checkpoint import ClassifierCheckpoint, load_model, save_checkpoint
+from classifier.infer import infer_logits
 from classifier.metrics import calibrated
 from classifier.predict import collect_files, faces_params_for, predict_files
-from classifier.train import infer_logits
 from core.images import square_pixels
 from core.params import FacesParams, as_dict
-from faces.cache import FaceCropper
+from faces.crop import FaceCropper
 from models.classifier import ArchSpec, build_classifier
 from stages import predict
 from tests.classifier_fixtures import synthetic_face

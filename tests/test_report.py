@@ -19,8 +19,9 @@ from PIL import Image
 from core.io import write_json
 from core.params import ParamsError, ReportParams, parse_block
 from core.tracking import stage_run
-from report.iterations import (CLASSIFIER, RunInfo, build_iterations, devices, pair_runs, params_diff, resolve_metric,
-                               spread)
+from report.iterations import CLASSIFIER, build_iterations, pair_runs, params_diff
+from report.runs import RunInfo, resolve_metric, spread
+from report.setup import devices
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import set_params
 

@@ -1,0 +1,285 @@
+"""The trainers of the image generators (VAE, DCGAN, WGAN-GP): losses, EMA, one epoch of updates.
+
+Randomness: the batch order of epoch ``e`` comes from a generator seeded by (seed, e), and everything
+else drawn during it (flips, latent noise, augmentation, interpolation weights, instance noise) from
+one seeded by (seed, e, rank), so a run resumed after a kill draws the same numbers it would have drawn.
+
+Data-parallel (``world.size`` > 1, see core.distributed): every rank draws the same global batches
+and trains on its share; gradients are averaged by an explicit all-reduce after each backward
+(DistributedDataParallel's reducer cannot follow the gradient penalty's double backward or the G step's
+backward through D); BatchNorm statistics are taken from rank 0 after each epoch.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.distributed import World, seed_for
+from core.params import GeneratorParams
+from generator.augment import augment
+from generator.data import to_float
+from models.generator import (VAE, ConvDiscriminator, ConvGenerator, GeneratorArch, discriminator_norm, kl_divergence,
+                              reconstruction_loss)
+
+
+def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
+                     rng: torch.Generator) -> torch.Tensor:
+    """WGAN-GP (Gulrajani et al., 2017): E[(||grad critic(x_hat)||_2 - 1)^2] at x_hat = eps*real + (1-eps)*fake.
+
+    ``eps`` ~ U(0, 1) per sample, drawn from ``rng`` as ``torch.rand((B, 1, 1, 1), generator=rng)``.
+    """
+    eps = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), generator=rng).to(real.device, real.dtype)
+    x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    return (grad.flatten(1).norm(2, dim=1) - 1.0).pow(2).mean()
+
+
+def d_loss_nonsaturating(d_real: torch.Tensor, d_fake: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """DCGAN discriminator loss with one-sided label smoothing (real target 1 - smoothing, fake target 0)."""
+    return (F.binary_cross_entropy_with_logits(d_real, torch.full_like(d_real, 1.0 - smoothing))
+            + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+
+
+def g_loss_nonsaturating(d_fake: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
+
+
+class EMA:
+    """Exponential moving average of a module's parameters (buffers are copied as they are).
+
+    The decay ramps up as min(decay, (1 + t) / (10 + t)) so early averages are not dominated by the
+    random initialisation on short runs.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self.steps = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        for p_ema, p in zip(self.module.parameters(), model.parameters()):
+            p_ema.lerp_(p.detach(), 1.0 - d)
+        for b_ema, b in zip(self.module.buffers(), model.buffers()):
+            b_ema.copy_(b)
+        self.steps += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.steps = int(state["steps"])
+
+
+class Trainer(Protocol):
+    arch: GeneratorArch
+
+    def train_epoch(self, epoch: int, images: torch.Tensor) -> dict[str, float]: ...
+    def sampler(self) -> nn.Module: ...
+    def modules(self) -> list[nn.Module]: ...
+    def sync_from_main(self, buffers_only: bool = False) -> None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def arch_of(p: GeneratorParams) -> GeneratorArch:
+    return GeneratorArch(p.model, p.image_size, p.latent_dim, p.g_width, p.g_depth)
+
+
+def batches(n: int, batch_size: int, rng: torch.Generator) -> list[torch.Tensor]:
+    """A shuffled pass over n items in full batches (one short batch only when n < batch_size)."""
+    perm = torch.randperm(n, generator=rng)
+    if n < batch_size:
+        return [perm]
+    return list(perm[: n - n % batch_size].split(batch_size))
+
+
+class _Base:
+    def __init__(self, p: GeneratorParams, device: torch.device, world: World) -> None:
+        self.p, self.device, self.world = p, device, world
+        self.arch = arch_of(p)
+        self.order_rng = torch.Generator()
+        self.rng = torch.Generator()
+
+    def _epoch_batches(self, epoch: int, n: int) -> list[torch.Tensor]:
+        """Reseed for ``epoch`` and return this rank's share of each of its global batches."""
+        self.order_rng.manual_seed(seed_for(self.p.seed, epoch))
+        self.rng.manual_seed(seed_for(self.p.seed, epoch, self.world.rank))
+        return [self.world.shard(b) for b in batches(n, self.p.batch_size, self.order_rng)]
+
+    def modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def sync_from_main(self, buffers_only: bool = False) -> None:
+        """Rank 0's BatchNorm statistics (and weights unless ``buffers_only``) on every rank."""
+        for module in self.modules():
+            self.world.broadcast_from_main(module, buffers_only)
+
+    def _real_batch(self, images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        x = to_float(images[idx].to(self.device))
+        if self.p.hflip:
+            flip = (torch.rand(len(idx), generator=self.rng) < 0.5).to(self.device)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        return x
+
+    def _noise(self, n: int) -> torch.Tensor:
+        return torch.randn((n, self.p.latent_dim), generator=self.rng).to(self.device)
+
+    def _betas(self) -> tuple[float, float]:
+        return (self.p.beta1, self.p.beta2)
+
+
+class GanTrainer(_Base):
+    """DCGAN (non-saturating loss) or WGAN-GP, with SN, TTUR, smoothing, instance noise, DiffAugment, EMA."""
+
+    def __init__(self, p: GeneratorParams, device: torch.device, world: World) -> None:
+        super().__init__(p, device, world)
+        self.wgan = p.model == "wgan_gp"
+        self.g = ConvGenerator(p.latent_dim, p.image_size, p.g_width, p.g_depth).to(device)
+        self.d = ConvDiscriminator(p.image_size, p.d_width, p.d_depth, discriminator_norm(p.model, p.spectral_norm),
+                                   p.spectral_norm).to(device)
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=p.lr_g, betas=self._betas())
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=p.lr_d, betas=self._betas())
+        self.ema = EMA(self.g, p.ema_decay)
+        self.d_steps = 0
+        self.ops = p.augment_ops
+
+    def _d_input(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        x = augment(x, self.ops, self.rng) if self.ops else x
+        if sigma > 0:
+            x = x + sigma * torch.randn(x.shape, generator=self.rng).to(x.device, x.dtype)
+        return x
+
+    def instance_noise_std(self, epoch: int) -> float:
+        """Linearly annealed from generator.instance_noise at epoch 1 to 0 at the last epoch."""
+        return self.p.instance_noise * max(0.0, 1.0 - (epoch - 1) / max(1, self.p.epochs))
+
+    def train_epoch(self, epoch: int, images: torch.Tensor) -> dict[str, float]:
+        self.g.train()
+        self.d.train()
+        sigma = self.instance_noise_std(epoch)
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        g_steps = 0
+        shares = self._epoch_batches(epoch, images.shape[0])
+        for idx in shares:
+            self._d_step(images, idx, sigma, sums, counts)
+            if self.d_steps % self.p.critic_steps == 0:
+                self._g_step(len(idx), sigma, sums, counts)
+                g_steps += 1
+        if g_steps == 0:  # tiny data: fewer D batches than n_critic in this epoch
+            self._g_step(len(shares[0]), sigma, sums, counts)
+        out = self.world.mean({k: sums[k] / counts[k] for k in sums})
+        out["instance_noise"] = sigma
+        return out
+
+    def _d_step(self, images: torch.Tensor, idx: torch.Tensor, sigma: float, sums: dict[str, float],
+                counts: dict[str, int]) -> None:
+        real = self._real_batch(images, idx)
+        with torch.no_grad():
+            fake = self.g(self._noise(len(idx)))
+        real_in, fake_in = self._d_input(real, sigma), self._d_input(fake, sigma)
+        d_real, d_fake = self.d(real_in), self.d(fake_in)
+        if self.wgan:
+            gp = gradient_penalty(self.d, real_in, fake_in, self.rng)
+            loss = d_fake.mean() - d_real.mean() + self.p.gp_weight * gp
+            _acc(sums, counts, gp=gp.item(), wasserstein=(d_real.mean() - d_fake.mean()).item(),
+                 d_real=d_real.mean().item(), d_fake=d_fake.mean().item())
+        else:
+            loss = d_loss_nonsaturating(d_real, d_fake, self.p.label_smoothing)
+            _acc(sums, counts, d_real=torch.sigmoid(d_real).mean().item(),
+                 d_fake=torch.sigmoid(d_fake).mean().item())
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self.world.average_gradients(self.d)
+        self.opt_d.step()
+        self.d_steps += 1
+        _acc(sums, counts, d_loss=loss.item())
+
+    def _g_step(self, n: int, sigma: float, sums: dict[str, float], counts: dict[str, int]) -> None:
+        fake = self.g(self._noise(n))
+        d_fake = self.d(self._d_input(fake, sigma))
+        loss = -d_fake.mean() if self.wgan else g_loss_nonsaturating(d_fake)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.world.average_gradients(self.g)
+        self.opt_g.step()
+        self.ema.update(self.g)
+        _acc(sums, counts, g_loss=loss.item())
+
+    def sampler(self) -> nn.Module:
+        return self.ema.module
+
+    def modules(self) -> list[nn.Module]:
+        return [self.g, self.d, self.ema.module]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"g": self.g.state_dict(), "d": self.d.state_dict(), "opt_g": self.opt_g.state_dict(),
+                "opt_d": self.opt_d.state_dict(), "ema": self.ema.state_dict(), "d_steps": self.d_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.g.load_state_dict(state["g"])
+        self.d.load_state_dict(state["d"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.ema.load_state_dict(state["ema"])
+        self.d_steps = int(state["d_steps"])
+
+
+class VaeTrainer(_Base):
+    """Gaussian VAE: summed squared error + kl_weight * KL; EMA over the decoder (the sampler)."""
+
+    def __init__(self, p: GeneratorParams, device: torch.device, world: World) -> None:
+        super().__init__(p, device, world)
+        self.vae = VAE(p.latent_dim, p.image_size, p.g_width, p.g_depth, p.d_width, p.d_depth).to(device)
+        self.opt = torch.optim.Adam(self.vae.parameters(), lr=p.lr_g, betas=self._betas())
+        self.ema = EMA(self.vae.decoder, p.ema_decay)
+
+    def train_epoch(self, epoch: int, images: torch.Tensor) -> dict[str, float]:
+        self.vae.train()
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for idx in self._epoch_batches(epoch, images.shape[0]):
+            x = self._real_batch(images, idx)
+            recon, mu, logvar = self.vae(x, self._noise(len(idx)))
+            rec, kl = reconstruction_loss(recon, x), kl_divergence(mu, logvar)
+            loss = rec + self.p.kl_weight * kl
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.world.average_gradients(self.vae)
+            self.opt.step()
+            self.ema.update(self.vae.decoder)
+            _acc(sums, counts, loss=loss.item(), recon=rec.item(), kl=kl.item())
+        return self.world.mean({k: sums[k] / counts[k] for k in sums})
+
+    def sampler(self) -> nn.Module:
+        return self.ema.module
+
+    def modules(self) -> list[nn.Module]:
+        return [self.vae, self.ema.module]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"vae": self.vae.state_dict(), "opt": self.opt.state_dict(), "ema": self.ema.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.vae.load_state_dict(state["vae"])
+        self.opt.load_state_dict(state["opt"])
+        self.ema.load_state_dict(state["ema"])
+
+
+def _acc(sums: dict[str, float], counts: dict[str, int], **values: float) -> None:
+    for k, v in values.items():
+        sums[k] = sums.get(k, 0.0) + v
+        counts[k] = counts.get(k, 0) + 1
+
+
+def build_trainer(p: GeneratorParams, device: torch.device, world: World = World()) -> Trainer:
+    torch.manual_seed(p.seed)  # network initialisation
+    return VaeTrainer(p, device, world) if p.model == "vae" else GanTrainer(p, device, world)
