@@ -116,7 +116,9 @@ def test_code_deps_are_exactly_what_each_stage_imports() -> None:
     for name, stage in dvc_stages().items():
         module = stage["cmd"].split("python -m ", 1)[1].split()[0]
         code_deps = {d for d in stage["deps"] if d.split("/", 1)[0] in CODE_PACKAGES}
-        assert code_deps == local_imports(module), f"{name}: dvc.yaml code deps differ from its imports"
+        imported = local_imports(module)
+        assert code_deps == imported, (f"{name}: dvc.yaml code deps differ from its imports: missing "
+                                       f"{sorted(imported - code_deps)}, not imported {sorted(code_deps - imported)}")
 
 
 def test_inference_entry_points_import_no_training_loop() -> None:
