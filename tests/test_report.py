@@ -19,7 +19,9 @@ from PIL import Image
 from core.io import write_json
 from core.params import ParamsError, ReportParams, parse_block
 from core.tracking import stage_run
+from report.document import Block, Cell, Figure, Heading, Para, Span, Table
 from report.iterations import CLASSIFIER, build_iterations, pair_runs, params_diff
+from report.render import PAGE_TEMPLATE, environment, to_html
 from report.runs import RunInfo, resolve_metric, spread
 from report.setup import devices
 from tests.conftest import PROJECT_ROOT
@@ -276,6 +278,58 @@ def test_report_without_runs_says_so(in_tmp_project: Path) -> None:
     assert "No classifier iterations are recorded yet" in md
     assert (in_tmp_project / "results/report/index.html").read_text().count("<table>") == 1  # hardware only
     assert _summary(in_tmp_project)["tracks"]["classifier"]["iterations"] == []
+
+
+HOSTILE = "<script>alert('x')</script> & <b>bold</b>"
+
+
+def test_text_from_mlflow_is_escaped_in_the_html(in_tmp_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run note and a DVC experiment name with markup reach the page as text, never as tags."""
+    from stages import report
+
+    set_params(in_tmp_project / "params.yaml", "report", dvc_exp_show=False)
+    _log_run(monkeypatch, "train_classifier", "classifier", CLASSIFIER_BASE, HOSTILE, "exp-<script>")
+    _log_run(monkeypatch, "evaluate", "evaluate", {"ece_bins": 15}, HOSTILE, "exp-<script>",
+             metrics={"test.roc_auc": 0.9})
+    monkeypatch.setenv("DVC_EXP_NAME", "")
+    report.main()
+    page = (in_tmp_project / "results/report/index.html").read_text()
+    assert "<script" not in page.lower() and "<b>" not in page
+    row = re.findall(r"<tr[^>]*>(.*?)</tr>", _table(page, "Classifier iterations").split("<tbody>")[1], re.DOTALL)[0]
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in row
+    assert "<code>exp-&lt;script&gt;</code>" in row
+
+
+def test_every_block_kind_escapes_its_text() -> None:
+    png = b"\x89PNG any bytes"
+    spans = [Span(HOSTILE, kind) for kind in ("", "code", "strong", "muted")]
+    doc: list[Block] = [Heading(1, HOSTILE), Heading(2, HOSTILE, 'a"><script>'),
+                        Para(f"`{HOSTILE}` **{HOSTILE}** *x<y*"),
+                        Table(HOSTILE, [HOSTILE], [[Cell([spans])]], ['x"><script>']),
+                        Figure("f.png", png, HOSTILE)]
+    page = to_html(doc)
+    assert "<script" not in page.lower() and "<b>" not in page
+    escaped = "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;"
+    # title, h1, nav, h2, para code + strong, caption, th, 4 spans, img alt, figcaption
+    assert page.count(escaped) == 14
+    assert f"<p><code>{escaped}</code> <strong>{escaped}</strong> <em>x&lt;y</em></p>" in page
+    assert f'<h2 id="a&#34;&gt;&lt;script&gt;">{escaped}</h2>' in page
+    assert '<tr class="x&#34;&gt;&lt;script&gt;">' in page
+    assert f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="{escaped}">' in page
+
+
+def test_templates_are_package_data_found_through_importlib_resources() -> None:
+    import tomllib
+    from importlib.resources import files
+
+    globs = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["report"]
+    templates = sorted((PROJECT_ROOT / "report/templates").iterdir())
+    assert templates and all(any(t.relative_to(PROJECT_ROOT / "report").match(g) for g in globs) for t in templates)
+    assert environment().autoescape is True
+    for path in templates:
+        assert files("report").joinpath("templates", path.name).read_text() == path.read_text()
+        environment().get_template(path.name)  # compiles
+    assert PAGE_TEMPLATE in {t.name for t in templates}
 
 
 def _run(stage: str, start: float, exp: str = "") -> RunInfo:
