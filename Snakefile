@@ -26,6 +26,7 @@ rule all:
 rule download:
     input:
         "stages/download.py",
+        "core/errors.py",
         "core/images.py",
         "core/io.py",
         "core/params.py",
@@ -55,6 +56,7 @@ rule faces:
     input:
         "stages/faces.py",
         "core/device.py",
+        "core/errors.py",
         "core/images.py",
         "core/io.py",
         "core/params.py",
@@ -87,6 +89,7 @@ rule faces:
 rule split:
     input:
         "stages/split.py",
+        "core/errors.py",
         "core/io.py",
         "core/params.py",
         "core/schema.py",
@@ -119,6 +122,7 @@ rule train_classifier:
         "classifier/train.py",
         "core/device.py",
         "core/distributed.py",
+        "core/errors.py",
         "core/images.py",
         "core/io.py",
         "core/params.py",
@@ -133,6 +137,7 @@ rule train_classifier:
         "data/faces/views",
         "data/faces/views.csv",
         "data/faces/params.json",
+        "data/raw/summary.json",
     output:
         "results/classifier/model.pt",
         "results/classifier/history.png",
@@ -160,6 +165,7 @@ rule evaluate:
         "classifier/predict.py",
         "core/device.py",
         "core/distributed.py",
+        "core/errors.py",
         "core/images.py",
         "core/io.py",
         "core/params.py",
@@ -201,6 +207,7 @@ rule train_generator:
         "stages/train_generator.py",
         "core/device.py",
         "core/distributed.py",
+        "core/errors.py",
         "core/images.py",
         "core/io.py",
         "core/params.py",
@@ -234,6 +241,7 @@ rule fid:
     input:
         "stages/fid.py",
         "core/device.py",
+        "core/errors.py",
         "core/images.py",
         "core/io.py",
         "core/params.py",
@@ -261,6 +269,7 @@ rule fid:
 rule report:
     input:
         "stages/report.py",
+        "core/errors.py",
         "core/io.py",
         "core/params.py",
         "core/plots.py",

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from core.errors import MissingInputError, PipelineError
 from core.io import atomic_write_bytes
 from models.classifier import ArchSpec, DeepfakeClassifier, build_classifier
 
@@ -22,8 +23,10 @@ REQUIRED = ("format", "state_dict", "arch", "temperature", "threshold", "thresho
             "image_size", "faces", "info")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PipelineError, ValueError):
     """A file that is not a usable classifier checkpoint."""
+
+    hint = "use a model.pt written by train_classifier (dvc repro train_classifier)"
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ def save_checkpoint(path: Path, ckpt: ClassifierCheckpoint) -> None:
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> ClassifierCheckpoint:
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: train a classifier first (dvc repro train_classifier)")
+        raise MissingInputError(f"{path} not found", "train a classifier first (dvc repro train_classifier)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for non-checkpoints and unsafe pickles

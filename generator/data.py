@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from core.errors import InputError, MissingInputError
 from core.images import ImageDecodeError, decode_rgb, square_pixels
 
 
@@ -20,11 +21,11 @@ def load_image_cache(paths: Sequence[Path], size: int, desc: str = "loading imag
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
     for i, path in enumerate(tqdm(paths, desc=desc, unit="img", leave=False, disable=not progress)):
         if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: image listed in the split but missing on disk (rerun stage faces)")
+            raise MissingInputError(f"{path}: image listed in the split but missing on disk", "rerun stage faces")
         try:
             image = decode_rgb(Path(path)).image
         except ImageDecodeError as e:
-            raise ImageDecodeError(f"{path}: {e}") from None
+            raise InputError(f"{path}: {e}", "rerun stage faces") from None
         out[i] = torch.from_numpy(square_pixels(image, size))
     return out
 
@@ -36,8 +37,9 @@ def training_rows(split: pd.DataFrame, train_on: str, split_name: str = "train")
     rows = split if train_on == "all" else split[split["label"] == train_on]
     if rows.empty:
         labels = ", ".join(f"{k}={v}" for k, v in split["label"].value_counts().items()) or "no rows"
-        raise ValueError(f"the {split_name} split has no {train_on!r} faces to train the generator on "
-                         f"(generator.train_on={train_on}; the split has {labels})")
+        raise InputError(f"the {split_name} split has no {train_on!r} faces to train the generator on "
+                         f"(generator.train_on={train_on}; the split has {labels})",
+                         "set generator.train_on to a label the split has")
     return rows.reset_index(drop=True)
 
 

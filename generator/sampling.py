@@ -16,6 +16,7 @@ from PIL import Image
 from torch import nn
 from torchvision.utils import save_image
 
+from core.errors import InputError, MissingInputError
 from generator.data import to_uint8
 from models.generator import ConvGenerator, GeneratorArch, build_generator
 
@@ -56,13 +57,13 @@ def load_torch(path: Path) -> Any:
 def load_generator(path: Path, device: torch.device) -> tuple[ConvGenerator, GeneratorArch, dict[str, Any]]:
     """Rebuild the sampling network (EMA weights) from a model.pt written by train_generator."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no generator checkpoint; run stage train_generator first")
+        raise MissingInputError(f"{path}: no generator checkpoint", "run stage train_generator first")
     try:
         payload = load_torch(path)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        raise ValueError(f"{path}: not a readable torch checkpoint ({e})") from None
+        raise InputError(f"{path}: not a readable torch checkpoint ({e})") from None
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path}: not a generator checkpoint of this project (format "
+        raise InputError(f"{path}: not a generator checkpoint of this project (format "
                          f"{payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r}, "
                          f"expected {MODEL_FORMAT!r})")
     arch = GeneratorArch(**payload["arch"])

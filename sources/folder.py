@@ -28,6 +28,7 @@ from typing import Any
 
 import pandas as pd
 
+from core.errors import PipelineError
 from core.params import DataParams
 from sources.rawset import IMAGE_EXTENSIONS, FetchError, RawItem, store_all
 
@@ -37,7 +38,7 @@ LABEL_DIRS = ("real", "fake")
 UNKNOWN_GENERATOR = "unknown"
 
 
-class FolderLayoutError(ValueError):
+class FolderLayoutError(PipelineError, ValueError):
     """The folder does not have one of the accepted layouts."""
 
 
@@ -145,9 +146,12 @@ def _scan_labels(root: Path, base: Path, split: str, listed: dict[str, str]) -> 
     return found
 
 
-def scan_folder(root: Path) -> list[FolderFile]:
-    """Every entry below the label folders of ``root``, in a stable order; entries that cannot be
-    used (broken links, loops, unreadable folders) come back with a ``problem``."""
+def check_layout(root: Path) -> tuple[dict[str, Path], list[str]]:
+    """The layout of ``root`` (split folders by name, top-level label folders), or FolderLayoutError.
+
+    Cheap (it lists two levels of folders, reads no file), so the download stage calls it before any
+    other work: a path that is missing or a file, two layouts at once, or only one of the two labels
+    fails here with one line."""
     if not root.exists():
         raise FolderLayoutError(f"data.source folder {root} does not exist (relative paths are relative to "
                                 f"the project root, where params.yaml is)")
@@ -161,6 +165,21 @@ def scan_folder(root: Path) -> list[FolderFile]:
     if splits and flat:
         raise FolderLayoutError(f"{root}: has both split folders {sorted(splits)} and top-level {flat}/; "
                                 f"use one layout: real/ + fake/, or train|valid|test/{{real,fake}}/")
+    labels = set(flat) if not splits else {label for d in splits.values() for label in LABEL_DIRS
+                                           if label in _child_dirs(d)}
+    if len(labels) == 1:
+        (only,) = labels
+        (other,) = set(LABEL_DIRS) - labels
+        raise FolderLayoutError(f"{root}: has {only}/ but no {other}/ folder; a real-vs-fake set needs both labels",
+                                f"add {other} images under {root}/{other}/ (or point data.source at a set "
+                                f"that has both)")
+    return splits, flat
+
+
+def scan_folder(root: Path) -> list[FolderFile]:
+    """Every entry below the label folders of ``root``, in a stable order; entries that cannot be
+    used (broken links, loops, unreadable folders) come back with a ``problem``."""
+    splits, _ = check_layout(root)
     listed = {os.path.realpath(root): ""}
     if splits:
         files = [f for name, d in sorted(splits.items()) for f in _scan_labels(root, d, SPLIT_DIRS[name], listed)]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
+from core.errors import PipelineError
 from sources.rawset import FetchError
 
 RATE_LIMIT_MARGIN_S = 1.0    # added to the server's reset time (it is rounded to whole seconds)
@@ -30,11 +31,11 @@ MAX_RATE_LIMIT_WAITS = 30    # 429s in a row for one read before the run stops (
 T = TypeVar("T")
 
 
-class SourceUnavailableError(RuntimeError):
+class SourceUnavailableError(PipelineError, RuntimeError):
     """The Hub cannot be reached (offline, DNS, proxy, timeouts)."""
 
 
-class DownloadError(RuntimeError):
+class DownloadError(PipelineError, RuntimeError):
     """The dataset on the Hub is not what this source expects."""
 
 

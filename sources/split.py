@@ -11,14 +11,15 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 
+from core.errors import PipelineError
 from core.params import SplitParams
-from core.schema import SPLITS
+from core.schema import LABELS, SPLITS
 
 SPLIT_RANK = {"train": 0, "val": 1, "test": 2}  # a group spread over several predefined splits goes to the latest
 PREDEFINED_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
-class SplitError(ValueError):
+class SplitError(PipelineError, ValueError):
     """The faces manifest cannot be split as params.yaml asks."""
 
 
@@ -71,6 +72,11 @@ def split_faces(frame: pd.DataFrame, params: SplitParams) -> tuple[pd.DataFrame,
     """Return the frame with a ``split`` column and a dict of facts for the summary."""
     if frame.empty:
         raise SplitError("no usable faces to split: check data/faces/metrics.json for the drop rate")
+    present = set(frame["label"])
+    if missing := [label for label in LABELS if label not in present]:
+        raise SplitError(f"the faces hold no {missing[0]} face ({len(frame)} faces, all "
+                         f"{'/'.join(sorted(present))}); a real-vs-fake split needs both labels",
+                         f"give data.source {missing[0]} images (and check data/faces/metrics.json for drops)")
     facts: dict = {"protocol": params.protocol, "seed": params.seed}
     fractions = {"train": params.train, "val": params.val, "test": round(1.0 - params.train - params.val, 10)}
     if params.protocol == "predefined":
@@ -89,7 +95,24 @@ def split_faces(frame: pd.DataFrame, params: SplitParams) -> tuple[pd.DataFrame,
         facts["holdout_generator"] = params.holdout_generator
         facts["holdout_rows_excluded_from_train_val"] = int(unseen.sum())
         out = out[~unseen]
+    check_both_labels(out, params)
     return out, facts
+
+
+def check_both_labels(out: pd.DataFrame, params: SplitParams) -> None:
+    """Every split must hold both labels: training, the validation threshold and the test metrics need them."""
+    counts = out.groupby(["split", "label"]).size()
+    for split in SPLITS:
+        for label in LABELS:
+            if counts.get((split, label), 0) == 0:
+                table = "; ".join(f"{s}: " + ", ".join(f"{counts.get((s, lb), 0)} {lb}" for lb in LABELS)
+                                  for s in SPLITS)
+                hint = ("give the source's own split folders both labels, or use split.protocol: random"
+                        if params.protocol == "predefined" else
+                        "use more faces (data.per_source) or other fractions (split.train, split.val; "
+                        "test is the rest)")
+                raise SplitError(f"split {split!r} would hold no {label} face ({table}); every split needs "
+                                 f"both labels", hint)
 
 
 def summarise(split_frame: pd.DataFrame, facts: dict) -> dict:

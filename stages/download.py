@@ -1,18 +1,23 @@
 """Stage download: fetch the raw image set named by ``data.source`` into ``data/raw/``.
 
-Outputs: ``data/raw/images/<id><ext>`` (original bytes), ``data/raw/manifest.csv`` (one row per
-file found, skipped ones included; columns ``schema.RAW_COLUMNS``) and ``data/raw/summary.json``.
+Reads params block ``data``. Outputs: ``data/raw/images/<id><ext>`` (original bytes),
+``data/raw/manifest.csv`` (one row per file found, skipped ones included; columns ``schema.RAW_COLUMNS``)
+and ``data/raw/summary.json`` (counts, and ``min_side``, which predict applies to the files it scores).
+Fails with one line when the set does not hold usable images of both labels.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from core.errors import InputError, run_stage
 from core.io import atomic_output_dir, sha1_file, write_csv, write_json
-from core.params import DataParams, ParamsError, load_block
+from core.params import DataParams, load_block
+from core.schema import LABELS
 from core.tracking import stage_run
 from sources import folder, hf, synthetic
-from sources.hub import DownloadError, SourceUnavailableError
 from sources.rawset import DuplicateStats, manifest_frame, merge_duplicates, metric_counts, summarise
 
 RAW_DIR = Path("data/raw")
@@ -31,17 +36,37 @@ def collect(params: DataParams, images_dir: Path) -> tuple[list[dict[str, Any]],
     return merge_duplicates(rows, images_dir)
 
 
+def check_labels(frame: pd.DataFrame) -> None:
+    """Both labels among the files kept, else one line saying which label is missing and why."""
+    kept = frame[frame["status"] != "skipped"]
+    for label in LABELS:
+        if (kept["label"] == label).any():
+            continue
+        found = frame[frame["label"] == label]
+        if found.empty:
+            raise InputError(f"no {label} images found; a real-vs-fake set needs both labels",
+                             f"add {label} images to data.source")
+        reason = found["reason"].map(lambda r: str(r).split(" (")[0]).mode().iloc[0]
+        raise InputError(f"all {len(found)} {label} images were skipped (most often: {reason}); "
+                         f"a real-vs-fake set needs usable images of both labels",
+                         f"add usable {label} images to data.source"
+                         + (" or lower data.min_side" if reason.startswith("too small") else ""))
+
+
 def main() -> None:
     params = load_block("data", DataParams)
     if params.source == "hf":
         hf.check_reachable(params)  # offline: fail in about a second, before any other setup
+    elif params.folder is not None:
+        folder.check_layout(params.folder)  # missing, a file, one label only: fail before any other setup
     import mlflow  # after the reachability check: importing it takes seconds
 
     with stage_run(stage="download", block="data", params=params):
         with atomic_output_dir(RAW_DIR) as tmp:
             rows, duplicates = collect(params, tmp / "images")
             frame = manifest_frame(rows)
-            summary = summarise(frame, duplicates)
+            check_labels(frame)
+            summary = {**summarise(frame, duplicates), "min_side": params.min_side}
             write_csv(tmp / "manifest.csv", frame)
             write_json(tmp / "summary.json", summary)
         mlflow.set_tag("data_manifest_sha1", sha1_file(RAW_DIR / "manifest.csv"))
@@ -55,7 +80,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ParamsError, SourceUnavailableError, DownloadError, folder.FolderLayoutError) as e:
-        raise SystemExit(f"download: {e}") from e
+    run_stage("download", main, __doc__, "data", ["data/raw/images/", "data/raw/manifest.csv",
+                                                  "data/raw/summary.json"])

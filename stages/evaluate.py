@@ -24,6 +24,7 @@ from classifier.metrics import (binary_metrics, calibrated, per_generator_metric
                                 roc_points)
 from classifier.predict import faces_params_for
 from core.device import pick_device, set_threads
+from core.errors import require, run_stage
 from core.io import atomic_output_dir, read_csv, write_csv, write_json
 from core.params import EvaluateParams, load_block
 from core.plots import (auc_bars_figure, bar_figure, confusion_figure, image_grid, pr_figure, reliability_figure,
@@ -133,7 +134,7 @@ def main() -> None:
     device = pick_device(p.device)
     model, ckpt = load_model(CHECKPOINT, device)
     mean, std = tuple(ckpt.mean), tuple(ckpt.std)
-    test = load_split(SPLITS_DIR / "test.csv", ckpt.image_size)
+    test = load_split(require(SPLITS_DIR / "test.csv", "split"), ckpt.image_size)
     y, threshold, temperature = test.labels, ckpt.threshold, ckpt.temperature
 
     train_frame = read_csv(SPLITS_DIR / "train.csv")
@@ -199,4 +200,4 @@ def _r(v: float | None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("evaluate", main, __doc__, "evaluate", ["results/eval/{metrics.json,scores.csv,plots/,figures/}"])

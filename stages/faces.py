@@ -14,6 +14,7 @@ import mlflow
 import pandas as pd
 
 from core.device import pick_device, set_threads
+from core.errors import require, run_stage
 from core.io import atomic_output_dir, atomic_write_bytes, link_or_copy, read_csv, write_csv, write_json
 from core.params import FacesParams, as_dict, load_block
 from core.tracking import flatten_numeric, main_worktree, stage_run
@@ -42,7 +43,7 @@ def assemble(tmp: Path, frame: pd.DataFrame, sources: dict[str, Path], params: F
 def main() -> None:
     params = load_block("faces", FacesParams)
     threads = set_threads(params.threads)
-    raw = read_csv(RAW_MANIFEST)
+    raw = read_csv(require(RAW_MANIFEST, "download"))
     cropper = FaceCropper(params, device=pick_device(params.device))
     cache = FaceCache(main_worktree() / CACHE_DIR / cache_key(params), cropper.extension)
 
@@ -82,4 +83,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("faces", main, __doc__, "faces", ["data/faces/{images/,views/,manifest.csv,views.csv,metrics.json,"
+                                                 "params.json}"])

@@ -12,6 +12,7 @@ import mlflow
 import torch
 
 from core.device import pick_device
+from core.errors import InputError, require, run_stage
 from core.io import read_csv, write_json
 from core.params import FidParams, load_block
 from core.tracking import stage_run
@@ -29,6 +30,8 @@ REAL = "real"
 
 def main() -> None:
     fp = load_block("fid", FidParams)
+    require(CHECKPOINT, "train_generator")  # before the MLflow run: a missing input opens none
+    require(TEST_SPLIT, "split")
     with stage_run("fid", "fid", fp, manifest=TEST_SPLIT):
         report = compute(fp, CHECKPOINT, TEST_SPLIT)
         write_json(OUT, report)
@@ -42,10 +45,11 @@ def compute(fp: FidParams, checkpoint: Path, test_split: Path) -> dict[str, Any]
     t0 = time.monotonic()
     device = pick_device("auto")
     net, arch, payload = load_generator(checkpoint, device)  # the image size comes from the checkpoint
-    test = read_csv(test_split)
+    test = read_csv(require(test_split, "split"))
     reals = test[test["label"] == "real"]
     if len(reals) < 2:
-        raise ValueError(f"{test_split}: {len(reals)} real test faces; FID/fd_mobilenet need at least 2")
+        raise InputError(f"{test_split}: {len(reals)} real test faces; FID/fd_mobilenet need at least 2",
+                         "use more faces (data.per_source) or a larger test split")
     fakes = test[test["label"] == "fake"]
     references = sorted(fakes["generator"].unique()) if fp.references else []
     sets = [ImageSet(GENERATED, generate(net, fp.n_samples, arch.latent_dim, fp.seed, fp.batch_size, device)),
@@ -54,7 +58,7 @@ def compute(fp: FidParams, checkpoint: Path, test_split: Path) -> dict[str, Any]
         rows = fakes[fakes["generator"] == name]
         sets.append(ImageSet(name, load_image_cache([Path(x) for x in rows["path"]], arch.size, f"fake: {name}")))
     if GENERATED in references or REAL in references:
-        raise ValueError(f"a fake generator is named {GENERATED!r} or {REAL!r}; rename it in the data")
+        raise InputError(f"a fake generator is named {GENERATED!r} or {REAL!r}", "rename it in the data")
 
     inception = resolve_inception_weights(fp.inception_weights)
     if not inception.available:
@@ -94,4 +98,4 @@ def print_summary(report: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("fid", main, __doc__, "fid", ["results/fid/metrics.json"])

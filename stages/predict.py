@@ -4,32 +4,36 @@
 
 PATHs are image files or folders (searched recursively for image files). Faces are found and
 cropped with the faces params the classifier was trained with. Every file gets a status:
-ok / no_face / unreadable (with the reason). Runs on CPU; uses CUDA when present (--device).
+ok / no_face / too_small / unreadable (with the reason). Runs on CPU; uses CUDA when present (--device).
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
 
 from classifier.checkpoint import load_model
-from classifier.predict import COLUMNS, collect_files, faces_params_for, predict_files
+from classifier.predict import COLUMNS, collect_files, faces_params_for, min_side_for, predict_files
 from core.device import pick_device
+from core.errors import ArgumentParser, InputError, positive_int, run_cli
 from core.io import write_csv
 from faces.crop import FaceCropper
 
 DEFAULT_CHECKPOINT = Path("results/classifier/model.pt")
+EPILOG = ("Reads no params block: the faces params and data.min_side come from the checkpoint (params.yaml's\n"
+          "faces block and the data.min_side default only for checkpoints that lack them). Writes --out if given.\n"
+          "A problem you can fix is one line on stderr and exit code 2.")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m stages.predict", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser("predict", __doc__, EPILOG)
     ap.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (recursive)")
     ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="default: %(default)s")
     ap.add_argument("--out", type=Path, default=None, help="write the results as CSV here (else only printed)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
-    ap.add_argument("--batch-size", type=int, default=16, help="images per detection/scoring batch")
+    ap.add_argument("--batch-size", type=positive_int, default=16,
+                    help="images per detection/scoring batch (>= 1, default %(default)s)")
     return ap.parse_args(argv)
 
 
@@ -37,12 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     files, ignored = collect_files(args.paths)
     if not files:
-        print(f"predict: no image files under {', '.join(map(str, args.paths))} "
-              f"({ignored} non-image files ignored)", file=sys.stderr)
-        return 2
+        raise InputError(f"no image files under {', '.join(map(str, args.paths))} ({ignored} non-image files "
+                         f"ignored)", "give image files, or folders that hold some")
     device = pick_device(args.device)
     model, ckpt = load_model(args.checkpoint, device)
     faces, faces_from = faces_params_for(ckpt)
+    min_side, min_side_from = min_side_for(ckpt)
     cropper = FaceCropper(faces, device=device)
     preds = predict_files(files, model, ckpt, cropper, device, args.batch_size)
     table = pd.DataFrame([p.row() for p in preds], columns=COLUMNS)
@@ -53,10 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     counts = table["status"].value_counts().to_dict()
     print(f"predict: {len(table)} files: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
           + (f"; {ignored} non-image files in folders ignored" if ignored else "")
-          + f"; faces params from {faces_from}; threshold {ckpt.threshold:.4f} (validation)"
+          + f"; faces params from {faces_from}; data.min_side {min_side} ({min_side_from})"
+          + f"; threshold {ckpt.threshold:.4f} (validation)"
           + (f"; wrote {args.out}" if args.out else ""))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli("predict", main)

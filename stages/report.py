@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 
+from core.errors import run_stage
 from core.io import atomic_output_dir, write_json
 from core.params import ReportParams, TrackingParams, load_block
 from core.tracking import main_worktree, stage_run, tracking_uri
@@ -43,4 +44,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("report", main, __doc__, "report", ["results/report/{index.html,report.md,figures/,iterations.json}"])

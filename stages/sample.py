@@ -13,26 +13,25 @@ from pathlib import Path
 from tqdm import tqdm
 
 from core.device import DEVICE_CHOICES, pick_device
+from core.errors import ArgumentParser, positive_int, run_cli
 from core.io import atomic_output_dir, atomic_write_bytes
 from generator.sampling import generate, load_generator, png_bytes
 
 DEFAULT_CHECKPOINT = Path("results/generator/model.pt")
+EPILOG = ("Reads no params block: image size and latent size come from the checkpoint. Writes --out/sample_*.png.\n"
+          "A problem you can fix is one line on stderr and exit code 2.")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m stages.sample", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, required=True, help="number of images to write (>= 1)")
+    ap = ArgumentParser("sample", __doc__, EPILOG)
+    ap.add_argument("--n", type=positive_int, required=True, help="number of images to write (>= 1)")
     ap.add_argument("--out", type=Path, required=True, help="output directory (created)")
     ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help=f"default {DEFAULT_CHECKPOINT}")
     ap.add_argument("--seed", type=int, default=0, help="latent noise seed (default 0)")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=positive_int, default=64, help="(>= 1, default %(default)s)")
     ap.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     ap.add_argument("--force", action="store_true", help="replace --out if it exists and is not empty")
     args = ap.parse_args(argv)
-    if args.n < 1:
-        ap.error(f"--n: got {args.n}; must be >= 1")
-    if args.batch_size < 1:
-        ap.error(f"--batch-size: got {args.batch_size}; must be >= 1")
     if args.out.exists() and not args.out.is_dir():
         ap.error(f"--out {args.out} exists and is not a directory")
     if args.out.is_dir() and any(args.out.iterdir()) and not args.force:
@@ -59,4 +58,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("sample", main)

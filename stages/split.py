@@ -1,10 +1,16 @@
-"""Stage `split`: group-disjoint, stratified train/val/test lists over the face crops."""
+"""Stage `split`: group-disjoint, stratified train/val/test lists over the face crops.
+
+Reads params block ``split`` and data/faces/manifest.csv (the kept faces). Writes
+data/splits/{train,val,test}.csv and data/splits/summary.json. Every split must hold both labels: a split
+that would not is refused with one line saying what to change.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import mlflow
 
+from core.errors import require, run_stage
 from core.io import atomic_output_dir, read_csv, write_csv, write_json
 from core.params import SplitParams, load_block
 from core.schema import FACE_KEPT, SPLITS
@@ -17,11 +23,11 @@ OUT_DIR = Path("data/splits")
 
 def main() -> None:
     params = load_block("split", SplitParams)
-    faces = read_csv(FACES_MANIFEST)
+    faces = read_csv(require(FACES_MANIFEST, "faces"))
     kept = faces[faces["status"].isin(FACE_KEPT)].reset_index(drop=True)
+    frame, facts = split_faces(kept, params)  # before the MLflow run: a split that cannot be made opens none
+    summary = summarise(frame, facts)
     with stage_run("split", "split", params, manifest=FACES_MANIFEST):
-        frame, facts = split_faces(kept, params)
-        summary = summarise(frame, facts)
         with atomic_output_dir(OUT_DIR) as tmp:
             for name in SPLITS:
                 write_csv(tmp / f"{name}.csv", frame[frame["split"] == name])
@@ -33,4 +39,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("split", main, __doc__, "split", ["data/splits/{train,val,test}.csv", "data/splits/summary.json"])

@@ -1,7 +1,8 @@
 """Stage train_classifier: real-vs-fake classifier on the face crops of data/splits/{train,val}.csv.
 
 Reads params block ``classifier``; records the faces params that made the crops (data/faces/params.json,
-written by the faces stage) in the checkpoint, so predict crops the same way. Writes
+written by the faces stage) and data.min_side (data/raw/summary.json, written by download) in the checkpoint,
+so predict crops the same way and skips the images the pipeline skips. Writes
 results/classifier/{model.pt, history.csv, history.png, metrics.json}. The temperature and the
 decision threshold are fitted on the validation split only. With ``classifier.processes`` > 1 (or under
 torchrun) it trains data-parallel; rank 0 alone writes the outputs and the MLflow run.
@@ -24,6 +25,7 @@ from classifier.data import load_split, load_views
 from classifier.metrics import binary_metrics, calibrated, choose_threshold_from_logits, fit_temperature_with_reason
 from classifier.train import EpochRecord, LoopConfig, train_loop
 from core.distributed import World, relaunch_under_torchrun, training_world
+from core.errors import MissingInputError, run_stage
 from core.io import write_csv, write_json
 from core.params import ClassifierParams, FacesParams, as_dict, load_block, parse_block
 from core.plots import history_figure, save_figure
@@ -34,6 +36,7 @@ from models.classifier import ArchSpec, build_classifier
 SPLITS_DIR = Path("data/splits")
 FACES_PARAMS = Path("data/faces/params.json")  # the faces params that made the crops (faces stage)
 VIEWS = Path("data/faces/views.csv")           # training views of each face (faces.framing_views)
+RAW_SUMMARY = Path("data/raw/summary.json")    # data.min_side the raw images were filtered with (download)
 OUT_DIR = Path("results/classifier")
 HISTORY_PANELS = {"loss": ["train_loss", "val_loss"], "accuracy": ["train_accuracy", "val_accuracy"],
                   "ROC-AUC": ["train_roc_auc", "val_roc_auc"]}
@@ -46,10 +49,16 @@ def spec_of(p: ClassifierParams) -> ArchSpec:
 def crop_params() -> FacesParams:
     """How the training crops were made (data/faces/params.json, written by the faces stage)."""
     if not FACES_PARAMS.exists():
-        raise FileNotFoundError(f"{FACES_PARAMS} not found: run the faces stage first (dvc repro faces)")
+        raise MissingInputError(f"{FACES_PARAMS} not found", "run the faces stage first (dvc repro faces)")
     raw = json.loads(FACES_PARAMS.read_text())
     known = {f.name for f in dataclasses.fields(FacesParams)}
     return parse_block("faces", FacesParams, {k: v for k, v in raw.items() if k in known})
+
+
+def raw_min_side() -> int | None:
+    """data.min_side of the download that made the data (predict skips smaller images); None when unknown."""
+    value = json.loads(RAW_SUMMARY.read_text()).get("min_side") if RAW_SUMMARY.exists() else None
+    return None if value is None else int(value)
 
 
 def main() -> None:
@@ -120,7 +129,7 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
             faces=as_dict(faces),
             info={"best_epoch": result.best_epoch, "best_val_roc_auc": result.best_val_roc_auc,
                   "pretrained": p.pretrained, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                  "temperature_reason": fit.reason})
+                  "temperature_reason": fit.reason, "min_side": raw_min_side()})
         save_checkpoint(OUT_DIR / "model.pt", ckpt)
         write_json(OUT_DIR / "metrics.json", summary)
         save_figure(history_figure(pd.DataFrame(history), "epoch", HISTORY_PANELS), OUT_DIR / "history.png")
@@ -136,4 +145,5 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("train_classifier", main, __doc__, "classifier",
+              ["results/classifier/{model.pt,history.csv,history.png,metrics.json}"])

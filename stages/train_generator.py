@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from core.distributed import World, relaunch_under_torchrun, training_world
+from core.errors import require, run_stage
 from core.io import atomic_output_dir, link_or_copy, read_csv, write_csv, write_json
 from core.params import GeneratorParams, load_block
 from core.tracking import stage_run
@@ -30,6 +31,7 @@ HISTORY_COLUMNS = ["epoch", "d_loss", "g_loss", "d_real", "d_fake", "gp", "wasse
 
 def main() -> None:
     p = load_block("generator", GeneratorParams)
+    require(TRAIN_SPLIT, "split")
     exit_code = relaunch_under_torchrun("stages.train_generator", p.processes)
     if exit_code is not None:
         raise SystemExit(exit_code)
@@ -98,4 +100,5 @@ def write_outputs(result: TrainingResult, p: GeneratorParams, n_train: int, proc
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("train_generator", main, __doc__, "generator",
+              ["results/generator/{model.pt,history.csv,samples/,summary.json}"])

@@ -405,10 +405,9 @@ def test_faces_with_a_negative_crop_size_fails_on_params_before_any_data(
     assert sorted(p.name for p in folder.iterdir()) == ["params.yaml"], "the stage wrote files before failing"
 
 
-@pytest.mark.xfail(reason="stages/faces.py does not catch ParamsError: the error line comes after a traceback "
-                          "(stages/download.py turns it into one line with SystemExit)")
 def test_faces_params_error_is_one_line(
         faces_with_negative_crop_size: tuple[Path, subprocess.CompletedProcess]) -> None:
     _, proc = faces_with_negative_crop_size
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "faces.crop_size" in lines[0], proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("faces: faces.crop_size"), proc.stderr
+    assert proc.returncode == 2

@@ -13,6 +13,7 @@ from classifier.checkpoint import ClassifierCheckpoint, load_model, save_checkpo
 from classifier.infer import infer_logits
 from classifier.metrics import calibrated
 from classifier.predict import collect_files, faces_params_for, predict_files
+from core.errors import InputError
 from core.images import square_pixels
 from core.params import FacesParams, as_dict
 from faces.crop import FaceCropper
@@ -43,13 +44,16 @@ class CentreBoxDetector:
         return boxes, probs
 
 
-def write_checkpoint(path: Path, faces: FacesParams, threshold: float = 0.5, temperature: float = 1.5) -> None:
+def write_checkpoint(path: Path, faces: FacesParams, threshold: float = 0.5, temperature: float = 1.5,
+                     min_side: int | None = None) -> None:
+    """A small checkpoint; ``min_side`` None: one from before data.min_side was recorded."""
     torch.manual_seed(0)
     spec = ArchSpec("cnn", 0.0, 1, 4, "plain")
     model = build_classifier(spec)
     torch.nn.init.normal_(model.head[1].weight, std=1.0)
+    info = {} if min_side is None else {"min_side": min_side}
     save_checkpoint(path, ClassifierCheckpoint(model.state_dict(), spec.to_dict(), temperature, threshold, "youden",
-                                               [0.5] * 3, [0.5] * 3, 32, as_dict(faces), {}))
+                                               [0.5] * 3, [0.5] * 3, 32, as_dict(faces), info))
 
 
 def image_folder(root: Path) -> Path:
@@ -103,7 +107,7 @@ def test_predict_folder_reports_corrupt_files_and_scores_the_rest(tmp_path: Path
 
 def test_on_miss_center_scores_a_centred_crop(tmp_path: Path) -> None:
     faces = FacesParams(crop_size=32, detect_side=64, on_miss="center", device="cpu")
-    write_checkpoint(tmp_path / "model.pt", faces)
+    write_checkpoint(tmp_path / "model.pt", faces, min_side=32)
     model, ckpt = load_model(tmp_path / "model.pt")
     Image.new("RGB", (50, 40)).save(tmp_path / "black.png")
     cropper = FaceCropper(faces, device=CPU, detector=CentreBoxDetector())
@@ -139,6 +143,26 @@ def test_cli_with_the_real_detector(in_tmp_project: Path, capsys: pytest.Capture
     assert "unreadable" in out and "faces params from checkpoint" in out
 
 
-def test_cli_without_images_exits_2(in_tmp_project: Path) -> None:
+def test_images_smaller_than_min_side_are_not_scored(tmp_path: Path) -> None:
+    """The pipeline skips raw images under data.min_side; predict must not score them either."""
+    faces = FacesParams(crop_size=32, detect_side=64, on_miss="center", device="cpu")
+    rng = np.random.default_rng(0)
+    Image.fromarray(synthetic_face(rng, False, 10)).save(tmp_path / "tiny.png")
+    Image.fromarray(synthetic_face(rng, False, 48)).save(tmp_path / "small.png")
+    Image.fromarray(synthetic_face(rng, False, 80)).save(tmp_path / "fine.png")
+    files = [tmp_path / "tiny.png", tmp_path / "small.png", tmp_path / "fine.png"]
+    cropper = FaceCropper(faces, device=CPU, detector=CentreBoxDetector())
+    for min_side, expected in ((40, {"tiny.png": "too_small", "small.png": "ok", "fine.png": "ok"}),
+                               (None, {"tiny.png": "too_small", "small.png": "too_small", "fine.png": "ok"})):
+        write_checkpoint(tmp_path / "model.pt", faces, min_side=min_side)  # None: the params default, 64
+        model, ckpt = load_model(tmp_path / "model.pt")
+        preds = {Path(p.file).name: p for p in predict_files(files, model, ckpt, cropper, CPU)}
+        assert {n: p.status for n, p in preds.items()} == expected, min_side
+        assert preds["tiny.png"].reason == f"too small (10x10; data.min_side is {min_side or 64})"
+        assert preds["tiny.png"].prob_fake is None and preds["tiny.png"].predicted == ""
+
+
+def test_cli_without_images_is_a_user_error(in_tmp_project: Path) -> None:
     (in_tmp_project / "empty").mkdir()
-    assert predict.main([str(in_tmp_project / "empty")]) == 2
+    with pytest.raises(InputError, match="no image files under"):
+        predict.main([str(in_tmp_project / "empty")])
