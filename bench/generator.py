@@ -25,7 +25,7 @@ from torch_fidelity import feature_extractor_inceptionv3 as inception_module
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
 from core.device import pick_device, set_threads
-from core.params import FidParams, GeneratorParams, as_dict, load_block, parse_block
+from core.params import GENERATOR_MODELS, FidParams, GeneratorParams, as_dict, load_block, parse_block
 from generator import fidelity as fd
 from generator.trainers import build_trainer
 
@@ -93,7 +93,7 @@ def fid_timings(n: int, size: int, batch_size: int, inception_weights: str, tmp:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="vae,dcgan,wgan_gp")
+    ap.add_argument("--models", default=",".join(GENERATOR_MODELS))
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--n-train", type=int, default=256)
     ap.add_argument("--epochs", type=int, default=2)

@@ -18,6 +18,7 @@ Prints one table; nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -29,14 +30,15 @@ from PIL import Image
 from torch import nn
 
 from classifier.augment import AugmentConfig, Augmenter
-from classifier.data import batch_indices, gather, load_split, normalise
+from classifier.data import gather, load_split, normalise
 from classifier.infer import prepare_input
-from classifier.train import LoopConfig, smoothed_bce, train_loop
+from classifier.train import smoothed_bce, train_loop
 from core.device import pick_device, set_threads
 from core.io import write_csv
-from core.params import ClassifierParams
-from core.schema import SPLIT_COLUMNS
-from models.classifier import ArchSpec, build_classifier
+from core.params import CLASSIFIER_ARCHS, ClassifierParams
+from core.pixels import batch_indices
+from core.schema import FAKE, REAL, REAL_GENERATOR, SPLIT_COLUMNS
+from models.classifier import IMAGENET_MEAN, IMAGENET_STD, ArchSpec, build_classifier
 
 
 def synthetic_split(root: Path, n: int, size: int, seed: int = 0) -> Path:
@@ -45,14 +47,14 @@ def synthetic_split(root: Path, n: int, size: int, seed: int = 0) -> Path:
     rows = []
     yy, xx = np.mgrid[0:size, 0:size] / size
     for i in range(n):
-        label = "fake" if i % 2 else "real"
+        label = FAKE if i % 2 else REAL
         base = rng.uniform(0.2, 0.8, 3) + yy[..., None] * rng.uniform(-0.3, 0.3, 3) + xx[..., None] * rng.uniform(-0.3, 0.3, 3)
         texture = 0.08 * np.sin(xx[..., None] * rng.uniform(5, 40) + yy[..., None] * rng.uniform(5, 40))
         img = np.clip(base + texture + rng.normal(0, 0.03, (size, size, 3)), 0, 1)
         path = root / label / f"{i:05d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray((img * 255).astype(np.uint8)).save(path)
-        rows.append({"id": f"{i:05d}", "path": str(path), "label": label, "generator": "bench" if i % 2 else "real",
+        rows.append({"id": f"{i:05d}", "path": str(path), "label": label, "generator": "bench" if i % 2 else REAL_GENERATOR,
                      "status": "ok", "split": "train"})
     csv = root / "train.csv"
     write_csv(csv, pd.DataFrame(rows).reindex(columns=SPLIT_COLUMNS, fill_value=""))
@@ -96,7 +98,7 @@ def imagefolder_loader(folder: Path, size: int, batch_size: int, workers: int,
     from torchvision import datasets
     from torchvision.transforms import v2
 
-    a = aug or AugmentConfig()
+    a = aug or AugmentConfig.from_params(ClassifierParams())
     steps: list = [v2.RandomResizedCrop(size, scale=(a.crop_scale, 1.0)), v2.RandomHorizontalFlip(a.flip),
                    v2.ColorJitter(a.color_jitter, a.color_jitter, a.color_jitter)]
     if aug is not None:
@@ -105,7 +107,7 @@ def imagefolder_loader(folder: Path, size: int, batch_size: int, workers: int,
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if aug is not None:
         steps += [v2.RandomApply([v2.GaussianNoise(sigma=a.noise_std, clip=True)], p=a.noise_prob)]
-    steps += [v2.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+    steps += [v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     ds = datasets.ImageFolder(str(folder), transform=v2.Compose(steps))
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
                                        drop_last=True, persistent_workers=workers > 0)
@@ -137,7 +139,7 @@ def loader_only_cache(images: np.ndarray, aug: AugmentConfig, batch_size: int, d
     augment(gather(images, np.arange(min(len(images), batch_size))))  # warm up (lazy imports, allocator)
     t0, seen = time.perf_counter(), 0
     for idx in batch_indices(len(images), batch_size, torch.Generator().manual_seed(1), min_size=2):
-        x = prepare_input(augment(gather(images, idx)), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), device)
+        x = prepare_input(augment(gather(images, idx)), IMAGENET_MEAN, IMAGENET_STD, device)
         seen += len(x)
     return seen / (time.perf_counter() - t0)
 
@@ -154,7 +156,7 @@ def loader_only_imagefolder(loader: torch.utils.data.DataLoader) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = ClassifierParams()
-    ap.add_argument("--arch", default=defaults.arch, choices=("mobilenet_v2", "resnet18", "efficientnet_b0", "cnn"))
+    ap.add_argument("--arch", default=defaults.arch, choices=CLASSIFIER_ARCHS)
     ap.add_argument("--size", type=int, default=defaults.image_size)
     ap.add_argument("--n", type=int, default=384, help="synthetic images (ignored with --split)")
     ap.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -166,7 +168,8 @@ def main() -> None:
     args = ap.parse_args()
     threads = set_threads(args.threads)
     device = pick_device(args.device)
-    spec = ArchSpec(args.arch)
+    params = dataclasses.replace(defaults, arch=args.arch, pretrained="none")  # the networks start from scratch here
+    spec = ArchSpec.from_params(params)
     mean, std = spec.normalisation
     aug = AugmentConfig.from_params(defaults)
 
@@ -201,10 +204,12 @@ def main() -> None:
         compute = max(pure_compute(build_classifier(spec).to(device), batches, labels, device, args.steps)
                       for _ in range(2))
         rows.append(("train: pure compute (in-memory tensors)", compute))
-        cfg = LoopConfig(epochs=3, batch_size=args.batch_size, augment=aug, label_smoothing=0.05)
+        # params defaults, 3 whole epochs, every layer trained (no frozen warm-up, no early stop, no budget)
+        loop = dataclasses.replace(params, epochs=3, batch_size=args.batch_size, freeze_backbone_epochs=0,
+                                   early_stopping_patience=0, max_minutes=0)
         val_idx = np.linspace(0, n - 1, min(n, 2 * args.batch_size)).astype(int)  # both classes
         result = train_loop(build_classifier(spec), data.images, data.labels, data.images[val_idx], data.labels[val_idx],
-                            cfg, device, mean, std, progress=False)
+                            loop, device, mean, std, progress=False)
         real = max(h.train_images_per_s for h in result.history[1:])
         rows.append(("train: real loop (cache + augmentations), best of epochs 2-3", real))
         for w in args.workers:

@@ -70,16 +70,18 @@ def to_grey(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    flip: float = 0.5
-    color_jitter: float = 0.2
-    crop_scale: float = 0.8
-    jpeg_prob: float = 0.3
-    jpeg_quality: int = 60
-    blur_prob: float = 0.1
-    blur_sigma: float = 1.0
-    noise_prob: float = 0.1
-    noise_std: float = 0.02
-    grayscale: float = 0.1
+    """The ``classifier.aug_*`` params (``from_params``; their defaults are params.yaml's), or ``none()``."""
+
+    flip: float
+    color_jitter: float
+    crop_scale: float
+    jpeg_prob: float
+    jpeg_quality: int
+    blur_prob: float
+    blur_sigma: float
+    noise_prob: float
+    noise_std: float
+    grayscale: float
 
     @classmethod
     def from_params(cls, p: ClassifierParams) -> AugmentConfig:

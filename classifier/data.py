@@ -1,32 +1,24 @@
-"""Classifier inputs: a uint8 image cache per split, the training views, batching.
+"""Classifier inputs: a split's rows and pixels, the training views, batches as tensors.
 
-Face crops are decoded once into ``data/cache/classifier/<split>-<key>.npy``: an (N, 3, S, S) uint8
-array that later runs memory-map instead of decoding PNG/JPEG again. ``key`` hashes the split CSV,
-the bytes of every image it lists, the side ``S`` and the cache format, so any change upstream
-makes a new entry. Entries are written under a temporary name and renamed into place.
+A split's face crops come from the one uint8 image cache (``core.pixels``; one entry per split,
+``data/cache/pixels/<split>-<key>.npy``), memory-mapped.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import re
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from core.errors import PipelineError
-from core.images import ImageDecodeError, decode_rgb, square_pixels
-from core.io import read_csv, stable_hash
+from core.io import read_csv
+from core.pixels import CACHE_DIR, cached_pixels
+from core.pixels import batch_indices as batch_indices  # re-exported: classifier.infer batches with it
+from core.schema import FAKE, LABELS, REAL
 
-CACHE_DIR = Path("data/cache/classifier")
-CACHE_VERSION = 1
-LABEL_VALUES = {"real": 0.0, "fake": 1.0}
+LABEL_VALUES = {REAL: 0.0, FAKE: 1.0}
 
 
 class ClassifierDataError(PipelineError, ValueError):
@@ -53,49 +45,9 @@ class SplitData:
 def labels_of(frame: pd.DataFrame, name: str) -> np.ndarray:
     bad = sorted(set(frame["label"]) - set(LABEL_VALUES))
     if bad:
-        raise ClassifierDataError(f"{name}: label values {bad} are not allowed; allowed: 'real', 'fake'")
+        allowed = ", ".join(map(repr, LABELS))
+        raise ClassifierDataError(f"{name}: label values {bad} are not allowed; allowed: {allowed}")
     return frame["label"].map(LABEL_VALUES).to_numpy(dtype=np.float32)
-
-
-def cache_key(listing: bytes, image_paths: list[Path], size: int, what: str, progress: bool = True) -> str:
-    """Hash of the listing (the split CSV's bytes), every image's bytes, the side and the cache format."""
-    h = hashlib.sha1()
-    for path in tqdm(image_paths, desc=f"hash {what}", unit="img", leave=False, mininterval=1.0,
-                     disable=not progress):
-        try:
-            h.update(path.read_bytes())
-        except FileNotFoundError:
-            raise ClassifierDataError(f"{what}: image {path} is missing (re-run the faces stage)") from None
-        h.update(b"\0")
-    return stable_hash({"v": CACHE_VERSION, "csv": hashlib.sha1(listing).hexdigest(),
-                        "images": h.hexdigest(), "size": size}, n=16)
-
-
-def decode_face(path: Path, size: int) -> np.ndarray:
-    """(3, size, size) uint8 pixels of one crop; resized (bicubic) only when its side differs."""
-    try:
-        image = decode_rgb(path).image
-    except ImageDecodeError as e:
-        raise ClassifierDataError(f"{path}: {e}") from None
-    return square_pixels(image, size)
-
-
-def build_cache(target: Path, image_paths: list[Path], size: int, workers: int | None = None) -> None:
-    """Decode every image into a (N, 3, size, size) .npy, written under a temp name then renamed."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}.npy")
-    try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(image_paths), 3, size, size))
-        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-            decoded = pool.map(lambda p: decode_face(p, size), image_paths)
-            for i, pixels in enumerate(tqdm(decoded, total=len(image_paths), desc=f"cache {target.stem}",
-                                            unit="img", mininterval=1.0)):
-                out[i] = pixels
-        out.flush()
-        del out
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_split(csv_path: Path, size: int, cache_dir: Path = CACHE_DIR, root: Path = Path("."),
@@ -111,21 +63,6 @@ def load_split(csv_path: Path, size: int, cache_dir: Path = CACHE_DIR, root: Pat
     labels = labels_of(frame, str(csv_path))
     images = cached_pixels(name, csv_path.read_bytes(), [root / p for p in frame["path"]], size, cache_dir, progress)
     return SplitData(name, frame, images, labels)
-
-
-def cached_pixels(name: str, listing: bytes, paths: list[Path], size: int, cache_dir: Path,
-                  progress: bool = True) -> np.ndarray:
-    """(N, 3, size, size) uint8 memory map of ``paths``, decoded into ``cache_dir`` only on a miss."""
-    target = cache_dir / f"{name}-{cache_key(listing, paths, size, name, progress)}.npy"
-    if not target.exists():
-        for stale in cache_dir.glob(f"{name}-*.npy"):
-            if re.fullmatch(rf"{re.escape(name)}-[0-9a-f]{{16}}", stale.stem):  # not another split's entries
-                stale.unlink(missing_ok=True)
-        build_cache(target, paths, size)
-    images = np.load(target, mmap_mode="r")
-    if images.shape != (len(paths), 3, size, size):
-        raise ClassifierDataError(f"{target}: shape {images.shape} does not match its {len(paths)} images; delete it")
-    return images
 
 
 @dataclass(frozen=True)
@@ -166,18 +103,6 @@ def load_views(split: SplitData, views_csv: Path, size: int, cache_dir: Path = C
     for k, row_id in enumerate(views["id"]):
         of_row[position[row_id]].append(k)
     return TrainViews(images, [np.asarray(v, dtype=int) for v in of_row])
-
-
-def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = None,
-                  min_size: int = 1) -> Iterator[np.ndarray]:
-    """Index batches in order, or shuffled with ``generator``; a last batch smaller than ``min_size`` is
-    dropped (BatchNorm cannot train on a single image, per process when the batch is split)."""
-    order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        if len(idx) < min_size:
-            continue
-        yield idx
 
 
 def gather(images: np.ndarray, idx: np.ndarray) -> torch.Tensor:

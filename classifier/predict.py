@@ -29,10 +29,11 @@ from classifier.infer import infer_logits
 from classifier.metrics import calibrated
 from core.images import ImageDecodeError, decode_rgb, square_pixels
 from core.params import DataParams, FacesParams, load_block, parse_block
+from core.schema import IMAGE_EXTENSIONS
 from faces.crop import FaceCropper
 from models.classifier import DeepfakeClassifier
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+IMAGE_SUFFIXES = IMAGE_EXTENSIONS  # the files predict scans a folder for: the ones download reads
 COLUMNS = ["file", "status", "reason", "prob_fake", "predicted", "threshold", "face_prob",
            "box_x1", "box_y1", "box_x2", "box_y2"]
 

@@ -1,7 +1,9 @@
 """Typed access to params.yaml: one dataclass per block, validated on load.
 
 A stage calls ``load_block("faces", FacesParams)`` and gets a frozen dataclass or a
-``ParamsError`` that names the bad key and what it accepts.
+``ParamsError`` that names the bad key and what it accepts. The defaults here are params.yaml's
+values (tests/test_params_defaults.py checks every block), and the lists of choices here are the only
+ones: ``models/`` and the training code import them (the core imports no other package).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from core.errors import PipelineError
+from core.schema import LABELS, REAL
 
 PARAMS_FILE = Path("params.yaml")
 T = TypeVar("T")
@@ -105,6 +108,7 @@ class TrackingParams:
     note: str = ""
 
 
+# torchvision backbones and the from-scratch CNN; models.classifier builds each (tests/test_params_defaults.py)
 CLASSIFIER_ARCHS = ("mobilenet_v2", "resnet18", "efficientnet_b0", "cnn")
 
 
@@ -171,15 +175,16 @@ class EvaluateParams:
     seed: int = 0
 
 
-GENERATOR_MODELS = ("vae", "dcgan", "wgan_gp")
-DIFFAUGMENT_OPS = ("translation", "color", "cutout")
+GENERATOR_MODELS = ("vae", "dcgan", "wgan_gp")             # models.generator and generator.trainers
+GENERATOR_TRAIN_ON = (*LABELS, "all")                      # one label's faces, or all
+DIFFAUGMENT_OPS = ("translation", "color", "cutout")       # generator.augment implements each
 
 
 @dataclass(frozen=True)
 class GeneratorParams:
     model: str = choice(*GENERATOR_MODELS, default="dcgan")
     image_size: int = bounded(64, 8, 512)
-    train_on: str = choice("real", "fake", "all", default="real")
+    train_on: str = choice(*GENERATOR_TRAIN_ON, default=REAL)
     latent_dim: int = bounded(64, 2, 2048)
     g_width: int = bounded(32, 2, 1024)
     g_depth: int = bounded(1, 1, 8)

@@ -1,8 +1,12 @@
-"""Column names of the manifests that stages hand to each other."""
+"""Column names and values of the manifests that stages hand to each other."""
 from __future__ import annotations
 
-LABELS = ("real", "fake")
+REAL, FAKE = "real", "fake"  # the label column's values (classifier target 0 and 1)
+LABELS = (REAL, FAKE)
 REAL_GENERATOR = "real"  # the generator column of a real image
+
+# file suffixes read as images: by the download sources (anything else is never read) and by predict
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 
 # data/raw/manifest.csv — one row per file found, skipped files included
 RAW_COLUMNS = [

@@ -10,10 +10,10 @@ import torch
 
 
 def augment(x: torch.Tensor, ops: Sequence[str], rng: torch.Generator) -> torch.Tensor:
-    """Apply the named differentiable augmentations in a fixed order; gradients flow to ``x``."""
-    for op in ("color", "translation", "cutout"):
+    """Apply the named differentiable augmentations in AUGMENTATIONS' order; gradients flow to ``x``."""
+    for op, apply in AUGMENTATIONS.items():
         if op in ops:
-            x = AUGMENTATIONS[op](x, rng)
+            x = apply(x, rng)
     return x
 
 
@@ -57,5 +57,6 @@ def aug_cutout(x: torch.Tensor, rng: torch.Generator, ratio: float = 0.5) -> tor
     return x * (~inside).unsqueeze(1).to(x.dtype)
 
 
+# every generator.augment op (core.params.DIFFAUGMENT_OPS), in the order they are applied
 AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
     "color": aug_color, "translation": aug_translation, "cutout": aug_cutout}

@@ -1,39 +1,38 @@
-"""The generator's training images: one uint8 tensor cache, the rows it learns from, pixel conversions."""
+"""The generator's training images (from the one uint8 image cache), the rows it learns from, pixel conversions."""
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
-from core.errors import InputError, MissingInputError
-from core.images import ImageDecodeError, decode_rgb, square_pixels
+from core.errors import InputError
+from core.params import GENERATOR_TRAIN_ON
+from core.pixels import cached_pixels
 
 
-def load_image_cache(paths: Sequence[Path], size: int, desc: str = "loading images",
-                     progress: bool = True) -> torch.Tensor:
-    """Decode and resize every image once to (N, 3, size, size) uint8; a bad file is an error naming it."""
+def load_image_cache(paths: Sequence[Path], size: int, desc: str = "loading images", progress: bool = True,
+                     cache_name: str | None = None) -> torch.Tensor:
+    """(N, 3, size, size) uint8 pixels of ``paths`` in memory, read through the one image cache
+    (``core.pixels``: decoded once, resized like the classifier's crops); a missing or bad file is an
+    error naming it. ``cache_name`` names the cache entry (default: ``desc`` as a file name)."""
     if not paths:
         raise ValueError("no images to load: the selection is empty")
-    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
-    for i, path in enumerate(tqdm(paths, desc=desc, unit="img", leave=False, disable=not progress)):
-        if not Path(path).is_file():
-            raise MissingInputError(f"{path}: image listed in the split but missing on disk", "rerun stage faces")
-        try:
-            image = decode_rgb(Path(path)).image
-        except ImageDecodeError as e:
-            raise InputError(f"{path}: {e}", "rerun stage faces") from None
-        out[i] = torch.from_numpy(square_pixels(image, size))
-    return out
+    listing = "\n".join(map(str, paths)).encode()
+    name = cache_name or re.sub(r"[^a-z0-9]+", "-", desc.lower()).strip("-") or "images"
+    pixels = cached_pixels(name, listing, [Path(p) for p in paths], size, progress=progress)
+    return torch.from_numpy(np.array(pixels))
 
 
 def training_rows(split: pd.DataFrame, train_on: str, split_name: str = "train") -> pd.DataFrame:
     """The faces the generator learns from: real, fake or all rows of the split (an empty pick is an error)."""
-    if train_on not in ("real", "fake", "all"):
-        raise ValueError(f"generator.train_on: got {train_on!r}; allowed: 'real', 'fake', 'all'")
+    if train_on not in GENERATOR_TRAIN_ON:
+        allowed = ", ".join(map(repr, GENERATOR_TRAIN_ON))
+        raise ValueError(f"generator.train_on: got {train_on!r}; allowed: {allowed}")
     rows = split if train_on == "all" else split[split["label"] == train_on]
     if rows.empty:
         labels = ", ".join(f"{k}={v}" for k, v in split["label"].value_counts().items()) or "no rows"

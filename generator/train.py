@@ -28,12 +28,16 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 # params that change neither what is trained nor how: a checkpoint made under other values is resumed
 NOT_HASHED = ("max_minutes", "device", "threads", "processes")
+# the trainers' checkpoint layout and update rules: a checkpoint of another version starts over
+# (2: the EMA is torch's AveragedModel)
+TRAINER_VERSION = 2
 
 
 def params_hash(p: GeneratorParams, data_fingerprint: str) -> str:
-    """Identity of a training run: every training-relevant param plus the training images' content."""
+    """Identity of a training run: every training-relevant param, the training images' content and the
+    trainers' version."""
     hashed = {k: v for k, v in asdict(p).items() if k not in NOT_HASHED}
-    return stable_hash({"params": hashed, "data": data_fingerprint})
+    return stable_hash({"params": hashed, "data": data_fingerprint, "trainer": TRAINER_VERSION})
 
 
 def save_torch(path: Path, obj: Any) -> None:

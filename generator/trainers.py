@@ -11,16 +11,18 @@ backward through D); BatchNorm statistics are taken from rank 0 after each epoch
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from core.distributed import World, seed_for
 from core.params import GeneratorParams
+from core.pixels import batch_indices
 from generator.augment import augment
 from generator.data import to_float
 from models.generator import (VAE, ConvDiscriminator, ConvGenerator, GeneratorArch, discriminator_norm, kl_divergence,
@@ -49,33 +51,20 @@ def g_loss_nonsaturating(d_fake: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
 
 
-class EMA:
-    """Exponential moving average of a module's parameters (buffers are copied as they are).
+def ema_of(model: nn.Module, decay: float) -> AveragedModel:
+    """Exponential moving average of ``model``'s parameters (torch's AveragedModel; buffers are copied as
+    they are): ``ema.update_parameters(model)`` after each step, ``ema.module`` samples.
 
-    The decay ramps up as min(decay, (1 + t) / (10 + t)) so early averages are not dominated by the
-    random initialisation on short runs.
+    The first update copies the weights; update ``t`` (t >= 1) then keeps min(decay, (1 + t) / (10 + t)) of
+    the average, so early averages are not dominated by the first weights on short runs. The update count
+    is part of ``ema.state_dict()``, so a resumed run continues the same ramp.
     """
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay = decay
-        self.steps = 0
+    def ramped(averages: Any, current: Any, updates: torch.Tensor | int) -> None:
+        t = int(updates)
+        get_ema_multi_avg_fn(min(decay, (1 + t) / (10 + t)))(averages, current, updates)
 
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        for p_ema, p in zip(self.module.parameters(), model.parameters()):
-            p_ema.lerp_(p.detach(), 1.0 - d)
-        for b_ema, b in zip(self.module.buffers(), model.buffers()):
-            b_ema.copy_(b)
-        self.steps += 1
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"module": self.module.state_dict(), "steps": self.steps}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.module.load_state_dict(state["module"])
-        self.steps = int(state["steps"])
+    return AveragedModel(model, multi_avg_fn=ramped).eval().requires_grad_(False)
 
 
 class Trainer(Protocol):
@@ -93,14 +82,6 @@ def arch_of(p: GeneratorParams) -> GeneratorArch:
     return GeneratorArch(p.model, p.image_size, p.latent_dim, p.g_width, p.g_depth)
 
 
-def batches(n: int, batch_size: int, rng: torch.Generator) -> list[torch.Tensor]:
-    """A shuffled pass over n items in full batches (one short batch only when n < batch_size)."""
-    perm = torch.randperm(n, generator=rng)
-    if n < batch_size:
-        return [perm]
-    return list(perm[: n - n % batch_size].split(batch_size))
-
-
 class _Base:
     def __init__(self, p: GeneratorParams, device: torch.device, world: World) -> None:
         self.p, self.device, self.world = p, device, world
@@ -108,11 +89,13 @@ class _Base:
         self.order_rng = torch.Generator()
         self.rng = torch.Generator()
 
-    def _epoch_batches(self, epoch: int, n: int) -> list[torch.Tensor]:
-        """Reseed for ``epoch`` and return this rank's share of each of its global batches."""
+    def _epoch_batches(self, epoch: int, n: int) -> list[np.ndarray]:
+        """Reseed for ``epoch`` and return this rank's share of each of its global batches: a shuffled pass
+        in full batches (one short batch only when n < batch_size)."""
         self.order_rng.manual_seed(seed_for(self.p.seed, epoch))
         self.rng.manual_seed(seed_for(self.p.seed, epoch, self.world.rank))
-        return [self.world.shard(b) for b in batches(n, self.p.batch_size, self.order_rng)]
+        full = min(n, self.p.batch_size)
+        return [self.world.shard(b) for b in batch_indices(n, self.p.batch_size, self.order_rng, min_size=full)]
 
     def modules(self) -> list[nn.Module]:
         raise NotImplementedError
@@ -122,7 +105,7 @@ class _Base:
         for module in self.modules():
             self.world.broadcast_from_main(module, buffers_only)
 
-    def _real_batch(self, images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def _real_batch(self, images: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
         x = to_float(images[idx].to(self.device))
         if self.p.hflip:
             flip = (torch.rand(len(idx), generator=self.rng) < 0.5).to(self.device)
@@ -147,7 +130,7 @@ class GanTrainer(_Base):
                                    p.spectral_norm).to(device)
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=p.lr_g, betas=self._betas())
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=p.lr_d, betas=self._betas())
-        self.ema = EMA(self.g, p.ema_decay)
+        self.ema = ema_of(self.g, p.ema_decay)
         self.d_steps = 0
         self.ops = p.augment_ops
 
@@ -180,7 +163,7 @@ class GanTrainer(_Base):
         out["instance_noise"] = sigma
         return out
 
-    def _d_step(self, images: torch.Tensor, idx: torch.Tensor, sigma: float, sums: dict[str, float],
+    def _d_step(self, images: torch.Tensor, idx: np.ndarray, sigma: float, sums: dict[str, float],
                 counts: dict[str, int]) -> None:
         real = self._real_batch(images, idx)
         with torch.no_grad():
@@ -211,7 +194,7 @@ class GanTrainer(_Base):
         loss.backward()
         self.world.average_gradients(self.g)
         self.opt_g.step()
-        self.ema.update(self.g)
+        self.ema.update_parameters(self.g)
         _acc(sums, counts, g_loss=loss.item())
 
     def sampler(self) -> nn.Module:
@@ -240,7 +223,7 @@ class VaeTrainer(_Base):
         super().__init__(p, device, world)
         self.vae = VAE(p.latent_dim, p.image_size, p.g_width, p.g_depth, p.d_width, p.d_depth).to(device)
         self.opt = torch.optim.Adam(self.vae.parameters(), lr=p.lr_g, betas=self._betas())
-        self.ema = EMA(self.vae.decoder, p.ema_decay)
+        self.ema = ema_of(self.vae.decoder, p.ema_decay)
 
     def train_epoch(self, epoch: int, images: torch.Tensor) -> dict[str, float]:
         self.vae.train()
@@ -255,7 +238,7 @@ class VaeTrainer(_Base):
             loss.backward()
             self.world.average_gradients(self.vae)
             self.opt.step()
-            self.ema.update(self.vae.decoder)
+            self.ema.update_parameters(self.vae.decoder)
             _acc(sums, counts, loss=loss.item(), recon=rec.item(), kl=kl.item())
         return self.world.mean({k: sums[k] / counts[k] for k in sums})
 

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.params import CLASSIFIER_ARCHS, ClassifierParams
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
@@ -26,10 +28,14 @@ class ArchSpec:
     """Everything needed to rebuild the network (stored in the checkpoint as a plain dict)."""
 
     arch: str
-    dropout: float = 0.2
-    cnn_depth: int = 4
-    cnn_width: int = 32
-    cnn_block: str = "residual"
+    dropout: float
+    cnn_depth: int
+    cnn_width: int
+    cnn_block: str
+
+    @classmethod
+    def from_params(cls, p: ClassifierParams) -> ArchSpec:
+        return cls(p.arch, p.dropout, p.cnn_depth, p.cnn_width, p.cnn_block)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -37,9 +43,9 @@ class ArchSpec:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ArchSpec:
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"checkpoint arch has unknown keys {unknown}; known: {sorted(known)}")
+        unknown, missing = sorted(set(raw) - known), sorted(known - set(raw))
+        if unknown or missing:
+            raise ValueError(f"checkpoint arch has unknown keys {unknown} and lacks {missing}; known: {sorted(known)}")
         return cls(**raw)
 
     @property
@@ -155,8 +161,7 @@ TORCHVISION_ARCHS: dict[str, Callable[[], tuple[nn.Module, Callable[[nn.Module],
     "mobilenet_v2": _mobilenet_v2,
     "resnet18": _resnet18,
     "efficientnet_b0": _efficientnet_b0,
-}
-ARCHS = (*TORCHVISION_ARCHS, "cnn")
+}  # with "cnn": every classifier.arch (core.params.CLASSIFIER_ARCHS; tests/test_params_defaults.py)
 
 
 def build_classifier(spec: ArchSpec, imagenet_weights: Path | None = None) -> DeepfakeClassifier:
@@ -167,7 +172,7 @@ def build_classifier(spec: ArchSpec, imagenet_weights: Path | None = None) -> De
         backbone = SmallCNN(spec.cnn_depth, spec.cnn_width, spec.cnn_block)
         return DeepfakeClassifier(backbone, backbone.out_features, spec.dropout)
     if spec.arch not in TORCHVISION_ARCHS:
-        raise ValueError(f"unknown classifier arch {spec.arch!r}; allowed: {', '.join(ARCHS)}")
+        raise ValueError(f"unknown classifier arch {spec.arch!r}; allowed: {', '.join(CLASSIFIER_ARCHS)}")
     net, strip_head = TORCHVISION_ARCHS[spec.arch]()
     if imagenet_weights is not None:
         state = torch.load(imagenet_weights, map_location="cpu", weights_only=True)

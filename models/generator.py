@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODELS = ("vae", "dcgan", "wgan_gp")
+from core.params import GENERATOR_MODELS
+
 MIN_SIZE = 8
 MAX_CHANNEL_FACTOR = 8
 
@@ -197,6 +198,6 @@ def discriminator_norm(model: str, spectral_norm: bool) -> str:
 
 def build_generator(arch: GeneratorArch) -> ConvGenerator:
     """The sampling network of any of the three models (for the VAE: its decoder)."""
-    if arch.model not in MODELS:
-        raise ValueError(f"generator model: got {arch.model!r}; allowed: {', '.join(MODELS)}")
+    if arch.model not in GENERATOR_MODELS:
+        raise ValueError(f"generator model: got {arch.model!r}; allowed: {', '.join(GENERATOR_MODELS)}")
     return ConvGenerator(arch.latent_dim, arch.size, arch.g_width, arch.g_depth)

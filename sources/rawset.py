@@ -21,9 +21,8 @@ from tqdm import tqdm
 
 from core.images import ImageDecodeError, decode_rgb
 from core.io import sha1_bytes, stable_hash
-from core.schema import RAW_COLUMNS
+from core.schema import IMAGE_EXTENSIONS, RAW_COLUMNS
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 RAW_IMAGES = Path("data/raw/images")  # where manifest paths point (relative to the project root)
 
 

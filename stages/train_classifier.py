@@ -23,7 +23,7 @@ import torch
 from classifier.checkpoint import ClassifierCheckpoint, save_checkpoint
 from classifier.data import load_split, load_views
 from classifier.metrics import binary_metrics, calibrated, choose_threshold_from_logits, fit_temperature_with_reason
-from classifier.train import EpochRecord, LoopConfig, train_loop
+from classifier.train import EpochRecord, train_loop
 from core.distributed import World, relaunch_under_torchrun, training_world
 from core.errors import MissingInputError, run_stage
 from core.io import write_csv, write_json
@@ -40,10 +40,6 @@ RAW_SUMMARY = Path("data/raw/summary.json")    # data.min_side the raw images we
 OUT_DIR = Path("results/classifier")
 HISTORY_PANELS = {"loss": ["train_loss", "val_loss"], "accuracy": ["train_accuracy", "val_accuracy"],
                   "ROC-AUC": ["train_roc_auc", "val_roc_auc"]}
-
-
-def spec_of(p: ClassifierParams) -> ArchSpec:
-    return ArchSpec(p.arch, p.dropout, p.cnn_depth, p.cnn_width, p.cnn_block)
 
 
 def crop_params() -> FacesParams:
@@ -79,7 +75,7 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
         train = load_split(SPLITS_DIR / "train.csv", p.image_size, progress=world.is_main)
         val = load_split(SPLITS_DIR / "val.csv", p.image_size, progress=world.is_main)
         views = load_views(train, VIEWS, p.image_size, progress=world.is_main)
-    spec = spec_of(p)
+    spec = ArchSpec.from_params(p)
     model = build_classifier(spec, weights.path if weights else None)
     mean, std = spec.normalisation
     history: list[dict] = []
@@ -101,9 +97,8 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
                   f"val loss {record.val_loss:.4f} acc {record.val_accuracy:.3f} auc {record.val_roc_auc:.3f} "
                   f"({record.seconds:.1f}s)")
 
-        result = train_loop(model, train.images, train.labels, val.images, val.labels, LoopConfig.from_params(p),
-                            device, mean, std, on_epoch=on_epoch if world.is_main else None, world=world,
-                            views=views)
+        result = train_loop(model, train.images, train.labels, val.images, val.labels, p, device, mean, std,
+                            on_epoch=on_epoch if world.is_main else None, world=world, views=views)
         if not world.is_main:
             return
         fit = fit_temperature_with_reason(result.val_logits, val.labels)  # never collapses on separable val

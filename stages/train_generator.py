@@ -41,8 +41,9 @@ def main() -> None:
 
 def train_and_save(p: GeneratorParams, world: World, device: torch.device, threads: int) -> None:
     rows = training_rows(read_csv(TRAIN_SPLIT), p.train_on)
-    images = load_image_cache([Path(x) for x in rows["path"]], p.image_size, desc=f"caching {len(rows)} faces",
-                              progress=world.is_main)
+    with world.main_first():  # rank 0 builds the image cache, the other ranks then read it
+        images = load_image_cache([Path(x) for x in rows["path"]], p.image_size, desc=f"{len(rows)} faces",
+                                  progress=world.is_main, cache_name=f"generator-train-{p.train_on}")
     run_hash = params_hash(p, tensor_fingerprint(images))
     work_dir = WORK_ROOT / run_hash
     if not world.is_main:

@@ -5,6 +5,7 @@ high-frequency trace) and a colour cast, so a small network learns them in a cou
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pandas as pd
 from PIL import Image
 
 from core.io import write_csv, write_json
+from core.params import ClassifierParams
 from core.schema import SPLIT_COLUMNS
 
 GENERATORS = ("gan_a", "gan_b")
@@ -81,3 +83,15 @@ def tiny_classifier_params(**overrides: object) -> dict[str, object]:
                                  "freeze_backbone_epochs": 0, "max_minutes": 0, "device": "cpu", "threads": 1}
     values.update(overrides)
     return values
+
+
+NO_AUGMENTATION = {"aug_flip": 0.0, "aug_color_jitter": 0.0, "aug_crop_scale": 1.0, "aug_jpeg_prob": 0.0,
+                   "aug_blur_prob": 0.0, "aug_noise_prob": 0.0, "aug_grayscale": 0.0}
+
+
+def loop_params(**overrides: object) -> ClassifierParams:
+    """The classifier params block for train_loop tests: params.yaml's defaults without augmentation, label
+    smoothing, frozen warm-up, early stopping or time budget, unless a test asks for them."""
+    quiet = {**NO_AUGMENTATION, "label_smoothing": 0.0, "freeze_backbone_epochs": 0, "early_stopping_patience": 0,
+             "max_minutes": 0.0}
+    return dataclasses.replace(ClassifierParams(), **{**quiet, **overrides})  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from classifier.metrics import (TEMPERATURE_BOUNDS, calibrated, choose_threshold, choose_threshold_from_logits,
                                 fit_temperature, fit_temperature_with_reason, negative_log_likelihood, separable,
@@ -111,3 +112,23 @@ def test_train_classifier_records_the_temperature_reason(in_tmp_project, one_tor
     assert load_checkpoint(out / "model.pt").info["temperature_reason"] == reason
     runs = mlflow.search_runs(experiment_names=["deepfake-pipeline"])
     assert list(runs["tags.classifier.temperature_reason"]) == [reason]
+
+
+@pytest.mark.parametrize("bins", [5, 15, 40])
+@pytest.mark.parametrize("case", ["calibrated", "overconfident", "skewed"])
+def test_expected_calibration_error_matches_torchmetrics(bins: int, case: str) -> None:
+    """classifier.metrics keeps its own ECE (it is the reliability table's, the one evaluate plots) because it
+    equals torchmetrics' binary L1 calibration error: equal-width bins of the probability of fake, each bin's
+    |mean probability - fraction fake| weighted by its share of the images. (One difference at the edge: a
+    probability of exactly 1.0 falls in the last bin here, in a bin of its own in torchmetrics.)"""
+    from torchmetrics.functional.classification import binary_calibration_error
+
+    from classifier.metrics import expected_calibration_error
+
+    rng = np.random.default_rng(bins)
+    p = {"calibrated": rng.uniform(0, 1, 500), "overconfident": rng.beta(0.3, 0.3, 500),
+         "skewed": rng.beta(5, 1, 500)}[case].clip(1e-9, 1 - 1e-9)
+    y = (rng.uniform(0, 1, 500) < (p if case == "calibrated" else np.sqrt(p))).astype(np.float64)
+    ours = expected_calibration_error(y, p, bins)
+    reference = float(binary_calibration_error(torch.from_numpy(p), torch.from_numpy(y).long(), n_bins=bins, norm="l1"))
+    assert ours == pytest.approx(reference, abs=1e-9)

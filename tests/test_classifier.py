@@ -14,18 +14,18 @@ import pandas as pd
 import pytest
 import torch
 
-from classifier import data as classifier_data
 from classifier.augment import AugmentConfig, Augmenter, gaussian_blur, jpeg_recompress
 from classifier.checkpoint import ClassifierCheckpoint, load_checkpoint, load_model, save_checkpoint
-from classifier.data import ClassifierDataError, load_split, normalise, to_unit
+from classifier.data import load_split, normalise, to_unit
 from classifier.infer import infer_logits
 from classifier.metrics import calibrated, choose_threshold, fit_temperature, negative_log_likelihood
-from classifier.train import LoopConfig, class_weights, train_loop
-from core import pretrained
+from classifier.train import class_weights, train_loop
+from core import pixels, pretrained
+from core.errors import InputError
 from core.params import ClassifierParams, ParamsError, parse_block
 from core.pretrained import MissingPretrainedWeights, find_weights
 from models.classifier import ArchSpec, build_classifier
-from tests.classifier_fixtures import make_splits, synthetic_face, tiny_classifier_params
+from tests.classifier_fixtures import loop_params, make_splits, synthetic_face, tiny_classifier_params
 from tests.conftest import PROJECT_ROOT, shared_set
 from tests.helpers import set_params
 
@@ -58,15 +58,20 @@ def training_loss(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, mean: tu
     return float(torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(y)))
 
 
+def backbone(arch: str) -> ArchSpec:
+    """A torchvision backbone without dropout (the cnn_* fields do not apply to it)."""
+    return ArchSpec.from_params(loop_params(arch=arch, dropout=0.0))
+
+
 ARCH_CASES = [
     pytest.param(ArchSpec("cnn", 0.0, 2, 8, "residual"), False, id="cnn-residual"),
     pytest.param(ArchSpec("cnn", 0.0, 2, 8, "plain"), False, id="cnn-plain"),
-    pytest.param(ArchSpec("mobilenet_v2", 0.0), False, id="mobilenet_v2-scratch"),
-    pytest.param(ArchSpec("mobilenet_v2", 0.0), True, id="mobilenet_v2-imagenet"),
-    pytest.param(ArchSpec("resnet18", 0.0), False, id="resnet18-scratch"),
-    pytest.param(ArchSpec("resnet18", 0.0), True, id="resnet18-imagenet"),
-    pytest.param(ArchSpec("efficientnet_b0", 0.0), False, id="efficientnet_b0-scratch"),
-    pytest.param(ArchSpec("efficientnet_b0", 0.0), True, id="efficientnet_b0-imagenet"),
+    pytest.param(backbone("mobilenet_v2"), False, id="mobilenet_v2-scratch"),
+    pytest.param(backbone("mobilenet_v2"), True, id="mobilenet_v2-imagenet"),
+    pytest.param(backbone("resnet18"), False, id="resnet18-scratch"),
+    pytest.param(backbone("resnet18"), True, id="resnet18-imagenet"),
+    pytest.param(backbone("efficientnet_b0"), False, id="efficientnet_b0-scratch"),
+    pytest.param(backbone("efficientnet_b0"), True, id="efficientnet_b0-imagenet"),
 ]
 
 
@@ -84,7 +89,7 @@ def test_each_arch_trains_and_loss_falls(spec: ArchSpec, imagenet: bool) -> None
     # statistics settle (measured: 2 epochs raise the loss for every seed tried, 6 lower it for all).
     deep_scratch = spec.arch != "cnn" and not imagenet
     epochs, lr = (6, 1e-3) if deep_scratch else (2, 1e-3 if imagenet else 3e-3)
-    cfg = LoopConfig(epochs=epochs, batch_size=8, lr=lr, freeze_backbone_epochs=0, seed=0)
+    cfg = loop_params(epochs=epochs, batch_size=8, lr=lr, freeze_backbone_epochs=0, seed=0)
     result = train_loop(model, x, y, xv, yv, cfg, CPU, mean, std, progress=False)
     assert len(result.history) == epochs and result.stop_reason == "completed"
     assert training_loss(result.model, x, y, mean, std) < before - 0.005
@@ -97,7 +102,7 @@ def test_frozen_backbone_epoch_changes_only_the_head() -> None:
     model = build_classifier(spec)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = toy_arrays(16, seed=3)
-    cfg = LoopConfig(epochs=1, batch_size=8, freeze_backbone_epochs=1)
+    cfg = loop_params(epochs=1, batch_size=8, freeze_backbone_epochs=1)  # pretrained: imagenet (the default)
     result = train_loop(model, x, y, x, y, cfg, CPU, *spec.normalisation, progress=False)
     after = result.model.state_dict()
     assert result.history[0].backbone_frozen
@@ -108,7 +113,7 @@ def test_frozen_backbone_epoch_changes_only_the_head() -> None:
 def test_time_budget_stops_after_the_current_epoch() -> None:
     spec = ArchSpec("cnn", 0.0, 1, 4, "plain")
     x, y = toy_arrays(16, seed=4)
-    cfg = LoopConfig(epochs=5, batch_size=8, max_minutes=1e-6)
+    cfg = loop_params(epochs=5, batch_size=8, max_minutes=1e-6)
     result = train_loop(build_classifier(spec), x, y, x, y, cfg, CPU, *spec.normalisation, progress=False)
     assert result.stop_reason == "time_budget" and len(result.history) == 1
 
@@ -119,7 +124,7 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
     spec = ArchSpec("cnn", 0.0, 2, 8, "residual")
     x, y = toy_arrays(32, seed=9)
     xv, yv = toy_arrays(16, seed=10)
-    cfg = LoopConfig(epochs=6, batch_size=8, lr=3e-3, early_stopping_patience=1)
+    cfg = loop_params(epochs=6, batch_size=8, lr=3e-3, early_stopping_patience=1)
     result = train_loop(build_classifier(spec), x, 1 - y, xv, yv, cfg, CPU, *spec.normalisation, progress=False)
     assert result.stop_reason == "early_stopping" and len(result.history) < 6
     best = result.history[result.best_epoch - 1]
@@ -132,7 +137,7 @@ def test_validation_needs_both_classes() -> None:
     spec = ArchSpec("cnn", 0.0, 1, 4, "plain")
     x, y = toy_arrays(8, seed=5)
     with pytest.raises(ValueError, match="both real and fake"):
-        train_loop(build_classifier(spec), x, y, x[::2], y[::2], LoopConfig(epochs=1), CPU, *spec.normalisation)
+        train_loop(build_classifier(spec), x, y, x[::2], y[::2], loop_params(epochs=1), CPU, *spec.normalisation)
 
 
 def test_class_weights_only_when_imbalanced() -> None:
@@ -231,11 +236,11 @@ def test_cache_is_built_once_and_keyed_by_content(in_tmp_project: Path) -> None:
         raise AssertionError("cache hit expected, but an image was decoded")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(classifier_data, "decode_face", no_decode)
+        mp.setattr(pixels, "decode_square", no_decode)
         again = load_split(csvs["train"], 24)
     assert np.array_equal(np.asarray(again.images), np.asarray(first.images))
 
-    cache = in_tmp_project / "data/cache/classifier"
+    cache = in_tmp_project / "data/cache/pixels"
     old = sorted(cache.glob("train-*.npy"))
     frame = pd.read_csv(csvs["train"], keep_default_na=False).iloc[:5]
     frame.to_csv(csvs["train"], index=False)  # content changes -> new key, stale entry removed
@@ -247,14 +252,14 @@ def test_cache_is_built_once_and_keyed_by_content(in_tmp_project: Path) -> None:
 def test_cache_reports_a_corrupt_crop(in_tmp_project: Path) -> None:
     csvs = make_splits(in_tmp_project, {"train": 4, "val": 4, "test": 4})
     (in_tmp_project / "data/faces/images/train0001.png").write_bytes(b"\x89PNG broken")
-    with pytest.raises(ClassifierDataError, match="train0001.png"):
+    with pytest.raises(InputError, match="train0001.png"):
         load_split(csvs["train"], 32)
-    assert not list((in_tmp_project / "data/cache/classifier").glob("*.npy"))
+    assert not list((in_tmp_project / "data/cache/pixels").glob("*.npy"))
 
 
 def test_augmenter_is_seeded_and_stays_in_range() -> None:
     x = torch.from_numpy(toy_arrays(8, seed=6)[0])
-    cfg = AugmentConfig(0.5, 0.3, 0.6, 0.5, 40, 0.5, 2.0, 0.5, 0.05)
+    cfg = AugmentConfig(0.5, 0.3, 0.6, 0.5, 40, 0.5, 2.0, 0.5, 0.05, 0.1)
     a = Augmenter(cfg, torch.Generator().manual_seed(0))(x)
     b = Augmenter(cfg, torch.Generator().manual_seed(0))(x)
     c = Augmenter(cfg, torch.Generator().manual_seed(1))(x)
@@ -266,7 +271,7 @@ def test_augmenter_is_seeded_and_stays_in_range() -> None:
 
 def test_flip_only_augmentation_is_an_exact_mirror() -> None:
     x = torch.from_numpy(toy_arrays(4, seed=7)[0])
-    cfg = AugmentConfig(1.0, 0.0, 1.0, 0.0, 95, 0.0, 1.0, 0.0, 0.0)
+    cfg = AugmentConfig(1.0, 0.0, 1.0, 0.0, 95, 0.0, 1.0, 0.0, 0.0, 0.0)
     out = Augmenter(cfg, torch.Generator().manual_seed(0))(x)
     assert torch.equal(out, to_unit(x).flip(-1))
     assert torch.equal(Augmenter(AugmentConfig.none(), torch.Generator())(x), to_unit(x))
@@ -275,7 +280,7 @@ def test_flip_only_augmentation_is_an_exact_mirror() -> None:
 
 def test_fused_colour_jitter_equals_the_sequential_definition() -> None:
     x = torch.rand(4, 3, 8, 8) * 0.5 + 0.25
-    cfg = AugmentConfig(0.0, 0.3, 1.0, 0.0, 95, 0.0, 1.0, 0.0, 0.0)
+    cfg = AugmentConfig(0.0, 0.3, 1.0, 0.0, 95, 0.0, 1.0, 0.0, 0.0, 0.0)
     fused = Augmenter(cfg, torch.Generator().manual_seed(5))._colour(x)
     g = torch.Generator().manual_seed(5)
     b = (0.7 + 0.6 * torch.rand(4, generator=g)).view(-1, 1, 1, 1)

@@ -16,13 +16,13 @@ import torch
 
 from classifier.checkpoint import load_model
 from classifier.infer import infer_logits
-from classifier.train import LoopConfig, train_loop
+from classifier.train import train_loop
 from core import distributed
 from core.distributed import World, local_processes, relaunch_under_torchrun, world_from_env
 from core.params import GeneratorParams, parse_block
 from generator.sampling import load_generator
 from generator.train import train
-from tests.classifier_fixtures import make_splits, tiny_classifier_params
+from tests.classifier_fixtures import loop_params, make_splits, tiny_classifier_params
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import set_params
 
@@ -88,7 +88,7 @@ def test_a_global_batch_too_small_to_split_is_a_clear_error(tmp_path: Path) -> N
 
     model = build_classifier(ArchSpec("cnn", 0.0, 1, 4, "plain"))
     with pytest.raises(ValueError, match="at least 8"):
-        train_loop(model, x, y, x, y, LoopConfig(batch_size=4), torch.device("cpu"), (0.5,) * 3, (0.5,) * 3,
+        train_loop(model, x, y, x, y, loop_params(batch_size=4), torch.device("cpu"), (0.5,) * 3, (0.5,) * 3,
                    world=World(rank=0, size=4))
     p = parse_block("generator", GeneratorParams, {**TINY_GENERATOR, "batch_size": 4})
     with pytest.raises(ValueError, match="at least 2 images per batch"):

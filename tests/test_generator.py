@@ -12,14 +12,16 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from classifier.data import load_split
+from core import pixels
 from core.io import read_csv
 from core.params import GeneratorParams, ParamsError, parse_block
 from core.schema import SPLIT_COLUMNS
 from generator.augment import AUGMENTATIONS, aug_color, aug_cutout, aug_translation, augment
-from generator.data import training_rows
+from generator.data import load_image_cache, training_rows
 from generator.sampling import load_generator, load_torch
 from generator.train import model_payload, save_torch, train
-from generator.trainers import EMA, build_trainer, gradient_penalty
+from generator.trainers import build_trainer, ema_of, gradient_penalty
 from models.generator import VAE, ConvDiscriminator, ConvGenerator, GeneratorArch, kl_divergence
 from tests.helpers import set_params
 
@@ -149,21 +151,27 @@ def test_gradient_penalty_is_taken_at_the_interpolates() -> None:
     assert gp.item() != pytest.approx(at_real, rel=1e-3)
 
 
-def test_ema_update_follows_the_formula_and_differs_from_raw() -> None:
+def test_ema_update_follows_the_ramped_formula_differs_from_raw_and_resumes() -> None:
     net = torch.nn.Linear(2, 1)
     with torch.no_grad():
         net.weight.fill_(1.0)
-    ema = EMA(net, decay=0.999)
+    ema = ema_of(net, decay=0.999)
     with torch.no_grad():
         net.weight.fill_(3.0)
-    ema.update(net)  # first step: decay min(0.999, 1/10) = 0.1
-    assert torch.allclose(ema.module.weight, torch.full((1, 2), 0.1 * 1.0 + 0.9 * 3.0))
+    ema.update_parameters(net)  # first update: a copy
+    assert torch.allclose(ema.module.weight, torch.full((1, 2), 3.0))
     with torch.no_grad():
         net.weight.fill_(5.0)
-    ema.update(net)  # second step: decay 2/11
-    expected = 2 / 11 * 2.8 + 9 / 11 * 5.0
+    ema.update_parameters(net)  # second update: keeps min(0.999, 2/11) of the average
+    expected = 2 / 11 * 3.0 + 9 / 11 * 5.0
     assert torch.allclose(ema.module.weight, torch.full((1, 2), expected))
     assert not torch.allclose(ema.module.weight, net.weight)
+    resumed = ema_of(torch.nn.Linear(2, 1), decay=0.999)
+    resumed.load_state_dict(ema.state_dict())  # the update count travels with the weights
+    for average in (ema, resumed):
+        average.update_parameters(net)  # third update: keeps 3/12
+    assert torch.equal(resumed.module.weight, ema.module.weight)
+    assert torch.allclose(ema.module.weight, torch.full((1, 2), 3 / 12 * expected + 9 / 12 * 5.0))
 
 
 def test_diffaugment_ops_are_differentiable_and_do_what_they_say() -> None:
@@ -228,6 +236,19 @@ def test_training_rows_selection_and_empty_error() -> None:
         training_rows(split[split["label"] == "real"], "fake")
 
 
+def test_training_faces_come_from_the_one_image_cache(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_splits(project, {"train": 3}, {"train": {"gen_a": 2}})
+    split_csv = project / "data/splits/train.csv"
+    paths = [Path(x) for x in training_rows(read_csv(split_csv), "all")["path"]]
+    images = load_image_cache(paths, 16, cache_name="generator-train-all")
+    classifier_view = load_split(split_csv, 16)  # the classifier's pixels of the same faces: the same decode
+    assert images.dtype == torch.uint8 and torch.equal(images, torch.from_numpy(np.array(classifier_view.images)))
+    entries = sorted(p.name for p in (project / "data/cache/pixels").glob("*.npy"))
+    assert [e.rsplit("-", 1)[0] for e in entries] == ["generator-train-all", "train"]
+    monkeypatch.setattr(pixels, "decode_square", lambda *_: pytest.fail("cache hit expected, but an image was decoded"))
+    assert torch.equal(load_image_cache(paths, 16, cache_name="generator-train-all"), images)
+
+
 def test_kill_during_training_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     p = tiny_params(model="dcgan", epochs=3)
     images = synthetic_images(16)
@@ -246,7 +267,7 @@ def test_kill_during_training_resumes_from_last_checkpoint(tmp_path: Path) -> No
     assert [m["epoch"] for m in result.history] == [1, 2, 3]
     fresh = train(p, images, tmp_path / "other", "h1", torch.device("cpu"), log=lambda _: None)
     for (k, a), b in zip(result.trainer.sampler().state_dict().items(), fresh.trainer.sampler().state_dict().values()):
-        assert torch.allclose(a.float(), b.float(), atol=1e-5), k  # resume == uninterrupted run
+        assert torch.equal(a, b), k  # resume == uninterrupted run, exactly (EMA included)
     other_hash = train(p, images, tmp_path / "work", "h2", torch.device("cpu"), log=lambda _: None)
     assert other_hash.resumed_from == 0  # a checkpoint of other params is not resumed
 
