@@ -1,4 +1,4 @@
-# make setup | run | demo | test | test-fast | bench | ui | clean
+# make setup | run | demo | test | test-fast | lint | bench | ui | clean
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run demo iterate test test-fast bench ui clean
+.PHONY: setup run demo iterate test test-fast lint bench ui clean
 
 setup: $(VENV)/.installed
 
@@ -42,6 +42,11 @@ test: setup  ## the whole suite (slow tests included; they skip when ../shared/d
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
+
+lint: setup  ## ruff (lint + format check) and mypy, configured in pyproject.toml
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: setup  ## benchmarks on ../shared/data; they print their figures (README "Performance")
 	$(BIN)/python -m bench.faces

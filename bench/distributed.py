@@ -9,6 +9,7 @@ prints each stage's own training throughput and its wall time (including torchru
 On a CPU-only machine this shows what data parallelism costs or gains against intra-op threads;
 on a GPU machine, pass the GPU count. Nothing is asserted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,12 @@ def set_block(root: Path, block: str, values: dict[str, object]) -> None:
 
 
 def run_stage(root: Path, stage: str) -> float:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=root, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -66,16 +71,21 @@ def main() -> None:
         pretrained = "imagenet"
     except FileNotFoundError:
         pretrained = "none"
-    print(f"load average {os.getloadavg()[0]:.1f}; {args.n} synthetic crops, {args.epochs} epochs; "
-          f"classifier mobilenet_v2 ({pretrained}) 128px, generator dcgan 64px")
+    print(
+        f"load average {os.getloadavg()[0]:.1f}; {args.n} synthetic crops, {args.epochs} epochs; "
+        f"classifier mobilenet_v2 ({pretrained}) 128px, generator dcgan 64px"
+    )
     print(f"{'stage':18s} {'processes':>9s} {'train img/s':>12s} {'wall s':>8s}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_project(root, args.n)
         for n_proc in (int(x) for x in args.processes.split(",")):
             common = {"processes": n_proc, "threads": 0, "device": "auto", "epochs": args.epochs, "max_minutes": 0}
-            set_block(root, "classifier", {**common, "arch": "mobilenet_v2", "pretrained": pretrained,
-                                           "early_stopping_patience": 0})
+            set_block(
+                root,
+                "classifier",
+                {**common, "arch": "mobilenet_v2", "pretrained": pretrained, "early_stopping_patience": 0},
+            )
             set_block(root, "generator", {**common, "model": "dcgan", "image_size": 64, "train_on": "all"})
             wall = run_stage(root, "train_classifier")
             rate = json.loads((root / "results/classifier/metrics.json").read_text())["train_images_per_s"]

@@ -11,6 +11,7 @@ the naive loop calls ``MTCNN().detect`` once per full-size image, as notebooks d
 detection (most probable face, prob >= min_prob) counts as found when the stage also has a face
 >= min_prob whose box has IoU >= 0.5 with it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from core.device import pick_device, set_threads  # noqa: E402
@@ -59,7 +60,7 @@ Found = list[tuple[Box, float] | None]
 @dataclass(frozen=True)
 class Timing:
     wall: float  # seconds
-    cpu: float   # process CPU seconds (less sensitive to other load on the machine)
+    cpu: float  # process CPU seconds (less sensitive to other load on the machine)
 
 
 def run_stage(paths: list[Path], params: FacesParams) -> tuple[Timing, Found]:
@@ -96,7 +97,9 @@ def run_naive(paths: list[Path], params: FacesParams, threads: int) -> tuple[Tim
         boxes, probs = mtcnn.detect(image)
         det = best_detection(boxes, probs, (1.0, 1.0))
         if det is not None and det.prob >= params.min_prob:
-            encode(crop_resize(image, face_square(det.box, params.margin, *image.size), params.crop_size), params.encoding)
+            encode(
+                crop_resize(image, face_square(det.box, params.margin, *image.size), params.crop_size), params.encoding
+            )
             found.append((det.box, det.prob))
         else:
             found.append(None)
@@ -112,27 +115,34 @@ def real_rate(name: str, params: FacesParams) -> None:
     paths = sorted((SHARED / name / "real").glob("*.jpg"))
     _, found = run_stage(paths, params)
     hits = sum(1 for f in found if f)
-    print(f"\nstage detection rate on {name}/real: {hits}/{len(paths)} = {hits / len(paths):.4f} "
-          f"(detect_side={params.detect_side}, min_face={params.min_face}, min_prob={params.min_prob})")
+    print(
+        f"\nstage detection rate on {name}/real: {hits}/{len(paths)} = {hits / len(paths):.4f} "
+        f"(detect_side={params.detect_side}, min_face={params.min_face}, min_prob={params.min_prob})"
+    )
 
 
 def parse_configs(text: str) -> list[tuple[int, int]]:
     try:
         return [(int(a), int(b)) for a, b in (c.lower().split("x") for c in text.split(","))]
     except ValueError:
-        raise SystemExit(f"--configs: got {text!r}; expected e.g. 256x16,320x16 (detect_side x batch_size)")
+        raise SystemExit(f"--configs: got {text!r}; expected e.g. 256x16,320x16 (detect_side x batch_size)") from None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", help="detect_side x batch_size list, e.g. 256x16,320x32 "
-                                          "(default: the params.yaml values)")
+    parser.add_argument(
+        "--configs", help="detect_side x batch_size list, e.g. 256x16,320x32 (default: the params.yaml values)"
+    )
     parser.add_argument("--min-face", type=int)
     parser.add_argument("--threads", type=int, help="torch threads of the stage path (default: faces.threads)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-naive", action="store_true", help="stage path only (no comparison)")
-    parser.add_argument("--naive-threads", type=int, default=torch.get_num_threads(),
-                        help="torch threads of the naive loop (default: torch's own default, as in notebooks)")
+    parser.add_argument(
+        "--naive-threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="torch threads of the naive loop (default: torch's own default, as in notebooks)",
+    )
     parser.add_argument("--real-rate", metavar="SET", help="also report the detection rate on SET/real/*.jpg")
     args = parser.parse_args()
 
@@ -141,8 +151,10 @@ def main() -> None:
     params = dataclasses.replace(params, **overrides)
     configs = parse_configs(args.configs) if args.configs else [(params.detect_side, params.batch_size)]
     paths = pick_images(args.seed)
-    print(f"{len(paths)} images from {SHARED}; torch threads: naive {args.naive_threads}, "
-          f"stage {params.threads or 'all'}; params {params}")
+    print(
+        f"{len(paths)} images from {SHARED}; torch threads: naive {args.naive_threads}, "
+        f"stage {params.threads or 'all'}; params {params}"
+    )
 
     naive_t, naive_found = run_naive(paths, params, args.naive_threads) if not args.skip_naive else (None, [])
     rows = []
@@ -151,19 +163,26 @@ def main() -> None:
         rows.append((f"stage side={side} batch={bs} threads={params.threads}", timing, found))
 
     n = len(paths)
-    print("\n| path | images | wall s | images/s | CPU s | faces >= min_prob | speed-up (wall / CPU) "
-          "| naive detections found |\n|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| path | images | wall s | images/s | CPU s | faces >= min_prob | speed-up (wall / CPU) "
+        "| naive detections found |\n|---|---|---|---|---|---|---|---|"
+    )
     if naive_t:
-        print(f"| naive: MTCNN.detect per full-size image, {args.naive_threads} threads | {n} | {naive_t.wall:.1f} | {n / naive_t.wall:.2f} "
-              f"| {naive_t.cpu:.1f} | {sum(1 for f in naive_found if f)} | 1x | - |")
+        print(
+            f"| naive: MTCNN.detect per full-size image, {args.naive_threads} threads | {n} | {naive_t.wall:.1f} "
+            f"| {n / naive_t.wall:.2f} "
+            f"| {naive_t.cpu:.1f} | {sum(1 for f in naive_found if f)} | 1x | - |"
+        )
     for name, t, found in rows:
         speed = found_share = "-"
         if naive_t:
             hits, total = compare(naive_found, found)
             speed = f"{naive_t.wall / t.wall:.2f}x / {naive_t.cpu / t.cpu:.2f}x"
             found_share = f"{hits}/{total} = {hits / total:.2%}" if total else "-"
-        print(f"| {name} | {n} | {t.wall:.1f} | {n / t.wall:.2f} | {t.cpu:.1f} | {sum(1 for f in found if f)} "
-              f"| {speed} | {found_share} |")
+        print(
+            f"| {name} | {n} | {t.wall:.1f} | {n / t.wall:.2f} | {t.cpu:.1f} | {sum(1 for f in found if f)} "
+            f"| {speed} | {found_share} |"
+        )
     if args.real_rate:
         real_rate(args.real_rate, params)
 

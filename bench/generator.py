@@ -10,6 +10,7 @@
    of the same shapes (same cost, meaningless values; labelled "random weights").
 Results also go to bench/out/generator.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,16 +44,23 @@ def train_throughput(model: str, size: int, n: int, epochs: int, base: Generator
     for e in range(epochs):
         trainer.train_epoch(e + 2, images)
     seconds = time.perf_counter() - t0
-    return {"images_per_second": n * epochs / seconds, "seconds_per_epoch": seconds / epochs,
-            "critic_steps": p.critic_steps, "device": str(device)}
+    return {
+        "images_per_second": n * epochs / seconds,
+        "seconds_per_epoch": seconds / epochs,
+        "critic_steps": p.critic_steps,
+        "device": str(device),
+    }
 
 
 def random_inception(path: Path) -> Path:
-    with mock.patch.object(inception_module, "load_state_dict_from_url", lambda *a, **k: None), \
-            mock.patch.object(inception_module.FeatureExtractorInceptionV3, "load_state_dict", lambda s, *a, **k: None):
+    with (
+        mock.patch.object(inception_module, "load_state_dict_from_url", lambda *a, **k: None),
+        mock.patch.object(inception_module.FeatureExtractorInceptionV3, "load_state_dict", lambda s, *a, **k: None),
+    ):
         net = inception_module.FeatureExtractorInceptionV3(fd.INCEPTION, [fd.INCEPTION_LAYER])
-    torch.save({k: torch.full_like(v, 0.15) if k.endswith("running_var") else v
-                for k, v in net.state_dict().items()}, path)
+    torch.save(
+        {k: torch.full_like(v, 0.15) if k.endswith("running_var") else v for k, v in net.state_dict().items()}, path
+    )
     return path
 
 
@@ -85,9 +93,14 @@ def fid_timings(n: int, size: int, batch_size: int, inception_weights: str, tmp:
     t3 = time.perf_counter()
     fid_statistics_to_metric(fid_features_to_statistics(fa), fid_features_to_statistics(fb), verbose=False)
     t4 = time.perf_counter()
-    out["inception"] = {"weights": "official" if status.available else "random weights (timing only)",
-                        "extract_s": t1 - t0, "fid_s": t2 - t1, "kid_prc_s": t3 - t2, "total_s": t3 - t0,
-                        "torch_fidelity_eigvals_fid_s": t4 - t3}
+    out["inception"] = {
+        "weights": "official" if status.available else "random weights (timing only)",
+        "extract_s": t1 - t0,
+        "fid_s": t2 - t1,
+        "kid_prc_s": t3 - t2,
+        "total_s": t3 - t0,
+        "torch_fidelity_eigvals_fid_s": t4 - t3,
+    }
     return out
 
 
@@ -104,23 +117,33 @@ def main() -> None:
     set_threads(args.threads)
     base = load_block("generator", GeneratorParams)
     fid_params = load_block("fid", FidParams)
-    results: dict[str, object] = {"torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
-                                  "load_average_at_start": os.getloadavg()[0], "train": {}}
-    print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} "
-          f"(other processes on this machine slow every figure below)")
+    results: dict[str, object] = {
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "load_average_at_start": os.getloadavg()[0],
+        "train": {},
+    }
+    print(
+        f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} "
+        f"(other processes on this machine slow every figure below)"
+    )
     for model in args.models.split(","):
         r = train_throughput(model, args.size, args.n_train, args.epochs, base)
         results["train"][model] = r  # type: ignore[index]
-        print(f"train {model:8s} {args.size}px: {r['images_per_second']:7.1f} img/s "
-              f"({r['seconds_per_epoch']:.2f} s/epoch of {args.n_train}, n_critic {r['critic_steps']}, {r['device']})")
+        print(
+            f"train {model:8s} {args.size}px: {r['images_per_second']:7.1f} img/s "
+            f"({r['seconds_per_epoch']:.2f} s/epoch of {args.n_train}, n_critic {r['critic_steps']}, {r['device']})"
+        )
     if not args.skip_fid:
         with tempfile.TemporaryDirectory() as tmp:
             t = fid_timings(args.n_fid, args.size, fid_params.batch_size, fid_params.inception_weights, Path(tmp))
         results["fid"] = t
         print(f"fid stage, {args.n_fid} vs {args.n_fid} images at {args.size}px:")
         for key in ("fd_mobilenet", "inception"):
-            print(f"  {key:13s} " + ", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
-                                            for k, v in t[key].items()))  # type: ignore[union-attr]
+            print(
+                f"  {key:13s} "
+                + ", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in t[key].items())
+            )  # type: ignore[union-attr]
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2))
     print(f"wrote {OUT}")

@@ -10,6 +10,7 @@ download -> faces -> split -> train_classifier -> evaluate as subprocesses, exac
 from the set's manifest never cross splits). The faces cache survives in the workdir, so a rerun
 only redoes the cheap stages. Prints one table; nothing is asserted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,15 +50,21 @@ def prepare(workdir: Path, source: Path, overrides: list[tuple[str, str, Any]]) 
 
 
 def run_stages(workdir: Path) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
-           "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DVC_NO_ANALYTICS": "1",
+    }
     seconds: dict[str, float] = {}
     for stage in STAGES:
         t0 = time.perf_counter()
         log = workdir / f"{stage}.log"
         with log.open("w") as f:
-            proc = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=workdir, env=env, stdout=f,
-                                  stderr=subprocess.STDOUT)
+            proc = subprocess.run(
+                [sys.executable, "-m", f"stages.{stage}"], cwd=workdir, env=env, stdout=f, stderr=subprocess.STDOUT
+            )
         seconds[stage] = time.perf_counter() - t0
         if proc.returncode != 0:
             raise SystemExit(f"{workdir.name}: stage {stage} failed (exit {proc.returncode}); see {log}")
@@ -69,16 +76,25 @@ def summarise(name: str, workdir: Path, seconds: dict[str, float]) -> dict[str, 
     ev = json.loads((workdir / "results/eval/metrics.json").read_text())
     tr = json.loads((workdir / "results/classifier/metrics.json").read_text())
     test = ev["test"]
-    return {"set": name, "train/val/test": f"{tr['n_train']}/{tr['n_val']}/{test['n']}",
-            "epochs": f"{tr['best_epoch']}/{tr['epochs_run']}", "val_auc": tr["val"]["roc_auc"],
-            "test_auc": test["roc_auc"], "test_bal_acc": test["balanced_accuracy"], "test_eer": test["eer"],
-            "ece": test["ece"], "jpeg50_auc": next(v["roc_auc"] for k, v in ev["robustness"].items()
-                                                   if k.startswith("jpeg")),
-            "meta_auc": ev["shortcut_audit"]["metadata_roc_auc"],
-            **counterfactual_columns(ev), **audit_columns(ev),
-            "T": tr["temperature"],
-            "faces_s": seconds["faces"], "train_s": seconds["train_classifier"], "eval_s": seconds["evaluate"],
-            "total_s": sum(seconds.values())}
+    return {
+        "set": name,
+        "train/val/test": f"{tr['n_train']}/{tr['n_val']}/{test['n']}",
+        "epochs": f"{tr['best_epoch']}/{tr['epochs_run']}",
+        "val_auc": tr["val"]["roc_auc"],
+        "test_auc": test["roc_auc"],
+        "test_bal_acc": test["balanced_accuracy"],
+        "test_eer": test["eer"],
+        "ece": test["ece"],
+        "jpeg50_auc": next(v["roc_auc"] for k, v in ev["robustness"].items() if k.startswith("jpeg")),
+        "meta_auc": ev["shortcut_audit"]["metadata_roc_auc"],
+        **counterfactual_columns(ev),
+        **audit_columns(ev),
+        "T": tr["temperature"],
+        "faces_s": seconds["faces"],
+        "train_s": seconds["train_classifier"],
+        "eval_s": seconds["evaluate"],
+        "total_s": sum(seconds.values()),
+    }
 
 
 def counterfactual_columns(ev: dict[str, Any]) -> dict[str, Any]:
@@ -99,8 +115,11 @@ def audit_columns(ev: dict[str, Any]) -> dict[str, Any]:
     if not feats:
         return {}
     worst = max(feats, key=lambda k: abs(feats[k] - 0.5))
-    return {"audit_top": f"{worst}={feats[worst]:.2f}", "audit_all_auc": crop.get("combined", {}).get("test_auc"),
-            "audit_warnings": len(crop.get("warnings", []))}
+    return {
+        "audit_top": f"{worst}={feats[worst]:.2f}",
+        "audit_all_auc": crop.get("combined", {}).get("test_auc"),
+        "audit_warnings": len(crop.get("warnings", [])),
+    }
 
 
 def fmt(v: Any) -> str:

@@ -11,10 +11,12 @@
 
 Pure compute is the best of two runs, the real loop the best of epochs 2 and 3 (epoch 1 warms up).
 
-Data loading alone is timed too (no model): the cache + augmentations against ImageFolder + PIL with\nthe same augmentations and with only crop/flip/jitter.
+Data loading alone is timed too (no model): the cache + augmentations against ImageFolder + PIL with
+the same augmentations and with only crop/flip/jitter.
 Face crops come from ``--split`` (a split CSV of the project) or are synthetic PNGs of ``--size``.
 Prints one table; nothing is asserted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,14 +50,26 @@ def synthetic_split(root: Path, n: int, size: int, seed: int = 0) -> Path:
     yy, xx = np.mgrid[0:size, 0:size] / size
     for i in range(n):
         label = FAKE if i % 2 else REAL
-        base = rng.uniform(0.2, 0.8, 3) + yy[..., None] * rng.uniform(-0.3, 0.3, 3) + xx[..., None] * rng.uniform(-0.3, 0.3, 3)
+        base = (
+            rng.uniform(0.2, 0.8, 3)
+            + yy[..., None] * rng.uniform(-0.3, 0.3, 3)
+            + xx[..., None] * rng.uniform(-0.3, 0.3, 3)
+        )
         texture = 0.08 * np.sin(xx[..., None] * rng.uniform(5, 40) + yy[..., None] * rng.uniform(5, 40))
         img = np.clip(base + texture + rng.normal(0, 0.03, (size, size, 3)), 0, 1)
         path = root / label / f"{i:05d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray((img * 255).astype(np.uint8)).save(path)
-        rows.append({"id": f"{i:05d}", "path": str(path), "label": label, "generator": "bench" if i % 2 else REAL_GENERATOR,
-                     "status": "ok", "split": "train"})
+        rows.append(
+            {
+                "id": f"{i:05d}",
+                "path": str(path),
+                "label": label,
+                "generator": "bench" if i % 2 else REAL_GENERATOR,
+                "status": "ok",
+                "split": "train",
+            }
+        )
     csv = root / "train.csv"
     write_csv(csv, pd.DataFrame(rows).reindex(columns=SPLIT_COLUMNS, fill_value=""))
     return csv
@@ -71,8 +85,14 @@ def imagefolder_from_split(csv: Path, root: Path) -> Path:
     return root
 
 
-def pure_compute(model: nn.Module, batches: list[torch.Tensor], labels: list[torch.Tensor], device: torch.device,
-                 steps: int, warmup: int = 2) -> float:
+def pure_compute(
+    model: nn.Module,
+    batches: list[torch.Tensor],
+    labels: list[torch.Tensor],
+    device: torch.device,
+    steps: int,
+    warmup: int = 2,
+) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
     seen, t0 = 0, 0.0
@@ -90,8 +110,9 @@ def pure_compute(model: nn.Module, batches: list[torch.Tensor], labels: list[tor
     return seen / (time.perf_counter() - t0)
 
 
-def imagefolder_loader(folder: Path, size: int, batch_size: int, workers: int,
-                       aug: AugmentConfig | None = None) -> torch.utils.data.DataLoader:
+def imagefolder_loader(
+    folder: Path, size: int, batch_size: int, workers: int, aug: AugmentConfig | None = None
+) -> torch.utils.data.DataLoader:
     """ImageFolder + PIL decoding + torchvision v2 transforms. With ``aug``: the same augmentations as
     the real loop (crop, flip, jitter, JPEG, blur, noise with the same probabilities); without: only
     random resized crop, flip and colour jitter (the usual minimal pipeline)."""
@@ -99,22 +120,29 @@ def imagefolder_loader(folder: Path, size: int, batch_size: int, workers: int,
     from torchvision.transforms import v2
 
     a = aug or AugmentConfig.from_params(ClassifierParams())
-    steps: list = [v2.RandomResizedCrop(size, scale=(a.crop_scale, 1.0)), v2.RandomHorizontalFlip(a.flip),
-                   v2.ColorJitter(a.color_jitter, a.color_jitter, a.color_jitter)]
+    steps: list = [
+        v2.RandomResizedCrop(size, scale=(a.crop_scale, 1.0)),
+        v2.RandomHorizontalFlip(a.flip),
+        v2.ColorJitter(a.color_jitter, a.color_jitter, a.color_jitter),
+    ]
     if aug is not None:
-        steps += [v2.RandomApply([v2.JPEG((min(a.jpeg_quality, 95), 95))], p=a.jpeg_prob),
-                  v2.RandomApply([v2.GaussianBlur(2 * int(3 * a.blur_sigma) + 1, (0.1, a.blur_sigma))], p=a.blur_prob)]
+        steps += [
+            v2.RandomApply([v2.JPEG((min(a.jpeg_quality, 95), 95))], p=a.jpeg_prob),
+            v2.RandomApply([v2.GaussianBlur(2 * int(3 * a.blur_sigma) + 1, (0.1, a.blur_sigma))], p=a.blur_prob),
+        ]
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if aug is not None:
         steps += [v2.RandomApply([v2.GaussianNoise(sigma=a.noise_std, clip=True)], p=a.noise_prob)]
     steps += [v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     ds = datasets.ImageFolder(str(folder), transform=v2.Compose(steps))
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                       drop_last=True, persistent_workers=workers > 0)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0
+    )
 
 
-def imagefolder_train(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
-                      steps: int, warmup: int = 2) -> float:
+def imagefolder_train(
+    model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device, steps: int, warmup: int = 2
+) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
     seen, t0, k = 0, time.perf_counter(), 0
@@ -188,37 +216,77 @@ def main() -> None:
         rows: list[tuple[str, float]] = []
 
         # data only
-        rows.append(("data only: uint8 cache + tensor augmentations", loader_only_cache(data.images, aug, args.batch_size, device)))
+        rows.append(
+            (
+                "data only: uint8 cache + tensor augmentations",
+                loader_only_cache(data.images, aug, args.batch_size, device),
+            )
+        )
         for w in args.workers:
-            rows.append((f"data only: ImageFolder + PIL, crop/flip/jitter, {w} workers",
-                         loader_only_imagefolder(imagefolder_loader(folder, args.size, args.batch_size, w))))
-            rows.append((f"data only: ImageFolder + PIL, same augmentations, {w} workers",
-                         loader_only_imagefolder(imagefolder_loader(folder, args.size, args.batch_size, w, aug))))
+            rows.append(
+                (
+                    f"data only: ImageFolder + PIL, crop/flip/jitter, {w} workers",
+                    loader_only_imagefolder(imagefolder_loader(folder, args.size, args.batch_size, w)),
+                )
+            )
+            rows.append(
+                (
+                    f"data only: ImageFolder + PIL, same augmentations, {w} workers",
+                    loader_only_imagefolder(imagefolder_loader(folder, args.size, args.batch_size, w, aug)),
+                )
+            )
 
         # training
         torch.manual_seed(0)
         x = torch.from_numpy(np.array(data.images[: args.batch_size * 2]))
-        batches = [prepare_input(normalise(x[i:i + args.batch_size].float() / 255, (0, 0, 0), (1, 1, 1)), mean, std, device)
-                   for i in range(0, len(x), args.batch_size)]
-        labels = [torch.from_numpy(data.labels[i:i + args.batch_size]).to(device) for i in range(0, len(x), args.batch_size)]
-        compute = max(pure_compute(build_classifier(spec).to(device), batches, labels, device, args.steps)
-                      for _ in range(2))
+        batches = [
+            prepare_input(normalise(x[i : i + args.batch_size].float() / 255, (0, 0, 0), (1, 1, 1)), mean, std, device)
+            for i in range(0, len(x), args.batch_size)
+        ]
+        labels = [
+            torch.from_numpy(data.labels[i : i + args.batch_size]).to(device) for i in range(0, len(x), args.batch_size)
+        ]
+        compute = max(
+            pure_compute(build_classifier(spec).to(device), batches, labels, device, args.steps) for _ in range(2)
+        )
         rows.append(("train: pure compute (in-memory tensors)", compute))
         # params defaults, 3 whole epochs, every layer trained (no frozen warm-up, no early stop, no budget)
-        loop = dataclasses.replace(params, epochs=3, batch_size=args.batch_size, freeze_backbone_epochs=0,
-                                   early_stopping_patience=0, max_minutes=0)
+        loop = dataclasses.replace(
+            params,
+            epochs=3,
+            batch_size=args.batch_size,
+            freeze_backbone_epochs=0,
+            early_stopping_patience=0,
+            max_minutes=0,
+        )
         val_idx = np.linspace(0, n - 1, min(n, 2 * args.batch_size)).astype(int)  # both classes
-        result = train_loop(build_classifier(spec), data.images, data.labels, data.images[val_idx], data.labels[val_idx],
-                            loop, device, mean, std, progress=False)
+        result = train_loop(
+            build_classifier(spec),
+            data.images,
+            data.labels,
+            data.images[val_idx],
+            data.labels[val_idx],
+            loop,
+            device,
+            mean,
+            std,
+            progress=False,
+        )
         real = max(h.train_images_per_s for h in result.history[1:])
         rows.append(("train: real loop (cache + augmentations), best of epochs 2-3", real))
         for w in args.workers:
             loader = imagefolder_loader(folder, args.size, args.batch_size, w, aug)
-            rows.append((f"train: ImageFolder + PIL, same augmentations, {w} workers",
-                         imagefolder_train(build_classifier(spec).to(device), loader, device, args.steps)))
+            rows.append(
+                (
+                    f"train: ImageFolder + PIL, same augmentations, {w} workers",
+                    imagefolder_train(build_classifier(spec).to(device), loader, device, args.steps),
+                )
+            )
 
-    print(f"\nbench.train: arch {args.arch}, {args.size}px, batch {args.batch_size}, {n} images, device {device}, "
-          f"torch threads {threads}; cache built in {cache_s:.1f}s ({n / cache_s:.0f} img/s)")
+    print(
+        f"\nbench.train: arch {args.arch}, {args.size}px, batch {args.batch_size}, {n} images, device {device}, "
+        f"torch threads {threads}; cache built in {cache_s:.1f}s ({n / cache_s:.0f} img/s)"
+    )
     width = max(len(r[0]) for r in rows)
     print(f"{'measurement':<{width}}  images/s")
     for name, value in rows:
@@ -227,8 +295,10 @@ def main() -> None:
     minimal = max(v for k, v in rows if k.startswith("data only: ImageFolder") and "same" not in k)
     fastest_folder_train = max(v for k, v in rows if k.startswith("train: ImageFolder"))
     print(f"real loop / pure compute: {real / compute:.2f} (target >= 1/1.2 = 0.83)")
-    print(f"data: cache+aug / best ImageFolder loader with the same augmentations: {rows[0][1] / same:.1f}x, "
-          f"with only crop/flip/jitter: {rows[0][1] / minimal:.1f}x (target >= 5x)")
+    print(
+        f"data: cache+aug / best ImageFolder loader with the same augmentations: {rows[0][1] / same:.1f}x, "
+        f"with only crop/flip/jitter: {rows[0][1] / minimal:.1f}x (target >= 5x)"
+    )
     print(f"train: real loop / best ImageFolder training loop: {real / fastest_folder_train:.2f}x")
 
 

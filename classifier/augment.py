@@ -4,6 +4,7 @@ Both work on whole batches of tensors: the corruptions (JPEG re-compression, blu
 noise, greyscale) are plain functions; ``Augmenter`` draws which images get which, from one seeded
 generator.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,7 +36,7 @@ def gaussian_blur(x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     radius = min(radius, min(h, w) - 1)  # reflect padding needs pad < side
     pos = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     s = sigmas.to(x.device, x.dtype).clamp_min(1e-3).view(b, 1)
-    kernel = torch.exp(-pos.view(1, -1) ** 2 / (2 * s ** 2))
+    kernel = torch.exp(-(pos.view(1, -1) ** 2) / (2 * s**2))
     kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (b*c, k)
     k = kernel.shape[1]
     flat = x.reshape(1, b * c, h, w)
@@ -47,8 +48,13 @@ def gaussian_blur(x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
 def down_up(x: torch.Tensor, factor: float) -> torch.Tensor:
     """Downscale by ``factor`` (antialiased) and back up to the original size (bilinear)."""
     h, w = x.shape[-2:]
-    small = F.interpolate(x, size=(max(1, round(h * factor)), max(1, round(w * factor))), mode="bilinear",
-                          antialias=True, align_corners=False)
+    small = F.interpolate(
+        x,
+        size=(max(1, round(h * factor)), max(1, round(w * factor))),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    )
     return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
 
 
@@ -85,10 +91,18 @@ class AugmentConfig:
 
     @classmethod
     def from_params(cls, p: ClassifierParams) -> AugmentConfig:
-        return cls(flip=p.aug_flip, color_jitter=p.aug_color_jitter, crop_scale=p.aug_crop_scale,
-                   jpeg_prob=p.aug_jpeg_prob, jpeg_quality=p.aug_jpeg_quality, blur_prob=p.aug_blur_prob,
-                   blur_sigma=p.aug_blur_sigma, noise_prob=p.aug_noise_prob, noise_std=p.aug_noise_std,
-                   grayscale=p.aug_grayscale)
+        return cls(
+            flip=p.aug_flip,
+            color_jitter=p.aug_color_jitter,
+            crop_scale=p.aug_crop_scale,
+            jpeg_prob=p.aug_jpeg_prob,
+            jpeg_quality=p.aug_jpeg_quality,
+            blur_prob=p.aug_blur_prob,
+            blur_sigma=p.aug_blur_sigma,
+            noise_prob=p.aug_noise_prob,
+            noise_std=p.aug_noise_std,
+            grayscale=p.aug_grayscale,
+        )
 
     @classmethod
     def none(cls) -> AugmentConfig:

@@ -5,6 +5,7 @@ evaluate and predict need: the weights, the architecture, the input normalisatio
 temperature and the decision threshold (both fitted on validation), and the faces params of
 training so predict crops faces the same way.
 """
+
 from __future__ import annotations
 
 import io
@@ -19,8 +20,19 @@ from core.io import atomic_write_bytes
 from models.classifier import ArchSpec, DeepfakeClassifier, build_classifier
 
 FORMAT = "deepfake-classifier/1"
-REQUIRED = ("format", "state_dict", "arch", "temperature", "threshold", "threshold_rule", "mean", "std",
-            "image_size", "faces", "info")
+REQUIRED = (
+    "format",
+    "state_dict",
+    "arch",
+    "temperature",
+    "threshold",
+    "threshold_rule",
+    "mean",
+    "std",
+    "image_size",
+    "faces",
+    "info",
+)
 
 
 class CheckpointError(PipelineError, ValueError):

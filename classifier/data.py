@@ -3,6 +3,7 @@
 A split's face crops come from the one uint8 image cache (``core.pixels``; one entry per split,
 ``data/cache/pixels/<split>-<key>.npy``), memory-mapped.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,8 +51,9 @@ def labels_of(frame: pd.DataFrame, name: str) -> np.ndarray:
     return frame["label"].map(LABEL_VALUES).to_numpy(dtype=np.float32)
 
 
-def load_split(csv_path: Path, size: int, cache_dir: Path = CACHE_DIR, root: Path = Path("."),
-               progress: bool = True) -> SplitData:
+def load_split(
+    csv_path: Path, size: int, cache_dir: Path = CACHE_DIR, root: Path = Path("."), progress: bool = True
+) -> SplitData:
     """The split's rows and memory-mapped pixels, decoding into the cache only on a miss."""
     name = csv_path.stem
     frame = read_csv(csv_path)
@@ -70,8 +72,8 @@ class TrainViews:
     """Extra views of training rows (the faces stage's tighter framings): each epoch a row is shown as its
     crop or one of its views, uniformly at random."""
 
-    images: np.ndarray            # (M, 3, S, S) uint8
-    of_row: list[np.ndarray]      # per split row: its indices into ``images``
+    images: np.ndarray  # (M, 3, S, S) uint8
+    of_row: list[np.ndarray]  # per split row: its indices into ``images``
 
     def __len__(self) -> int:
         return len(self.images)
@@ -87,8 +89,14 @@ class TrainViews:
         return batch
 
 
-def load_views(split: SplitData, views_csv: Path, size: int, cache_dir: Path = CACHE_DIR, root: Path = Path("."),
-               progress: bool = True) -> TrainViews | None:
+def load_views(
+    split: SplitData,
+    views_csv: Path,
+    size: int,
+    cache_dir: Path = CACHE_DIR,
+    root: Path = Path("."),
+    progress: bool = True,
+) -> TrainViews | None:
     """The training views of ``split``'s rows listed in ``views_csv`` (None when there are none)."""
     if not views_csv.exists():
         return None
@@ -96,8 +104,14 @@ def load_views(split: SplitData, views_csv: Path, size: int, cache_dir: Path = C
     views = views[(views["path"] != "") & views["id"].isin(set(split.frame["id"]))].reset_index(drop=True)
     if views.empty:
         return None
-    images = cached_pixels(f"{split.name}-views", views.to_csv(index=False).encode(),
-                           [root / p for p in views["path"]], size, cache_dir, progress)
+    images = cached_pixels(
+        f"{split.name}-views",
+        views.to_csv(index=False).encode(),
+        [root / p for p in views["path"]],
+        size,
+        cache_dir,
+        progress,
+    )
     position = {row_id: i for i, row_id in enumerate(split.frame["id"])}
     of_row: list[list[int]] = [[] for _ in range(len(split))]
     for k, row_id in enumerate(views["id"]):

@@ -8,6 +8,7 @@ Shortcut audit: a logistic regression that sees only metadata of the *raw* files
 bytes, JPEG quantisation tables) is fitted on the train split and scored on the test split. If it
 gets close to the model's ROC-AUC, the data carries a format shortcut the model may be using.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -62,17 +63,21 @@ def raw_metadata(path: Path) -> dict[str, float]:
         width, height = im.size
         tables = (getattr(im, "quantization", None) or {}) if im.format == "JPEG" else {}
     luma, chroma = tables.get(0), tables.get(1)
-    return {"width": float(width), "height": float(height), "bytes": float(path.stat().st_size),
-            "jpeg_tables": float(len(tables)),
-            "jpeg_luma_q_mean": float(np.mean(luma)) if luma else 0.0,
-            "jpeg_chroma_q_mean": float(np.mean(chroma)) if chroma else 0.0}
+    return {
+        "width": float(width),
+        "height": float(height),
+        "bytes": float(path.stat().st_size),
+        "jpeg_tables": float(len(tables)),
+        "jpeg_luma_q_mean": float(np.mean(luma)) if luma else 0.0,
+        "jpeg_chroma_q_mean": float(np.mean(chroma)) if chroma else 0.0,
+    }
 
 
 @dataclass(frozen=True)
 class MetadataTable:
-    features: pd.DataFrame   # METADATA_FEATURES of the rows whose raw file was read
+    features: pd.DataFrame  # METADATA_FEATURES of the rows whose raw file was read
     labels: np.ndarray
-    unreadable: list[str]    # "<raw_path>: reason" for rows left out
+    unreadable: list[str]  # "<raw_path>: reason" for rows left out
 
 
 def metadata_table(frame: pd.DataFrame, root: Path = Path(".")) -> MetadataTable:
@@ -86,24 +91,37 @@ def metadata_table(frame: pd.DataFrame, root: Path = Path(".")) -> MetadataTable
     return MetadataTable(pd.DataFrame(rows, columns=list(METADATA_FEATURES)), np.asarray(labels), unreadable)
 
 
-def shortcut_audit(train: pd.DataFrame, test: pd.DataFrame, model_roc_auc: float | None,
-                   root: Path = Path(".")) -> dict[str, Any]:
+def shortcut_audit(
+    train: pd.DataFrame, test: pd.DataFrame, model_roc_auc: float | None, root: Path = Path(".")
+) -> dict[str, Any]:
     """Metadata-only logistic regression (fit on train, scored on test) beside the model's ROC-AUC."""
     tr, te = metadata_table(train, root), metadata_table(test, root)
-    out: dict[str, Any] = {"features": list(METADATA_FEATURES), "model_roc_auc": model_roc_auc,
-                           "n_train": len(tr.labels), "n_test": len(te.labels),
-                           "unreadable_raw": len(tr.unreadable) + len(te.unreadable),
-                           "unreadable_examples": (tr.unreadable + te.unreadable)[:5]}
+    out: dict[str, Any] = {
+        "features": list(METADATA_FEATURES),
+        "model_roc_auc": model_roc_auc,
+        "n_train": len(tr.labels),
+        "n_test": len(te.labels),
+        "unreadable_raw": len(tr.unreadable) + len(te.unreadable),
+        "unreadable_examples": (tr.unreadable + te.unreadable)[:5],
+    }
     if len(set(tr.labels.tolist())) < 2 or len(set(te.labels.tolist())) < 2:
-        return {**out, "metadata_roc_auc": None, "metadata_accuracy": None,
-                "skipped": "raw metadata of both classes is needed in train and test"}
+        return {
+            **out,
+            "metadata_roc_auc": None,
+            "metadata_accuracy": None,
+            "skipped": "raw metadata of both classes is needed in train and test",
+        }
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     clf.fit(tr.features.to_numpy(), tr.labels)
     proba = clf.predict_proba(te.features.to_numpy())[:, 1]
     coefs = clf[-1].coef_[0]
-    return {**out, "metadata_roc_auc": float(roc_auc_score(te.labels, proba)),
-            "metadata_accuracy": float(accuracy_score(te.labels, proba >= 0.5)),
-            "coefficients": {f: float(c) for f, c in zip(METADATA_FEATURES, coefs)}, "skipped": ""}
+    return {
+        **out,
+        "metadata_roc_auc": float(roc_auc_score(te.labels, proba)),
+        "metadata_accuracy": float(accuracy_score(te.labels, proba >= 0.5)),
+        "coefficients": {f: float(c) for f, c in zip(METADATA_FEATURES, coefs)},
+        "skipped": "",
+    }
 
 
 def worst_misclassified(y: np.ndarray, p: np.ndarray, threshold: float, k: int) -> np.ndarray:

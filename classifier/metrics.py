@@ -4,6 +4,7 @@ Also: equal error rate, expected calibration error and its reliability table, th
 threshold chosen on validation, temperature scaling that cannot collapse on separable validation
 (``fit_temperature_with_reason``), and per-generator breakdowns.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -56,8 +57,15 @@ def reliability_table(y: np.ndarray, p: np.ndarray, bins: int = 15) -> pd.DataFr
         mean_p = np.where(count > 0, sum_p / count, np.nan)
         frac = np.where(count > 0, sum_y / count, np.nan)
     edges = np.linspace(0.0, 1.0, bins + 1)
-    return pd.DataFrame({"bin_lower": edges[:-1], "bin_upper": edges[1:], "mean_predicted": mean_p,
-                         "fraction_fake": frac, "count": count})
+    return pd.DataFrame(
+        {
+            "bin_lower": edges[:-1],
+            "bin_upper": edges[1:],
+            "mean_predicted": mean_p,
+            "fraction_fake": frac,
+            "count": count,
+        }
+    )
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 15) -> float:
@@ -147,6 +155,7 @@ LOG_TEMPERATURE_PRIOR_SD = 1.0
 @dataclass(frozen=True)
 class TemperatureFit:
     """A fitted temperature and why it has this value (``reason`` starts with "fitted" when the MAP fit stands)."""
+
     temperature: float
     reason: str
 
@@ -161,9 +170,13 @@ def separable(logits: np.ndarray, y: np.ndarray) -> bool:
     return _both_classes(t) and float(z[t == 1].min()) > float(z[t == 0].max())
 
 
-def fit_temperature_with_reason(logits: np.ndarray, y: np.ndarray, lo: float = TEMPERATURE_BOUNDS[0],
-                                hi: float = TEMPERATURE_BOUNDS[1],
-                                prior_sd: float = LOG_TEMPERATURE_PRIOR_SD) -> TemperatureFit:
+def fit_temperature_with_reason(
+    logits: np.ndarray,
+    y: np.ndarray,
+    lo: float = TEMPERATURE_BOUNDS[0],
+    hi: float = TEMPERATURE_BOUNDS[1],
+    prior_sd: float = LOG_TEMPERATURE_PRIOR_SD,
+) -> TemperatureFit:
     """Temperature T for sigmoid(logits / T), fitted on these (validation) labels, that cannot collapse.
 
     MAP estimate: mean NLL + (log T)^2 / (2 prior_sd^2 n), searched over [lo, hi]. It falls back to
@@ -177,11 +190,14 @@ def fit_temperature_with_reason(logits: np.ndarray, y: np.ndarray, lo: float = T
     if not _both_classes(t):
         raise ValueError("temperature scaling needs both real and fake images in the validation split")
     if separable(z, t):
-        return TemperatureFit(1.0, "separable validation (every fake logit above every real logit): "
-                                   "fell back to 1.0")
-    weight = 1.0 / (2.0 * prior_sd ** 2 * len(t))
-    res = minimize_scalar(lambda log_t: _nll(z, t, float(np.exp(log_t))) + weight * log_t ** 2,
-                          bounds=(np.log(lo), np.log(hi)), method="bounded", options={"xatol": 1e-5})
+        return TemperatureFit(1.0, "separable validation (every fake logit above every real logit): fell back to 1.0")
+    weight = 1.0 / (2.0 * prior_sd**2 * len(t))
+    res = minimize_scalar(
+        lambda log_t: _nll(z, t, float(np.exp(log_t))) + weight * log_t**2,
+        bounds=(np.log(lo), np.log(hi)),
+        method="bounded",
+        options={"xatol": 1e-5},
+    )
     temperature = float(np.exp(res.x))
     if temperature <= lo * 1.001:
         return TemperatureFit(1.0, f"NLL optimum at the lower bound {lo}: fell back to 1.0")
@@ -190,8 +206,9 @@ def fit_temperature_with_reason(logits: np.ndarray, y: np.ndarray, lo: float = T
     return TemperatureFit(temperature, "fitted")
 
 
-def fit_temperature(logits: np.ndarray, y: np.ndarray, lo: float = TEMPERATURE_BOUNDS[0],
-                    hi: float = TEMPERATURE_BOUNDS[1]) -> float:
+def fit_temperature(
+    logits: np.ndarray, y: np.ndarray, lo: float = TEMPERATURE_BOUNDS[0], hi: float = TEMPERATURE_BOUNDS[1]
+) -> float:
     """The temperature of ``fit_temperature_with_reason`` alone."""
     return fit_temperature_with_reason(logits, y, lo, hi).temperature
 
@@ -227,8 +244,9 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float, bins: int = 1
     return out
 
 
-def per_generator_metrics(y: np.ndarray, p: np.ndarray, generators: np.ndarray, threshold: float,
-                          bins: int = 15) -> dict[str, dict[str, Any]]:
+def per_generator_metrics(
+    y: np.ndarray, p: np.ndarray, generators: np.ndarray, threshold: float, bins: int = 15
+) -> dict[str, dict[str, Any]]:
     """For each fake generator: its fakes against all real images of the same split."""
     generators = np.asarray(generators, dtype=str)
     is_real = generators == REAL_GENERATOR

@@ -12,6 +12,7 @@ temperature and validation threshold. Every file gets a status:
   the checkpoint; the params default for checkpoints that lack it): the pipeline skips such images too;
 - ``unreadable``: the file is missing, not an image, or corrupt (the reason says which).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,28 +35,47 @@ from faces.crop import FaceCropper
 from models.classifier import DeepfakeClassifier
 
 IMAGE_SUFFIXES = IMAGE_EXTENSIONS  # the files predict scans a folder for: the ones download reads
-COLUMNS = ["file", "status", "reason", "prob_fake", "predicted", "threshold", "face_prob",
-           "box_x1", "box_y1", "box_x2", "box_y2"]
+COLUMNS = [
+    "file",
+    "status",
+    "reason",
+    "prob_fake",
+    "predicted",
+    "threshold",
+    "face_prob",
+    "box_x1",
+    "box_y1",
+    "box_x2",
+    "box_y2",
+]
 
 
 @dataclass
 class Prediction:
     file: str
-    status: str                 # ok | no_face | too_small | unreadable
+    status: str  # ok | no_face | too_small | unreadable
     reason: str = ""
     prob_fake: float | None = None
-    predicted: str = ""         # real | fake | "" (not scored)
+    predicted: str = ""  # real | fake | "" (not scored)
     threshold: float | None = None
     face_prob: float | None = None
     box: tuple[float, float, float, float] | None = None
 
     def row(self) -> dict[str, Any]:
         box = self.box or ("", "", "", "")
-        return {"file": self.file, "status": self.status, "reason": self.reason,
-                "prob_fake": "" if self.prob_fake is None else round(self.prob_fake, 6),
-                "predicted": self.predicted, "threshold": "" if self.threshold is None else round(self.threshold, 6),
-                "face_prob": "" if self.face_prob is None else round(self.face_prob, 6),
-                "box_x1": box[0], "box_y1": box[1], "box_x2": box[2], "box_y2": box[3]}
+        return {
+            "file": self.file,
+            "status": self.status,
+            "reason": self.reason,
+            "prob_fake": "" if self.prob_fake is None else round(self.prob_fake, 6),
+            "predicted": self.predicted,
+            "threshold": "" if self.threshold is None else round(self.threshold, 6),
+            "face_prob": "" if self.face_prob is None else round(self.face_prob, 6),
+            "box_x1": box[0],
+            "box_y1": box[1],
+            "box_x2": box[2],
+            "box_y2": box[3],
+        }
 
 
 def collect_files(paths: Iterable[Path]) -> tuple[list[Path], int]:
@@ -94,11 +114,17 @@ def min_side_for(ckpt: ClassifierCheckpoint) -> tuple[int, str]:
 
 def _chunks(items: list[Path], n: int) -> Iterator[list[Path]]:
     for i in range(0, len(items), n):
-        yield items[i:i + n]
+        yield items[i : i + n]
 
 
-def predict_files(files: list[Path], model: DeepfakeClassifier, ckpt: ClassifierCheckpoint, cropper: FaceCropper,
-                  device: torch.device, batch_size: int = 16) -> list[Prediction]:
+def predict_files(
+    files: list[Path],
+    model: DeepfakeClassifier,
+    ckpt: ClassifierCheckpoint,
+    cropper: FaceCropper,
+    device: torch.device,
+    batch_size: int = 16,
+) -> list[Prediction]:
     """One Prediction per file, in order."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -139,8 +165,9 @@ def predict_files(files: list[Path], model: DeepfakeClassifier, ckpt: Classifier
                 pixels.append(square_pixels(stored, ckpt.image_size))
                 scored.append(i)
         if pixels:
-            logits = infer_logits(model, np.stack(pixels), batch_size, device, tuple(ckpt.mean), tuple(ckpt.std),
-                                  desc="score")
+            logits = infer_logits(
+                model, np.stack(pixels), batch_size, device, tuple(ckpt.mean), tuple(ckpt.std), desc="score"
+            )
             for i, prob in zip(scored, calibrated(logits, ckpt.temperature)):
                 preds[i].prob_fake = float(prob)
                 preds[i].threshold = ckpt.threshold

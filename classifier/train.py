@@ -10,6 +10,7 @@ Data-parallel (``world.size`` > 1, see core.distributed): every rank draws the s
 batches and trains on its share under DistributedDataParallel; validation is split between the ranks
 and gathered (classifier.infer), so every rank takes the same early-stopping and budget decisions.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,7 +38,7 @@ from core.pixels import batch_indices
 from models.classifier import DeepfakeClassifier
 
 IMBALANCE_RATIO = 1.2  # class_weighting "auto": weights only when one class is more than this x the other
-AUC_TOLERANCE = 1e-6   # equal validation ROC-AUC (e.g. both 1.0): the lower validation loss wins
+AUC_TOLERANCE = 1e-6  # equal validation ROC-AUC (e.g. both 1.0): the lower validation loss wins
 
 
 def frozen_epochs(p: ClassifierParams) -> int:
@@ -69,8 +70,8 @@ class TrainResult:
     history: list[EpochRecord]
     best_epoch: int
     best_val_roc_auc: float
-    stop_reason: str               # completed | early_stopping | time_budget
-    val_logits: np.ndarray         # of the best weights
+    stop_reason: str  # completed | early_stopping | time_budget
+    val_logits: np.ndarray  # of the best weights
     class_weights: tuple[float, float]
     seconds: float
 
@@ -95,8 +96,9 @@ def smoothed_bce(logits: torch.Tensor, y: torch.Tensor, weights: tuple[float, fl
     return (per_item * w).sum() / w.sum()
 
 
-def make_scheduler(opt: torch.optim.Optimizer, p: ClassifierParams,
-                   total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def make_scheduler(
+    opt: torch.optim.Optimizer, p: ClassifierParams, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     total_steps = max(1, total_steps)
     if p.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p.lr, total_steps=total_steps, pct_start=0.25)
@@ -137,16 +139,16 @@ class TrainBatches:
     """The training rows as this rank sees them: shuffled global batches (the same order on every rank), and
     each batch's share turned into augmented inputs and targets."""
 
-    images: np.ndarray            # (N, 3, S, S) uint8
-    labels: torch.Tensor          # (N,) float, 1 = fake
-    views: TrainViews | None      # shown instead of a row's crop, drawn per batch
-    batch_size: int               # global
+    images: np.ndarray  # (N, 3, S, S) uint8
+    labels: torch.Tensor  # (N,) float, 1 = fake
+    views: TrainViews | None  # shown instead of a row's crop, drawn per batch
+    batch_size: int  # global
     world: World
     augment: Augmenter
-    order: torch.Generator        # the batch order: the same on every rank
+    order: torch.Generator  # the batch order: the same on every rank
     view_picks: torch.Generator
     device: torch.device
-    mean: tuple[float, ...]       # the network's input normalisation
+    mean: tuple[float, ...]  # the network's input normalisation
     std: tuple[float, ...]
 
     @property
@@ -214,9 +216,16 @@ class EpochStats:
     out_of_time: bool
 
 
-def train_epoch(net: nn.Module, data: TrainBatches, optimiser: Optimiser,
-                loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], use_amp: bool, deadline: Deadline,
-                desc: str = "epoch", progress: bool = True) -> EpochStats:
+def train_epoch(
+    net: nn.Module,
+    data: TrainBatches,
+    optimiser: Optimiser,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    use_amp: bool,
+    deadline: Deadline,
+    desc: str = "epoch",
+    progress: bool = True,
+) -> EpochStats:
     """One shuffled pass over the training batches (this rank's share of each); stops early when the
     deadline passes. Returns the pass's loss, logits and targets of all ranks."""
     net.train()
@@ -240,19 +249,39 @@ def train_epoch(net: nn.Module, data: TrainBatches, optimiser: Optimiser,
             break
     seconds = time.monotonic() - t0
     parts = data.world.gather((np.concatenate(logits_seen), np.concatenate(targets_seen), loss_sum, seen))
-    return EpochStats(sum(q[2] for q in parts), sum(q[3] for q in parts), np.concatenate([q[0] for q in parts]),
-                      np.concatenate([q[1] for q in parts]), seconds, out_of_time)
+    return EpochStats(
+        sum(q[2] for q in parts),
+        sum(q[3] for q in parts),
+        np.concatenate([q[0] for q in parts]),
+        np.concatenate([q[1] for q in parts]),
+        seconds,
+        out_of_time,
+    )
 
 
-def epoch_record(epoch: int, stats: EpochStats, val_logits: np.ndarray, val_labels: np.ndarray, lr: float,
-                 backbone_frozen: bool, started: float) -> EpochRecord:
+def epoch_record(
+    epoch: int,
+    stats: EpochStats,
+    val_logits: np.ndarray,
+    val_labels: np.ndarray,
+    lr: float,
+    backbone_frozen: bool,
+    started: float,
+) -> EpochRecord:
     tl, ty, vl, vy = stats.logits, stats.targets, val_logits, val_labels
     return EpochRecord(
-        epoch=epoch, train_loss=stats.loss_sum / max(1, stats.seen),
-        train_accuracy=float(np.mean((tl > 0) == (ty > 0.5))), train_roc_auc=safe_auc(ty, tl),
-        val_loss=bce(vl, vy), val_accuracy=float(np.mean((vl > 0) == (vy > 0.5))), val_roc_auc=safe_auc(vy, vl),
-        lr=lr, backbone_frozen=backbone_frozen, seconds=time.monotonic() - started,
-        train_images_per_s=stats.seen / max(stats.seconds, 1e-9))
+        epoch=epoch,
+        train_loss=stats.loss_sum / max(1, stats.seen),
+        train_accuracy=float(np.mean((tl > 0) == (ty > 0.5))),
+        train_roc_auc=safe_auc(ty, tl),
+        val_loss=bce(vl, vy),
+        val_accuracy=float(np.mean((vl > 0) == (vy > 0.5))),
+        val_roc_auc=safe_auc(vy, vl),
+        lr=lr,
+        backbone_frozen=backbone_frozen,
+        seconds=time.monotonic() - started,
+        train_images_per_s=stats.seen / max(stats.seconds, 1e-9),
+    )
 
 
 @dataclass
@@ -287,19 +316,33 @@ class KeepBest:
 
 def check_inputs(train_labels: np.ndarray, val_labels: np.ndarray, batch_size: int, world: World) -> None:
     if len(np.unique(val_labels)) < 2:
-        raise ValueError("the validation split needs both real and fake images (early stopping on ROC-AUC, "
-                         "temperature scaling and the threshold are fitted on it)")
+        raise ValueError(
+            "the validation split needs both real and fake images (early stopping on ROC-AUC, "
+            "temperature scaling and the threshold are fitted on it)"
+        )
     min_batch = 2 * world.size  # BatchNorm needs 2 images per process
     if batch_size < min_batch:
-        raise ValueError(f"classifier.batch_size={batch_size} is the global batch, split over {world.size} "
-                         f"processes; it must be at least {min_batch} (2 images per process)")
+        raise ValueError(
+            f"classifier.batch_size={batch_size} is the global batch, split over {world.size} "
+            f"processes; it must be at least {min_batch} (2 images per process)"
+        )
 
 
-def train_loop(model: DeepfakeClassifier, train_images: np.ndarray, train_labels: np.ndarray,
-               val_images: np.ndarray, val_labels: np.ndarray, p: ClassifierParams, device: torch.device,
-               mean: tuple[float, ...], std: tuple[float, ...],
-               on_epoch: Callable[[EpochRecord], None] | None = None, progress: bool = True,
-               world: World = World(), views: TrainViews | None = None) -> TrainResult:
+def train_loop(
+    model: DeepfakeClassifier,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    p: ClassifierParams,
+    device: torch.device,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    progress: bool = True,
+    world: World = World(),
+    views: TrainViews | None = None,
+) -> TrainResult:
     """Train ``model`` as params block ``p`` says and return it holding the weights of its best validation
     ROC-AUC epoch.
 
@@ -309,21 +352,34 @@ def train_loop(model: DeepfakeClassifier, train_images: np.ndarray, train_labels
     check_inputs(train_labels, val_labels, p.batch_size, world)
     started = time.monotonic()
     deadline = Deadline.after(p.max_minutes)
-    augment = Augmenter(AugmentConfig.from_params(p), torch.Generator().manual_seed(seed_for(p.seed, world.rank)),
-                        device)
-    data = TrainBatches(train_images, torch.from_numpy(train_labels.astype(np.float32)), views, p.batch_size, world,
-                        augment, order=torch.Generator().manual_seed(p.seed),
-                        view_picks=torch.Generator().manual_seed(seed_for(p.seed, world.rank, 1)),
-                        device=device, mean=mean, std=std)
+    augment = Augmenter(
+        AugmentConfig.from_params(p), torch.Generator().manual_seed(seed_for(p.seed, world.rank)), device
+    )
+    data = TrainBatches(
+        train_images,
+        torch.from_numpy(train_labels.astype(np.float32)),
+        views,
+        p.batch_size,
+        world,
+        augment,
+        order=torch.Generator().manual_seed(p.seed),
+        view_picks=torch.Generator().manual_seed(seed_for(p.seed, world.rank, 1)),
+        device=device,
+        mean=mean,
+        std=std,
+    )
     weights = class_weights(train_labels, p.class_weighting)
     model = on_device(model, device, world)
     if len(data) == 0:
-        raise ValueError(f"{len(train_labels)} training images are too few for {world.size} processes "
-                         f"(at least {data.min_size} are needed)")
+        raise ValueError(
+            f"{len(train_labels)} training images are too few for {world.size} processes "
+            f"(at least {data.min_size} are needed)"
+        )
     use_amp = p.amp and device.type == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-    optimiser = Optimiser(opt, make_scheduler(opt, p, len(data) * p.epochs),
-                          torch.amp.GradScaler("cuda", enabled=use_amp))
+    optimiser = Optimiser(
+        opt, make_scheduler(opt, p, len(data) * p.epochs), torch.amp.GradScaler("cuda", enabled=use_amp)
+    )
     loss_fn = functools.partial(smoothed_bce, weights=weights, smoothing=p.label_smoothing)
     progress = progress and world.is_main
 
@@ -338,8 +394,9 @@ def train_loop(model: DeepfakeClassifier, train_images: np.ndarray, train_labels
         stats = train_epoch(net, data, optimiser, loss_fn, use_amp, deadline, f"epoch {epoch}/{p.epochs}", progress)
         val_logits = validation_logits(model, val_images, p.batch_size * 2, device, mean, std, p.amp, world, progress)
         if not (np.isfinite(val_logits).all() and math.isfinite(stats.loss_sum)):
-            raise FloatingPointError(f"training diverged at epoch {epoch} (non-finite loss or logits); "
-                                     f"lower classifier.lr (now {p.lr})")
+            raise FloatingPointError(
+                f"training diverged at epoch {epoch} (non-finite loss or logits); lower classifier.lr (now {p.lr})"
+            )
         record = epoch_record(epoch, stats, val_logits, val_labels, optimiser.lr, model.backbone_frozen, t0)
         history.append(record)
         if on_epoch is not None:
@@ -356,5 +413,6 @@ def train_loop(model: DeepfakeClassifier, train_images: np.ndarray, train_labels
     model.freeze_backbone(False)
     model.load_state_dict(best.state)
     model.eval()
-    return TrainResult(model, history, best.epoch, best.auc, stop_reason, best.val_logits, weights,
-                       time.monotonic() - started)
+    return TrainResult(
+        model, history, best.epoch, best.auc, stop_reason, best.val_logits, weights, time.monotonic() - started
+    )

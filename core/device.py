@@ -1,4 +1,5 @@
 """Torch device and thread choices shared by the stages (CPU by default, CUDA when present)."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,10 @@ def pick_device(pref: str) -> torch.device:
     if pref not in DEVICE_CHOICES:
         raise ValueError(f"device: got {pref!r}; allowed values: {', '.join(map(repr, DEVICE_CHOICES))}")
     if pref == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: 'cuda' was asked for but torch sees no CUDA device "
-                           f"(torch {torch.__version__}); use 'auto' or 'cpu'")
+        raise RuntimeError(
+            "device: 'cuda' was asked for but torch sees no CUDA device "
+            f"(torch {torch.__version__}); use 'auto' or 'cpu'"
+        )
     if pref == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(pref)

@@ -7,6 +7,7 @@ Every global batch is drawn in the same order on every rank and split between th
 (``batch_size`` stays the global batch size); gradients are averaged; only rank 0 writes outputs,
 checkpoints and the MLflow run.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,7 +45,7 @@ class World:
 
     def shard(self, idx: np.ndarray | torch.Tensor) -> Any:
         """This rank's share of a global batch (every ``size``-th item, starting at ``rank``)."""
-        return idx[self.rank::self.size]
+        return idx[self.rank :: self.size]
 
     def barrier(self) -> None:
         if self.distributed:
@@ -96,7 +97,7 @@ class World:
         flat /= self.size
         offset = 0
         for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
     def broadcast_from_main(self, module: nn.Module, buffers_only: bool = False) -> None:
@@ -117,16 +118,21 @@ class World:
             checksum = float(sum(p.detach().double().sum().item() for p in module.parameters()))
         sums = self.gather(checksum)
         if max(sums) - min(sums) > 1e-6 * max(1.0, abs(sums[0])):
-            raise RuntimeError(f"{what}: the {self.size} data-parallel ranks ended with different weights "
-                               f"(parameter sums {sums}); this is a bug, please report it")
+            raise RuntimeError(
+                f"{what}: the {self.size} data-parallel ranks ended with different weights "
+                f"(parameter sums {sums}); this is a bug, please report it"
+            )
 
 
 def world_from_env() -> World:
     """The world torchrun describes in the environment (a single process when WORLD_SIZE is unset)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
-    return World(rank=int(os.environ.get("RANK", "0")), size=size,
-                 local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-                 local_size=int(os.environ.get("LOCAL_WORLD_SIZE", str(size))))
+    return World(
+        rank=int(os.environ.get("RANK", "0")),
+        size=size,
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        local_size=int(os.environ.get("LOCAL_WORLD_SIZE", str(size))),
+    )
 
 
 def local_processes(processes: int) -> int:
@@ -164,8 +170,10 @@ def training_world(device_pref: str, threads: int) -> Iterator[tuple[World, torc
         return
     if device.type == "cuda":
         if torch.cuda.device_count() < world.local_size:
-            raise RuntimeError(f"{world.local_size} workers on this node but only {torch.cuda.device_count()} "
-                               "CUDA devices: use at most one process per GPU (or device: cpu)")
+            raise RuntimeError(
+                f"{world.local_size} workers on this node but only {torch.cuda.device_count()} "
+                "CUDA devices: use at most one process per GPU (or device: cpu)"
+            )
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

@@ -10,6 +10,7 @@ and exits with code 2. Any other exception is a bug and keeps its traceback. Eve
 ``--help`` (its module docstring, the params block it reads, what it writes) without running, and an
 unknown argument is a one-line error too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,7 @@ class PipelineError(Exception):
         """``<stage>: <what went wrong> — <what to do>`` on one line."""
         message = one_line(str(self))
         if message.startswith(f"{stage}: "):
-            message = message[len(stage) + 2:]
+            message = message[len(stage) + 2 :]
         hint = one_line(self.hint)
         return f"{stage}: {message}" + (f" — {hint}" if hint else "")
 
@@ -59,8 +60,9 @@ def one_line(text: str) -> str:
 def require(path: Path, written_by: str) -> Path:
     """``path`` if it exists, else a MissingInputError naming the stage that writes it."""
     if not path.exists():
-        raise MissingInputError(f"{path} not found",
-                                f"run stage {written_by} first (dvc repro {written_by}, or snakemake)")
+        raise MissingInputError(
+            f"{path} not found", f"run stage {written_by} first (dvc repro {written_by}, or snakemake)"
+        )
     return path
 
 
@@ -68,8 +70,12 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with the project's error style: a bad command line is one line on stderr, exit code 2."""
 
     def __init__(self, name: str, doc: str | None, epilog: str | None = None) -> None:
-        super().__init__(prog=f"python -m stages.{name}", description=doc,
-                         epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+        super().__init__(
+            prog=f"python -m stages.{name}",
+            description=doc,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         self.stage = name
 
     def error(self, message: str) -> NoReturn:
@@ -90,9 +96,11 @@ def positive_int(text: str) -> int:
 
 def stage_parser(name: str, doc: str | None, block: str, writes: Iterable[str]) -> ArgumentParser:
     """The parser of a DAG stage: no arguments; ``--help`` shows the docstring, its block and its outputs."""
-    epilog = (f"params block: {block} (params.yaml; change values there or with dvc exp run -S {block}.<key>=...)\n"
-              f"writes: {', '.join(writes)}\n"
-              f"Takes no arguments. A problem you can fix is one line on stderr and exit code {EXIT_USER_ERROR}.")
+    epilog = (
+        f"params block: {block} (params.yaml; change values there or with dvc exp run -S {block}.<key>=...)\n"
+        f"writes: {', '.join(writes)}\n"
+        f"Takes no arguments. A problem you can fix is one line on stderr and exit code {EXIT_USER_ERROR}."
+    )
     return ArgumentParser(name, doc, epilog)
 
 
@@ -107,8 +115,7 @@ def run_cli(name: str, main: Callable[[], int | None]) -> NoReturn:
     raise SystemExit(code or 0)
 
 
-def run_stage(name: str, main: Callable[[], object], doc: str | None, block: str,
-              writes: Iterable[str]) -> NoReturn:
+def run_stage(name: str, main: Callable[[], object], doc: str | None, block: str, writes: Iterable[str]) -> NoReturn:
     """``python -m stages.<name>``: answer ``--help`` (or refuse an argument), then run ``main`` via run_cli."""
     stage_parser(name, doc, block, writes).parse_args()
 

@@ -1,4 +1,5 @@
 """The one decode and encode path every image goes through, real or fake."""
+
 from __future__ import annotations
 
 import io
@@ -18,8 +19,8 @@ class ImageDecodeError(ValueError):
 @dataclass(frozen=True)
 class DecodedImage:
     image: Image.Image  # always RGB
-    mode: str           # the file's original PIL mode
-    note: str           # "" or what was converted, e.g. "CMYK->RGB"
+    mode: str  # the file's original PIL mode
+    note: str  # "" or what was converted, e.g. "CMYK->RGB"
 
 
 def decode_rgb(source: Path | bytes) -> DecodedImage:
@@ -119,4 +120,3 @@ def square_pixels(image: Image.Image, size: int) -> np.ndarray:
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC)
     return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1))
-

@@ -3,6 +3,7 @@
 Every stage output is written under a temporary name and renamed into place only when it is
 complete, so a killed stage never leaves a half-written output that a rerun would trust.
 """
+
 from __future__ import annotations
 
 import contextlib

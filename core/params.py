@@ -5,6 +5,7 @@ A stage calls ``load_block("faces", FacesParams)`` and gets a frozen dataclass o
 values (tests/test_params_defaults.py checks every block), and the lists of choices here are the only
 ones: ``models/`` and the training code import them (the core imports no other package).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,16 +55,15 @@ class DataParams:
 
     def __post_init__(self) -> None:
         if not (self.source in ("hf", "synthetic") or self.source.startswith("folder:")):
-            raise ParamsError(
-                f"data.source: got {self.source!r}; allowed: 'hf', 'synthetic' or 'folder:<path>'")
-        if self.source.startswith("folder:") and not self.source[len("folder:"):].strip():
+            raise ParamsError(f"data.source: got {self.source!r}; allowed: 'hf', 'synthetic' or 'folder:<path>'")
+        if self.source.startswith("folder:") and not self.source[len("folder:") :].strip():
             raise ParamsError("data.source: 'folder:' needs a path, e.g. 'folder:../shared/data/hardfakevsreal'")
         if self.per_source != "all" and (not isinstance(self.per_source, int) or self.per_source < 1):
             raise ParamsError(f"data.per_source: got {self.per_source!r}; allowed: a positive integer or 'all'")
 
     @property
     def folder(self) -> Path | None:
-        return Path(self.source[len("folder:"):]).expanduser() if self.source.startswith("folder:") else None
+        return Path(self.source[len("folder:") :]).expanduser() if self.source.startswith("folder:") else None
 
 
 GRAYSCALE_MODES = ("match", "drop", "keep")  # faces.grayscale, see faces.grayscale
@@ -153,7 +153,8 @@ class ClassifierParams:
             raise ParamsError(
                 f"classifier.pretrained: got {self.pretrained!r} with arch 'cnn'; the from-scratch CNN has no "
                 "pretrained weights: set classifier.pretrained: none (or pick arch mobilenet_v2, resnet18 or "
-                "efficientnet_b0)")
+                "efficientnet_b0)"
+            )
 
 
 @dataclass(frozen=True)
@@ -175,9 +176,9 @@ class EvaluateParams:
     seed: int = 0
 
 
-GENERATOR_MODELS = ("vae", "dcgan", "wgan_gp")             # models.generator and generator.trainers
-GENERATOR_TRAIN_ON = (*LABELS, "all")                      # one label's faces, or all
-DIFFAUGMENT_OPS = ("translation", "color", "cutout")       # generator.augment implements each
+GENERATOR_MODELS = ("vae", "dcgan", "wgan_gp")  # models.generator and generator.trainers
+GENERATOR_TRAIN_ON = (*LABELS, "all")  # one label's faces, or all
+DIFFAUGMENT_OPS = ("translation", "color", "cutout")  # generator.augment implements each
 
 
 @dataclass(frozen=True)
@@ -216,11 +217,15 @@ class GeneratorParams:
 
     def __post_init__(self) -> None:
         if self.image_size & (self.image_size - 1):
-            raise ParamsError(f"generator.image_size: got {self.image_size}; allowed: a power of two (8, 16, 32, 64, 128, 256)")
+            raise ParamsError(
+                f"generator.image_size: got {self.image_size}; allowed: a power of two (8, 16, 32, 64, 128, 256)"
+            )
         unknown = [op for op in self.augment_ops if op not in DIFFAUGMENT_OPS]
         if unknown:
-            raise ParamsError(f"generator.augment: unknown operation {unknown[0]!r}; allowed: a comma-separated "
-                              f"subset of {', '.join(DIFFAUGMENT_OPS)}, or '' for none")
+            raise ParamsError(
+                f"generator.augment: unknown operation {unknown[0]!r}; allowed: a comma-separated "
+                f"subset of {', '.join(DIFFAUGMENT_OPS)}, or '' for none"
+            )
 
     @property
     def augment_ops(self) -> tuple[str, ...]:
@@ -279,8 +284,10 @@ class ReportParams:
             if not names:
                 raise ParamsError(f"report.{track}_metrics: empty; list at least one metric name")
             if primary not in names:
-                raise ParamsError(f"report.{track}_primary: got {primary!r}; allowed: one of "
-                                  f"report.{track}_metrics ({', '.join(map(repr, names))})")
+                raise ParamsError(
+                    f"report.{track}_primary: got {primary!r}; allowed: one of "
+                    f"report.{track}_metrics ({', '.join(map(repr, names))})"
+                )
 
 
 def read_params(path: Path = PARAMS_FILE) -> dict[str, Any]:

@@ -7,6 +7,7 @@ image, the side ``S`` and the cache format, so any change upstream makes a new e
 the older entries of the same ``name``. Entries are written under a temporary name and renamed into
 place. Every image goes through ``core.images`` (``decode_rgb`` + ``square_pixels``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,15 +33,15 @@ REMAKE = "rerun stage faces (dvc repro faces)"
 def cache_key(listing: bytes, image_paths: list[Path], size: int, what: str, progress: bool = True) -> str:
     """Hash of the listing, every image's bytes, the side and the cache format."""
     h = hashlib.sha1()
-    for path in tqdm(image_paths, desc=f"hash {what}", unit="img", leave=False, mininterval=1.0,
-                     disable=not progress):
+    for path in tqdm(image_paths, desc=f"hash {what}", unit="img", leave=False, mininterval=1.0, disable=not progress):
         try:
             h.update(path.read_bytes())
         except FileNotFoundError:
             raise MissingInputError(f"{what}: image {path} is missing", REMAKE) from None
         h.update(b"\0")
-    return stable_hash({"v": CACHE_VERSION, "csv": hashlib.sha1(listing).hexdigest(),
-                        "images": h.hexdigest(), "size": size}, n=16)
+    return stable_hash(
+        {"v": CACHE_VERSION, "csv": hashlib.sha1(listing).hexdigest(), "images": h.hexdigest(), "size": size}, n=16
+    )
 
 
 def decode_square(path: Path, size: int) -> np.ndarray:
@@ -52,8 +53,9 @@ def decode_square(path: Path, size: int) -> np.ndarray:
     return square_pixels(image, size)
 
 
-def build_cache(target: Path, image_paths: list[Path], size: int, workers: int | None = None,
-                progress: bool = True) -> None:
+def build_cache(
+    target: Path, image_paths: list[Path], size: int, workers: int | None = None, progress: bool = True
+) -> None:
     """Decode every image into a (N, 3, size, size) .npy, written under a temp name then renamed."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}.npy")
@@ -61,8 +63,16 @@ def build_cache(target: Path, image_paths: list[Path], size: int, workers: int |
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(image_paths), 3, size, size))
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             decoded = pool.map(lambda p: decode_square(p, size), image_paths)
-            for i, pixels in enumerate(tqdm(decoded, total=len(image_paths), desc=f"cache {target.stem}",
-                                            unit="img", mininterval=1.0, disable=not progress)):
+            for i, pixels in enumerate(
+                tqdm(
+                    decoded,
+                    total=len(image_paths),
+                    desc=f"cache {target.stem}",
+                    unit="img",
+                    mininterval=1.0,
+                    disable=not progress,
+                )
+            ):
                 out[i] = pixels
         out.flush()
         del out
@@ -71,8 +81,9 @@ def build_cache(target: Path, image_paths: list[Path], size: int, workers: int |
         tmp.unlink(missing_ok=True)
 
 
-def cached_pixels(name: str, listing: bytes, paths: list[Path], size: int, cache_dir: Path = CACHE_DIR,
-                  progress: bool = True) -> np.ndarray:
+def cached_pixels(
+    name: str, listing: bytes, paths: list[Path], size: int, cache_dir: Path = CACHE_DIR, progress: bool = True
+) -> np.ndarray:
     """(N, 3, size, size) uint8 memory map of ``paths``, decoded into ``cache_dir`` only on a miss.
 
     ``name`` (a file-name stem, e.g. the split's name) groups the entries: a new entry removes the
@@ -90,13 +101,14 @@ def cached_pixels(name: str, listing: bytes, paths: list[Path], size: int, cache
     return images
 
 
-def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = None,
-                  min_size: int = 1) -> Iterator[np.ndarray]:
+def batch_indices(
+    n: int, batch_size: int, generator: torch.Generator | None = None, min_size: int = 1
+) -> Iterator[np.ndarray]:
     """Index batches of ``range(n)`` in order, or shuffled with ``generator``; a last batch smaller than
     ``min_size`` is dropped (BatchNorm cannot train on a single image, per process when the batch is split)."""
     order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
     for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         if len(idx) < min_size:
             continue
         yield idx

@@ -3,6 +3,7 @@
 Uses matplotlib's object API (Figure + Agg canvas), so no pyplot state is shared between calls.
 Every figure is written atomically with ``save_figure``.
 """
+
 from __future__ import annotations
 
 import io
@@ -32,8 +33,9 @@ def save_figure(fig: Figure, path: Path, dpi: int = 120) -> Path:
     return path
 
 
-def curve_figure(curves: Sequence[tuple[np.ndarray, np.ndarray, str]], xlabel: str, ylabel: str, title: str,
-                 diagonal: bool = False) -> Figure:
+def curve_figure(
+    curves: Sequence[tuple[np.ndarray, np.ndarray, str]], xlabel: str, ylabel: str, title: str, diagonal: bool = False
+) -> Figure:
     """Several (x, y, label) curves on one axis, in [0, 1] x [0, 1]."""
     fig = new_figure()
     ax = fig.add_subplot()
@@ -49,12 +51,18 @@ def curve_figure(curves: Sequence[tuple[np.ndarray, np.ndarray, str]], xlabel: s
 
 def roc_figure(fpr: np.ndarray, tpr: np.ndarray, auc: float | None, title: str = "ROC (test)") -> Figure:
     label = f"AUC {auc:.3f}" if auc is not None else "ROC"
-    return curve_figure([(fpr, tpr, label)], "false positive rate (real called fake)",
-                        "true positive rate (fake caught)", title, diagonal=True)
+    return curve_figure(
+        [(fpr, tpr, label)],
+        "false positive rate (real called fake)",
+        "true positive rate (fake caught)",
+        title,
+        diagonal=True,
+    )
 
 
-def pr_figure(recall: np.ndarray, precision: np.ndarray, ap: float | None,
-              title: str = "Precision-recall (test, fake = positive)") -> Figure:
+def pr_figure(
+    recall: np.ndarray, precision: np.ndarray, ap: float | None, title: str = "Precision-recall (test, fake = positive)"
+) -> Figure:
     label = f"AP {ap:.3f}" if ap is not None else "PR"
     return curve_figure([(recall, precision, label)], "recall", "precision", title)
 
@@ -65,13 +73,26 @@ def confusion_figure(matrix: np.ndarray, labels: Sequence[str], title: str = "Co
     ax = fig.add_subplot()
     im = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(im, ax=ax, shrink=0.8)
-    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels, yticklabels=labels,
-           xlabel="predicted", ylabel="actual", title=title)
+    ax.set(
+        xticks=range(len(labels)),
+        yticks=range(len(labels)),
+        xticklabels=labels,
+        yticklabels=labels,
+        xlabel="predicted",
+        ylabel="actual",
+        title=title,
+    )
     top = matrix.max() if matrix.size else 0
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
-            ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center",
-                    color="white" if matrix[i, j] > top / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(int(matrix[i, j])),
+                ha="center",
+                va="center",
+                color="white" if matrix[i, j] > top / 2 else "black",
+            )
     return fig
 
 
@@ -83,15 +104,15 @@ def reliability_figure(tables: dict[str, pd.DataFrame], title: str = "Reliabilit
     for name, t in tables.items():
         used = t[t["count"] > 0]
         ax.plot(used["mean_predicted"], used["fraction_fake"], marker="o", ms=3, label=name)
-    ax.set(xlabel="mean predicted probability of fake", ylabel="fraction fake", title=title, xlim=(0, 1),
-           ylim=(0, 1))
+    ax.set(xlabel="mean predicted probability of fake", ylabel="fraction fake", title=title, xlim=(0, 1), ylim=(0, 1))
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     return fig
 
 
-def history_figure(history: pd.DataFrame, x: str, panels: dict[str, Sequence[str]],
-                   title: str = "Training history") -> Figure:
+def history_figure(
+    history: pd.DataFrame, x: str, panels: dict[str, Sequence[str]], title: str = "Training history"
+) -> Figure:
     """One panel per entry of ``panels`` (panel title -> columns of ``history`` plotted against ``x``)."""
     fig = new_figure(4.0 * len(panels), 3.4)
     fig.suptitle(title)
@@ -126,8 +147,13 @@ def bar_figure(table: pd.DataFrame, ylabel: str, title: str, ylim: tuple[float, 
     return fig
 
 
-def image_grid(images: Sequence[np.ndarray] | np.ndarray, captions: Sequence[str] | None = None,
-               ncols: int = 8, title: str = "", cell: float = 1.4) -> Figure:
+def image_grid(
+    images: Sequence[np.ndarray] | np.ndarray,
+    captions: Sequence[str] | None = None,
+    ncols: int = 8,
+    title: str = "",
+    cell: float = 1.4,
+) -> Figure:
     """Images (H, W, 3) or (3, H, W) uint8, or (H, W) greyscale, in a grid with optional captions."""
     n = len(images)
     ncols = max(1, min(ncols, n)) if n else 1
@@ -151,8 +177,14 @@ def image_grid(images: Sequence[np.ndarray] | np.ndarray, captions: Sequence[str
     return fig
 
 
-def auc_bars_figure(names: Sequence[str], aucs: Sequence[float | None], groups: Sequence[str],
-                    colours: dict[str, str], warn: float, title: str) -> Figure:
+def auc_bars_figure(
+    names: Sequence[str],
+    aucs: Sequence[float | None],
+    groups: Sequence[str],
+    colours: dict[str, str],
+    warn: float,
+    title: str,
+) -> Figure:
     """Horizontal bars of single-feature ROC-AUCs drawn from 0.5 (chance), a solid line at 0.5 and dashed
     lines at the warning bounds ``warn`` and ``1 - warn``; bar colour by group (e.g. crop / source)."""
     fig = new_figure(6.4, 0.3 * len(names) + 1.5)
@@ -161,15 +193,26 @@ def auc_bars_figure(names: Sequence[str], aucs: Sequence[float | None], groups: 
     values = np.array([math.nan if a is None else a for a in aucs], dtype=float)
     ax.barh(ys, np.nan_to_num(values, nan=0.5) - 0.5, left=0.5, color=[colours.get(g, "grey") for g in groups])
     for y, v in zip(ys, values):
-        ax.text(0.5 if math.isnan(v) else v, y, " n/a" if math.isnan(v) else f" {v:.2f} ", va="center", fontsize=7,
-                ha="left" if math.isnan(v) or v >= 0.5 else "right")
+        ax.text(
+            0.5 if math.isnan(v) else v,
+            y,
+            " n/a" if math.isnan(v) else f" {v:.2f} ",
+            va="center",
+            fontsize=7,
+            ha="left" if math.isnan(v) or v >= 0.5 else "right",
+        )
     ax.axvline(0.5, color="black", lw=0.8)
     for bound in (warn, 1 - warn):
         ax.axvline(bound, color="#c62828", ls="--", lw=0.9)
     ax.set_yticks(ys, list(names), fontsize=8)
     ax.set(xlim=(0, 1), xlabel="test ROC-AUC (direction fitted on train; 0.5 = no signal)", title=title)
     handles = [Patch(color=c, label=g) for g, c in colours.items() if g in set(groups)]
-    ax.legend(handles=handles + [ax.lines[1]], labels=[h.get_label() for h in handles] + [f"warning bounds {warn:g}"],
-              fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    ax.legend(
+        handles=handles + [ax.lines[1]],
+        labels=[h.get_label() for h in handles] + [f"warning bounds {warn:g}"],
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+    )
     ax.grid(axis="x", alpha=0.3)
     return fig

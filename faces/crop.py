@@ -12,6 +12,7 @@
 Every image, real or fake, goes through the same decode → crop → resize → encode path, so the
 file format carries no label.
 """
+
 from __future__ import annotations
 
 import random
@@ -28,20 +29,21 @@ from core.images import decode_rgb, encode, extension
 from core.params import FacesParams
 from faces.detect import Box, Detection, best_detection, build_mtcnn, letterbox
 
-CROP_FILTER = Image.Resampling.LANCZOS     # the one filter every crop is resized with
+CROP_FILTER = Image.Resampling.LANCZOS  # the one filter every crop is resized with
 Region = tuple[int, int, int, int]  # left, top, right, bottom in full-resolution pixels
 
 
 @dataclass(frozen=True)
 class FaceResult:
     """Outcome for one image: the crop (``crop_size`` x ``crop_size`` RGB) unless dropped."""
+
     image: Image.Image | None
     detection: Detection | None  # the most probable face found at any probability, or None
-    status: str                  # ok | center | dropped
+    status: str  # ok | center | dropped
     reason: str
-    region: Region | None = None     # the square cut from the image (inside it)
+    region: Region | None = None  # the square cut from the image (inside it)
     margin_used: float | None = None  # the margin that square gives the face (None without a face)
-    grayscale: bool = False          # the crop carries no colour
+    grayscale: bool = False  # the crop carries no colour
 
     @property
     def prob(self) -> float:
@@ -93,8 +95,7 @@ def is_grayscale(image: Image.Image) -> bool:
 class FaceCropper:
     """Batched, downscaled MTCNN detection + full-resolution square crops, for any RGB images."""
 
-    def __init__(self, params: FacesParams, device: torch.device | None = None,
-                 detector: Any | None = None) -> None:
+    def __init__(self, params: FacesParams, device: torch.device | None = None, detector: Any | None = None) -> None:
         self.params = params
         self.device = device if device is not None else pick_device(params.device)
         self.detector = detector if detector is not None else build_mtcnn(params.min_face, self.device)
@@ -104,7 +105,7 @@ class FaceCropper:
         out: list[Detection | None] = []
         bs = self.params.batch_size
         for start in range(0, len(images), bs):
-            boxed = letterbox(images[start:start + bs], self.params.detect_side)
+            boxed = letterbox(images[start : start + bs], self.params.detect_side)
             boxes, probs = self.detector.detect(boxed.canvas)
             out.extend(best_detection(b, p, s) for b, p, s in zip(boxes, probs, boxed.scales))
         return out
@@ -119,14 +120,14 @@ class FaceCropper:
             region = face_square(det.box, p.margin, *image.size)
             status, reason = "ok", ""
         else:
-            reason = ("no face detected" if det is None
-                      else f"best face prob {det.prob:.3f} < min_prob {p.min_prob:g}")
+            reason = "no face detected" if det is None else f"best face prob {det.prob:.3f} < min_prob {p.min_prob:g}"
             if p.on_miss != "center":
                 return FaceResult(None, det, "dropped", reason)
             region, status, reason = center_square(*image.size), "center", f"{reason}; centred crop"
         crop = crop_resize(image, region, p.crop_size)
-        return FaceResult(crop, det, status, reason, region, margin_of(region, det.box) if det else None,
-                          is_grayscale(crop))
+        return FaceResult(
+            crop, det, status, reason, region, margin_of(region, det.box) if det else None, is_grayscale(crop)
+        )
 
     def encode(self, crop: Image.Image) -> bytes:
         return encode(crop, self.params.encoding, self.params.jpeg_quality)

@@ -6,6 +6,7 @@
 * the most probable face wins (``best_detection``); what counts as a miss is decided by the cropper
   (faces.crop).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,6 +31,7 @@ ALGO_VERSION = "letterbox-topleft/channels-last/lanczos/inside-image/v2"
 @dataclass(frozen=True)
 class Box:
     """Axis-aligned box in pixel coordinates (x1, y1) top-left, (x2, y2) bottom-right."""
+
     x1: float
     y1: float
     x2: float
@@ -59,7 +61,7 @@ class Box:
 
 @dataclass(frozen=True)
 class Detection:
-    box: Box      # full-resolution pixel coordinates
+    box: Box  # full-resolution pixel coordinates
     prob: float
 
 
@@ -73,16 +75,17 @@ def detector_version() -> str:
     weights = hashlib.sha1()
     for path in facenet_weight_files():
         weights.update(sha1_file(path).encode())
-    return (f"facenet-pytorch=={importlib.metadata.version('facenet-pytorch')};"
-            f"weights={weights.hexdigest()[:12]};{ALGO_VERSION}")
+    return (
+        f"facenet-pytorch=={importlib.metadata.version('facenet-pytorch')};"
+        f"weights={weights.hexdigest()[:12]};{ALGO_VERSION}"
+    )
 
 
 def build_mtcnn(min_face: int, device: torch.device) -> Any:
     """MTCNN returning every face with its probability (we pick the most probable ourselves)."""
     from facenet_pytorch import MTCNN
 
-    model = MTCNN(min_face_size=min_face, keep_all=True, select_largest=False,
-                  post_process=False, device=device)
+    model = MTCNN(min_face_size=min_face, keep_all=True, select_largest=False, post_process=False, device=device)
     # channels-last conv weights make the CPU max-pool/conv kernels ~1.3-1.5x faster here (the
     # input canvas is NHWC already); boxes/probs agree with the default layout to ~1e-4.
     return model.to(memory_format=torch.channels_last).eval()

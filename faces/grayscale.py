@@ -12,6 +12,7 @@ generator) has the same share of grey crops:
 * ``drop``: grey crops are dropped, with the reason recorded.
 * ``keep``: nothing changes (the crop audit in ``evaluate`` then shows the cue, if any).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable

@@ -2,6 +2,7 @@
 
 Every op draws from the ``torch.Generator`` it is given, so a resumed run draws the same numbers.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -59,4 +60,7 @@ def aug_cutout(x: torch.Tensor, rng: torch.Generator, ratio: float = 0.5) -> tor
 
 # every generator.augment op (core.params.DIFFAUGMENT_OPS), in the order they are applied
 AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
-    "color": aug_color, "translation": aug_translation, "cutout": aug_cutout}
+    "color": aug_color,
+    "translation": aug_translation,
+    "cutout": aug_cutout,
+}

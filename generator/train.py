@@ -5,6 +5,7 @@ checkpoint holds the trainer's state, the global RNG state and the history, so a
 ``max_minutes`` resumes where it stopped. With several ranks every rank reads the checkpoint; only rank 0
 writes files and calls the hooks. Checkpoints are read with ``weights_only=True``.
 """
+
 from __future__ import annotations
 
 import io
@@ -49,8 +50,14 @@ def save_torch(path: Path, obj: Any) -> None:
 def model_payload(trainer: Trainer, p: GeneratorParams, run_hash: str, epochs_done: int) -> dict[str, Any]:
     """What results/generator/model.pt holds: the EMA sampling weights and how to rebuild the network."""
     state = {k: v.detach().cpu() for k, v in trainer.sampler().state_dict().items()}
-    return {"format": MODEL_FORMAT, "arch": trainer.arch.as_dict(), "state_dict": state,
-            "epochs_done": epochs_done, "params_hash": run_hash, "params": asdict(p)}
+    return {
+        "format": MODEL_FORMAT,
+        "arch": trainer.arch.as_dict(),
+        "state_dict": state,
+        "epochs_done": epochs_done,
+        "params_hash": run_hash,
+        "params": asdict(p),
+    }
 
 
 @dataclass
@@ -75,9 +82,17 @@ EpochHook = Callable[[int, dict[str, float], Path], None]
 MetricHook = Callable[[nn.Module, int], dict[str, float]]
 
 
-def train(p: GeneratorParams, images: torch.Tensor, work_dir: Path, run_hash: str, device: torch.device,
-          on_epoch: EpochHook | None = None, extra_metrics: MetricHook | None = None,
-          log: Callable[[str], None] = print, world: World = World()) -> TrainingResult:
+def train(
+    p: GeneratorParams,
+    images: torch.Tensor,
+    work_dir: Path,
+    run_hash: str,
+    device: torch.device,
+    on_epoch: EpochHook | None = None,
+    extra_metrics: MetricHook | None = None,
+    log: Callable[[str], None] = print,
+    world: World = World(),
+) -> TrainingResult:
     """Train (or resume) in ``work_dir``: one atomic checkpoint and one sample grid per epoch.
 
     Stops after ``p.epochs`` epochs, or earlier when the next epoch would overrun ``p.max_minutes``
@@ -86,10 +101,12 @@ def train(p: GeneratorParams, images: torch.Tensor, work_dir: Path, run_hash: st
     With several ranks, every rank reads the checkpoint; only rank 0 writes files and calls the hooks.
     """
     if min(images.shape[0], p.batch_size) < 2 * world.size:
-        raise ValueError(f"generator.batch_size={p.batch_size} on {images.shape[0]} images is split over "
-                         f"{world.size} processes: each needs at least 2 images per batch")
+        raise ValueError(
+            f"generator.batch_size={p.batch_size} on {images.shape[0]} images is split over "
+            f"{world.size} processes: each needs at least 2 images per batch"
+        )
     trainer = build_trainer(p, device, world)
-    fixed_noise = torch.randn((p.grid_size ** 2, p.latent_dim), generator=torch.Generator().manual_seed(p.seed + 1))
+    fixed_noise = torch.randn((p.grid_size**2, p.latent_dim), generator=torch.Generator().manual_seed(p.seed + 1))
     ckpt = work_dir / CHECKPOINT_NAME
     start, history = 0, []
     if ckpt.exists():
@@ -108,8 +125,14 @@ def train(p: GeneratorParams, images: torch.Tensor, work_dir: Path, run_hash: st
     stopped = False
     grids = [work_dir / "samples" / f"epoch_{e:03d}.png" for e in range(1, start + 1)]
     images = images.to(device) if device.type == "cuda" else images
-    bar = tqdm(range(start + 1, p.epochs + 1), desc=f"train {p.model}", unit="epoch", initial=start, total=p.epochs,
-               disable=not world.is_main)
+    bar = tqdm(
+        range(start + 1, p.epochs + 1),
+        desc=f"train {p.model}",
+        unit="epoch",
+        initial=start,
+        total=p.epochs,
+        disable=not world.is_main,
+    )
     for epoch in bar:
         t_epoch = time.monotonic()
         metrics = trainer.train_epoch(epoch, images)
@@ -126,8 +149,16 @@ def train(p: GeneratorParams, images: torch.Tensor, work_dir: Path, run_hash: st
             with torch.no_grad():
                 sampler = trainer.sampler().eval()
                 atomic_write_bytes(grid, grid_png(sampler(fixed_noise.to(device)), nrow=p.grid_size))
-            save_torch(ckpt, {"params_hash": run_hash, "epoch": epoch, "trainer": trainer.state_dict(),
-                              "global_rng": _global_rng(), "history": history})
+            save_torch(
+                ckpt,
+                {
+                    "params_hash": run_hash,
+                    "epoch": epoch,
+                    "trainer": trainer.state_dict(),
+                    "global_rng": _global_rng(),
+                    "history": history,
+                },
+            )
             if on_epoch is not None:
                 on_epoch(epoch, metrics, grid)
         bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k in ("d_loss", "g_loss", "loss")})
@@ -135,16 +166,19 @@ def train(p: GeneratorParams, images: torch.Tensor, work_dir: Path, run_hash: st
         elapsed = time.monotonic() - t0
         if world.any(p.max_minutes > 0 and epoch < p.epochs and elapsed + _mean(epoch_seconds) > p.max_minutes * 60):
             if world.is_main:
-                log(f"generator.max_minutes={p.max_minutes} reached after epoch {epoch}/{p.epochs}; "
-                    "rerun to continue from the checkpoint")
+                log(
+                    f"generator.max_minutes={p.max_minutes} reached after epoch {epoch}/{p.epochs}; "
+                    "rerun to continue from the checkpoint"
+                )
             stopped = True
             break
     bar.close()
     for module in trainer.modules():
         world.check_in_sync(module, f"train_generator ({type(module).__name__})")
     done = int(history[-1]["epoch"]) if history else 0
-    return TrainingResult(trainer, run_hash, history, done, p.epochs, start, stopped, time.monotonic() - t0,
-                          images_seen, grids)
+    return TrainingResult(
+        trainer, run_hash, history, done, p.epochs, start, stopped, time.monotonic() - t0, images_seen, grids
+    )
 
 
 def _mean(xs: list[float]) -> float:
@@ -164,8 +198,16 @@ def _set_global_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def fd_mobilenet_hook(every_epochs: int, n_samples: int, reals: torch.Tensor, latent_dim: int, seed: int,
-                      batch_size: int, device: torch.device, log: Callable[[str], None] = print) -> MetricHook | None:
+def fd_mobilenet_hook(
+    every_epochs: int,
+    n_samples: int,
+    reals: torch.Tensor,
+    latent_dim: int,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+    log: Callable[[str], None] = print,
+) -> MetricHook | None:
     """Per-epoch ``fd_mobilenet`` of ``n_samples`` EMA samples vs ``reals`` every ``every_epochs`` (None if off)."""
     if every_epochs <= 0:
         return None

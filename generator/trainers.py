@@ -9,6 +9,7 @@ and trains on its share; gradients are averaged by an explicit all-reduce after 
 (DistributedDataParallel's reducer cannot follow the gradient penalty's double backward or the G step's
 backward through D); BatchNorm statistics are taken from rank 0 after each epoch.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -25,12 +26,20 @@ from core.params import GeneratorParams
 from core.pixels import batch_indices
 from generator.augment import augment
 from generator.data import to_float
-from models.generator import (VAE, ConvDiscriminator, ConvGenerator, GeneratorArch, discriminator_norm, kl_divergence,
-                              reconstruction_loss)
+from models.generator import (
+    VAE,
+    ConvDiscriminator,
+    ConvGenerator,
+    GeneratorArch,
+    discriminator_norm,
+    kl_divergence,
+    reconstruction_loss,
+)
 
 
-def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
-                     rng: torch.Generator) -> torch.Tensor:
+def gradient_penalty(
+    critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor, rng: torch.Generator
+) -> torch.Tensor:
     """WGAN-GP (Gulrajani et al., 2017): E[(||grad critic(x_hat)||_2 - 1)^2] at x_hat = eps*real + (1-eps)*fake.
 
     ``eps`` ~ U(0, 1) per sample, drawn from ``rng`` as ``torch.rand((B, 1, 1, 1), generator=rng)``.
@@ -43,8 +52,9 @@ def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch
 
 def d_loss_nonsaturating(d_real: torch.Tensor, d_fake: torch.Tensor, smoothing: float) -> torch.Tensor:
     """DCGAN discriminator loss with one-sided label smoothing (real target 1 - smoothing, fake target 0)."""
-    return (F.binary_cross_entropy_with_logits(d_real, torch.full_like(d_real, 1.0 - smoothing))
-            + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+    return F.binary_cross_entropy_with_logits(
+        d_real, torch.full_like(d_real, 1.0 - smoothing)
+    ) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
 
 
 def g_loss_nonsaturating(d_fake: torch.Tensor) -> torch.Tensor:
@@ -126,8 +136,9 @@ class GanTrainer(_Base):
         super().__init__(p, device, world)
         self.wgan = p.model == "wgan_gp"
         self.g = ConvGenerator(p.latent_dim, p.image_size, p.g_width, p.g_depth).to(device)
-        self.d = ConvDiscriminator(p.image_size, p.d_width, p.d_depth, discriminator_norm(p.model, p.spectral_norm),
-                                   p.spectral_norm).to(device)
+        self.d = ConvDiscriminator(
+            p.image_size, p.d_width, p.d_depth, discriminator_norm(p.model, p.spectral_norm), p.spectral_norm
+        ).to(device)
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=p.lr_g, betas=self._betas())
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=p.lr_d, betas=self._betas())
         self.ema = ema_of(self.g, p.ema_decay)
@@ -163,8 +174,9 @@ class GanTrainer(_Base):
         out["instance_noise"] = sigma
         return out
 
-    def _d_step(self, images: torch.Tensor, idx: np.ndarray, sigma: float, sums: dict[str, float],
-                counts: dict[str, int]) -> None:
+    def _d_step(
+        self, images: torch.Tensor, idx: np.ndarray, sigma: float, sums: dict[str, float], counts: dict[str, int]
+    ) -> None:
         real = self._real_batch(images, idx)
         with torch.no_grad():
             fake = self.g(self._noise(len(idx)))
@@ -173,12 +185,17 @@ class GanTrainer(_Base):
         if self.wgan:
             gp = gradient_penalty(self.d, real_in, fake_in, self.rng)
             loss = d_fake.mean() - d_real.mean() + self.p.gp_weight * gp
-            _acc(sums, counts, gp=gp.item(), wasserstein=(d_real.mean() - d_fake.mean()).item(),
-                 d_real=d_real.mean().item(), d_fake=d_fake.mean().item())
+            _acc(
+                sums,
+                counts,
+                gp=gp.item(),
+                wasserstein=(d_real.mean() - d_fake.mean()).item(),
+                d_real=d_real.mean().item(),
+                d_fake=d_fake.mean().item(),
+            )
         else:
             loss = d_loss_nonsaturating(d_real, d_fake, self.p.label_smoothing)
-            _acc(sums, counts, d_real=torch.sigmoid(d_real).mean().item(),
-                 d_fake=torch.sigmoid(d_fake).mean().item())
+            _acc(sums, counts, d_real=torch.sigmoid(d_real).mean().item(), d_fake=torch.sigmoid(d_fake).mean().item())
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         self.world.average_gradients(self.d)
@@ -204,8 +221,14 @@ class GanTrainer(_Base):
         return [self.g, self.d, self.ema.module]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"g": self.g.state_dict(), "d": self.d.state_dict(), "opt_g": self.opt_g.state_dict(),
-                "opt_d": self.opt_d.state_dict(), "ema": self.ema.state_dict(), "d_steps": self.d_steps}
+        return {
+            "g": self.g.state_dict(),
+            "d": self.d.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "ema": self.ema.state_dict(),
+            "d_steps": self.d_steps,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.g.load_state_dict(state["g"])

@@ -6,6 +6,7 @@ Two families, chosen by ``classifier.arch``:
   replaced by dropout + one linear unit. ImageNet weights come from a local file (see
   ``core.pretrained``), never from the network.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -89,7 +90,7 @@ class SmallCNN(nn.Module):
         layers: list[nn.Module] = [ConvBNAct(3, width, stride=2)]
         c_in = width
         for i in range(depth):
-            c_out = min(width * 2 ** i, width * 8)
+            c_out = min(width * 2**i, width * 8)
             layers += [ConvBNAct(c_in, c_out, stride=1 if i == 0 else 2), make_block(c_out)]
             c_in = c_out
         self.features = nn.Sequential(*layers)

@@ -9,6 +9,7 @@ Widths and depths come from params: ``width`` is the channel count at the highes
 (doubling at each halving, capped at ``8 * width``), ``depth`` the number of convolutions per
 resolution block (1 = plain DCGAN; each extra one is a 3x3 convolution at that resolution).
 """
+
 from __future__ import annotations
 
 import math
@@ -27,6 +28,7 @@ MAX_CHANNEL_FACTOR = 8
 @dataclass(frozen=True)
 class GeneratorArch:
     """Everything needed to rebuild the sampling network from a checkpoint."""
+
     model: str
     size: int
     latent_dim: int
@@ -74,7 +76,10 @@ class ConvGenerator(nn.Module):
         self.latent_dim, self.size = latent_dim, size
         c0 = channels_at(width, steps)
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(latent_dim, c0, 4, 1, 0, bias=False), nn.BatchNorm2d(c0), nn.ReLU(True)]
+            nn.ConvTranspose2d(latent_dim, c0, 4, 1, 0, bias=False),
+            nn.BatchNorm2d(c0),
+            nn.ReLU(True),
+        ]
         layers += _same_res_convs(c0, depth - 1, norm="batch", act=nn.ReLU)
         c_in = c0
         for halvings in range(steps - 1, 0, -1):  # 8x8 ... size / 2

@@ -1,4 +1,5 @@
 """Everything the report shows, gathered in one ``ReportData`` (and its iteration tables as JSON)."""
+
 from __future__ import annotations
 
 import tempfile
@@ -19,7 +20,7 @@ class ReportData:
     tracking_uri: str
     generated: str
     runs: list[RunInfo]
-    left_out: dict[str, dict[str, int]]           # stage -> status -> count (runs not FINISHED)
+    left_out: dict[str, dict[str, int]]  # stage -> status -> count (runs not FINISHED)
     tracks: list[TrackData]
     setup: SetupData
     dvc_exps: list[DvcExp]
@@ -38,11 +39,22 @@ def collect(p: ReportParams, experiment: str, uri: str, repo: Path | None, exclu
         for track in tracks:
             track.remarks += [r for r in art.remarks if r not in track.remarks]
             art.remarks.clear()
-    exps, dvc_error = dvc_experiments(repo, p.dvc_timeout_s) if (p.dvc_exp_show and repo is not None) else (
-        [], "dvc exp show not asked for (report.dvc_exp_show: false)")
-    return ReportData(experiment=experiment, tracking_uri=uri, generated=time.strftime("%Y-%m-%d %H:%M:%S"),
-                      runs=runs, left_out=left_out, tracks=tracks, setup=setup_data(runs), dvc_exps=exps,
-                      dvc_error=dvc_error)
+    exps, dvc_error = (
+        dvc_experiments(repo, p.dvc_timeout_s)
+        if (p.dvc_exp_show and repo is not None)
+        else ([], "dvc exp show not asked for (report.dvc_exp_show: false)")
+    )
+    return ReportData(
+        experiment=experiment,
+        tracking_uri=uri,
+        generated=time.strftime("%Y-%m-%d %H:%M:%S"),
+        runs=runs,
+        left_out=left_out,
+        tracks=tracks,
+        setup=setup_data(runs),
+        dvc_exps=exps,
+        dvc_error=dvc_error,
+    )
 
 
 def summary(data: ReportData) -> dict[str, Any]:
@@ -51,18 +63,38 @@ def summary(data: ReportData) -> dict[str, Any]:
     for track in data.tracks:
         rows = []
         for it in track.iterations:
-            rows.append({
-                "number": it.number, "train_run": it.train.run_id if it.train else None,
-                "eval_run": it.eval.run_id if it.eval else None, "reused_train_of": it.reused_train_of,
-                "exp_name": it.exp_name, "note": it.note, "best": it is track.best_iteration,
-                "changes": [{"key": c.key, "old": c.old, "new": c.new} for c in it.changes],
-                "metrics": it.metrics, "metric_keys": it.metric_keys, "deltas": it.deltas, "better": it.better,
-                "has_roc": it.roc is not None, "final_grid_epoch": it.final_grid[0] if it.final_grid else None,
-            })
+            rows.append(
+                {
+                    "number": it.number,
+                    "train_run": it.train.run_id if it.train else None,
+                    "eval_run": it.eval.run_id if it.eval else None,
+                    "reused_train_of": it.reused_train_of,
+                    "exp_name": it.exp_name,
+                    "note": it.note,
+                    "best": it is track.best_iteration,
+                    "changes": [{"key": c.key, "old": c.old, "new": c.new} for c in it.changes],
+                    "metrics": it.metrics,
+                    "metric_keys": it.metric_keys,
+                    "deltas": it.deltas,
+                    "better": it.better,
+                    "has_roc": it.roc is not None,
+                    "final_grid_epoch": it.final_grid[0] if it.final_grid else None,
+                }
+            )
         best = track.best_iteration
-        tracks[track.spec.name] = {"primary": track.primary, "requested_primary": track.requested_primary or None,
-                                   "best": best.number if best else None,
-                                   "iterations": rows, "remarks": track.remarks}
-    return {"experiment": data.experiment, "generated": data.generated, "runs": len(data.runs),
-            "left_out": data.left_out, "tracks": tracks, "dvc_error": data.dvc_error,
-            "dvc_experiments": len(data.dvc_exps)}
+        tracks[track.spec.name] = {
+            "primary": track.primary,
+            "requested_primary": track.requested_primary or None,
+            "best": best.number if best else None,
+            "iterations": rows,
+            "remarks": track.remarks,
+        }
+    return {
+        "experiment": data.experiment,
+        "generated": data.generated,
+        "runs": len(data.runs),
+        "left_out": data.left_out,
+        "tracks": tracks,
+        "dvc_error": data.dvc_error,
+        "dvc_experiments": len(data.dvc_exps),
+    }

@@ -2,6 +2,7 @@
 
 ``report.sections`` builds it from the gathered data; ``report.render`` writes it as HTML and Markdown.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """The report's figures as PNG bytes: metrics across iterations, learning curves, ROC curves, montages."""
+
 from __future__ import annotations
 
 import io
@@ -39,8 +40,16 @@ def metrics_figure(track: TrackData) -> bytes | None:
         ys = [np.nan if it.metrics.get(name) is None else it.metrics[name] for it in track.iterations]
         ax.plot(xs, ys, marker="o", ms=4, lw=1.4, color="#1f5fa8")
         if best is not None and best.metrics.get(name) is not None:
-            ax.scatter([best.number], [best.metrics[name]], marker="*", s=220, color="#f2b705", edgecolor="black",
-                       zorder=3, label=f"best (#{best.number})")
+            ax.scatter(
+                [best.number],
+                [best.metrics[name]],
+                marker="*",
+                s=220,
+                color="#f2b705",
+                edgecolor="black",
+                zorder=3,
+                label=f"best (#{best.number})",
+            )
             ax.legend(fontsize=7, loc="best")
         direction = "lower" if track.lower_better(name) else "higher"
         ax.set(title=f"{name} ({direction} is better)", xlabel="iteration")
@@ -76,8 +85,16 @@ def curves_figure(track: TrackData) -> bytes | None:
                 points = track.curves[it.number].get(key) or []
                 if points:
                     steps, values = zip(*points)
-                    ax.plot(steps, values, ls=style, marker="o", ms=3, lw=1.4, color=colours[c % len(colours)],
-                            label=f"{key} #{it.number} ({role})")
+                    ax.plot(
+                        steps,
+                        values,
+                        ls=style,
+                        marker="o",
+                        ms=3,
+                        lw=1.4,
+                        color=colours[c % len(colours)],
+                        label=f"{key} #{it.number} ({role})",
+                    )
         ax.set(title=panel, xlabel="epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -96,12 +113,22 @@ def roc_figure(track: TrackData) -> bytes | None:
     for colour, it in zip(cmap, drawn):
         fpr, tpr = it.roc["fpr"].to_numpy(), it.roc["tpr"].to_numpy()
         is_best = it is best
-        ax.plot(fpr, tpr, lw=2.6 if is_best else 1.3, color="#d1495b" if is_best else colour,
-                label=f"#{it.number} AUC {area_under_curve(fpr, tpr):.3f}" + (" (best)" if is_best else ""),
-                zorder=3 if is_best else 2)
+        ax.plot(
+            fpr,
+            tpr,
+            lw=2.6 if is_best else 1.3,
+            color="#d1495b" if is_best else colour,
+            label=f"#{it.number} AUC {area_under_curve(fpr, tpr):.3f}" + (" (best)" if is_best else ""),
+            zorder=3 if is_best else 2,
+        )
     ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey", label="chance")
-    ax.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate (fake caught)",
-           xlim=(0, 1), ylim=(0, 1.01), title="ROC on the test split")
+    ax.set(
+        xlabel="false positive rate (real called fake)",
+        ylabel="true positive rate (fake caught)",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title="ROC on the test split",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     return png_bytes(fig)

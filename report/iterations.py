@@ -9,6 +9,7 @@ iteration of its own that reuses the previous training run.
 The best iteration is chosen by the primary metric, or, when no iteration has it (e.g. FID without
 Inception weights), by the first listed metric that some iteration has.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -18,19 +19,28 @@ from typing import Any
 import pandas as pd
 
 from core.params import ReportParams
-from report.runs import (Artifacts, RunInfo, curve_keys, first_image, read_json_artifact, read_roc, resolve_metric,
-                         sample_grids, spread)
+from report.runs import (
+    Artifacts,
+    RunInfo,
+    curve_keys,
+    first_image,
+    read_json_artifact,
+    read_roc,
+    resolve_metric,
+    sample_grids,
+    spread,
+)
 
 UPSTREAM_STAGES = ("download", "faces", "split")
 
 
 @dataclass(frozen=True)
 class TrackSpec:
-    name: str                 # classifier | generator
+    name: str  # classifier | generator
     title: str
     train_stage: str
     eval_stage: str
-    blocks: tuple[str, ...]   # params blocks of this track (diffed between iterations)
+    blocks: tuple[str, ...]  # params blocks of this track (diffed between iterations)
 
 
 CLASSIFIER = TrackSpec("classifier", "Classifier", "train_classifier", "evaluate", ("classifier", "evaluate"))
@@ -40,25 +50,25 @@ GENERATOR = TrackSpec("generator", "Generator", "train_generator", "fid", ("gene
 @dataclass(frozen=True)
 class Change:
     key: str
-    old: str | None           # None: absent in the previous iteration
-    new: str | None           # None: absent in this iteration
+    old: str | None  # None: absent in the previous iteration
+    new: str | None  # None: absent in this iteration
 
 
 @dataclass(eq=False)
 class Iteration:
-    number: int               # 1-based, time order
+    number: int  # 1-based, time order
     train: RunInfo | None
     eval: RunInfo | None
     reused_train_of: int | None = None  # evaluation-only iteration: number of the iteration whose training it reuses
     params: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float | None] = field(default_factory=dict)   # configured name -> value
-    metric_keys: dict[str, str] = field(default_factory=dict)        # configured name -> MLflow key found
-    deltas: dict[str, float | None] = field(default_factory=dict)    # versus the previous iteration that had it
-    better: dict[str, bool | None] = field(default_factory=dict)     # delta is an improvement (None: no change)
+    metrics: dict[str, float | None] = field(default_factory=dict)  # configured name -> value
+    metric_keys: dict[str, str] = field(default_factory=dict)  # configured name -> MLflow key found
+    deltas: dict[str, float | None] = field(default_factory=dict)  # versus the previous iteration that had it
+    better: dict[str, bool | None] = field(default_factory=dict)  # delta is an improvement (None: no change)
     changes: list[Change] = field(default_factory=list)
-    roc: pd.DataFrame | None = None                                   # fpr, tpr (classifier)
-    final_grid: tuple[int, bytes] | None = None                       # (epoch, PNG) last sample grid (generator)
-    eval_json: dict[str, Any] | None = None                           # evaluation's metrics.json (latest, best)
+    roc: pd.DataFrame | None = None  # fpr, tpr (classifier)
+    final_grid: tuple[int, bytes] | None = None  # (epoch, PNG) last sample grid (generator)
+    eval_json: dict[str, Any] | None = None  # evaluation's metrics.json (latest, best)
 
     @property
     def note(self) -> str:
@@ -78,13 +88,13 @@ class TrackData:
     primary: str
     lower_is_better: frozenset[str]
     iterations: list[Iteration]
-    best: int | None = None                                           # index into iterations
+    best: int | None = None  # index into iterations
     curves: dict[int, dict[str, list[tuple[int, float]]]] = field(default_factory=dict)  # number -> key -> points
     epoch_grids: list[tuple[int, bytes]] = field(default_factory=list)  # best iteration, (epoch, PNG)
     confusion: bytes | None = None
     misclassified: bytes | None = None
-    remarks: list[str] = field(default_factory=list)                  # what was skipped and why
-    requested_primary: str = ""                                       # the configured primary, when it was absent
+    remarks: list[str] = field(default_factory=list)  # what was skipped and why
+    requested_primary: str = ""  # the configured primary, when it was absent
 
     @property
     def best_iteration(self) -> Iteration | None:
@@ -113,8 +123,14 @@ def pair_runs(trains: Sequence[RunInfo], evals: Sequence[RunInfo]) -> list[tuple
         later = [e for e in evals if e.run_id not in used and e.start >= t.start]
         pick = next((e for e in later if t.exp_name and e.exp_name == t.exp_name), None)
         if pick is None:
-            pick = next((e for e in later if e.start < next_start
-                         and (not e.exp_name or not t.exp_name or e.exp_name == t.exp_name)), None)
+            pick = next(
+                (
+                    e
+                    for e in later
+                    if e.start < next_start and (not e.exp_name or not t.exp_name or e.exp_name == t.exp_name)
+                ),
+                None,
+            )
         if pick is not None:
             used.add(pick.run_id)
         pairs.append((t, pick))
@@ -160,16 +176,18 @@ def params_diff(old: dict[str, str] | None, new: dict[str, str], blocks: Sequenc
     return sorted(changes, key=lambda c: (not c.key.startswith(own), c.key))
 
 
-def build_iterations(spec: TrackSpec, runs: Sequence[RunInfo], metric_names: Sequence[str],
-                     lower_is_better: frozenset[str]) -> list[Iteration]:
+def build_iterations(
+    spec: TrackSpec, runs: Sequence[RunInfo], metric_names: Sequence[str], lower_is_better: frozenset[str]
+) -> list[Iteration]:
     trains = [r for r in runs if r.stage == spec.train_stage]
     evals = [r for r in runs if r.stage == spec.eval_stage]
     iterations: list[Iteration] = []
     for train, ev in pair_runs(trains, evals):
         reused = None
         if train is None and ev is not None:
-            owner = next((it for it in reversed(iterations) if it.train is not None and it.train.start <= ev.start),
-                         None)
+            owner = next(
+                (it for it in reversed(iterations) if it.train is not None and it.train.start <= ev.start), None
+            )
             if owner is not None:
                 train, reused = owner.train, owner.number
         it = Iteration(number=len(iterations) + 1, train=train, eval=ev, reused_train_of=reused)
@@ -211,15 +229,22 @@ def build_track(spec: TrackSpec, runs: Sequence[RunInfo], p: ReportParams, clien
     lower = frozenset(p.lower_is_better)
     iterations = build_iterations(spec, runs, names, lower)
     used = next((m for m in [primary, *names] if any(it.metrics.get(m) is not None for it in iterations)), primary)
-    track = TrackData(spec, names, used, lower, iterations, best_index(iterations, used, used in lower),
-                      requested_primary=primary if used != primary else "")
+    track = TrackData(
+        spec,
+        names,
+        used,
+        lower,
+        iterations,
+        best_index(iterations, used, used in lower),
+        requested_primary=primary if used != primary else "",
+    )
     if not iterations:
         return track
     best, latest = track.best_iteration, track.latest_iteration
     for it in {id(x): x for x in (latest, best) if x is not None}.values():
         if it.train is not None:
             track.curves[it.number] = curve_keys(client, it.train, wanted, p.curve_exclude)
-    recent = list(iterations[-p.max_curves:])
+    recent = list(iterations[-p.max_curves :])
     if best is not None and all(it is not best for it in recent):
         recent.insert(0, best)
     if spec is CLASSIFIER:
@@ -235,8 +260,12 @@ def build_track(spec: TrackSpec, runs: Sequence[RunInfo], p: ReportParams, clien
             track.misclassified = first_image(art, source.eval, p.misclassified_artifacts)
     else:
         for it in recent:
-            found = [(epoch, run, path) for run in (it.train, it.eval) if run is not None
-                     for epoch, path in sample_grids(art, run, p.sample_artifacts)]
+            found = [
+                (epoch, run, path)
+                for run in (it.train, it.eval)
+                if run is not None
+                for epoch, path in sample_grids(art, run, p.sample_artifacts)
+            ]
             if found:
                 epoch, run, path = max(found, key=lambda f: f[0])
                 raw = art.read(run.run_id, path)

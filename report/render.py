@@ -6,6 +6,7 @@ Autoescape is on, so text from MLflow (notes, params, run names) is always escap
 package data, read through importlib.resources, so an installed package finds them too.
 ``to_markdown`` refers to the same figures as PNG files in ``figures/`` beside report.md.
 """
+
 from __future__ import annotations
 
 import base64
@@ -44,11 +45,21 @@ def _template_source(name: str) -> str | None:
 @functools.cache
 def environment() -> Environment:
     """The report's Jinja2 environment: templates from the package, autoescape on, strict undefined."""
-    env = Environment(loader=FunctionLoader(_template_source), autoescape=True, undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env = Environment(
+        loader=FunctionLoader(_template_source),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     env.filters.update(inline=inline_html, data_uri=data_uri)
-    env.tests.update(heading=lambda b: isinstance(b, Heading), para=lambda b: isinstance(b, Para),
-                     table=lambda b: isinstance(b, Table), figure=lambda b: isinstance(b, Figure))
+    env.tests.update(
+        heading=lambda b: isinstance(b, Heading),
+        para=lambda b: isinstance(b, Para),
+        table=lambda b: isinstance(b, Table),
+        figure=lambda b: isinstance(b, Figure),
+    )
     return env
 
 

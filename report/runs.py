@@ -6,6 +6,7 @@ also finds ``test_roc_auc`` / ``test.roc_auc``; ``kid`` also ``generator.kid_mea
 metrics without breaking the report; a metric that cannot be found is shown as missing, never guessed.
 Reading an artifact never raises: a failure becomes a remark shown in the report.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -31,7 +32,7 @@ class RunInfo:
     run_id: str
     stage: str
     status: str
-    start: float              # seconds since the epoch
+    start: float  # seconds since the epoch
     end: float | None
     params: dict[str, str]
     metrics: dict[str, float]
@@ -54,8 +55,9 @@ class RunInfo:
         return time.strftime("%Y-%m-%d %H:%M", time.localtime(self.start))
 
 
-def load_runs(client: Any, experiment: str, exclude: str | None = None
-              ) -> tuple[list[RunInfo], dict[str, dict[str, int]]]:
+def load_runs(
+    client: Any, experiment: str, exclude: str | None = None
+) -> tuple[list[RunInfo], dict[str, dict[str, int]]]:
     """Finished runs of ``experiment`` (time order) and counts of the others per stage and status.
 
     ``exclude``: a run id left out entirely (the report's own run, still RUNNING).
@@ -67,8 +69,9 @@ def load_runs(client: Any, experiment: str, exclude: str | None = None
     left_out: dict[str, Counter] = {}
     token = None
     while True:
-        page = client.search_runs([exp.experiment_id], max_results=1000, order_by=["attributes.start_time ASC"],
-                                  page_token=token)
+        page = client.search_runs(
+            [exp.experiment_id], max_results=1000, order_by=["attributes.start_time ASC"], page_token=token
+        )
         for run in page:
             info = _run_info(run)
             if info.run_id == exclude:
@@ -86,10 +89,16 @@ def load_runs(client: Any, experiment: str, exclude: str | None = None
 
 def _run_info(run: Any) -> RunInfo:
     info, data = run.info, run.data
-    return RunInfo(run_id=info.run_id, stage=data.tags.get("stage", ""), status=info.status,
-                   start=(info.start_time or 0) / 1000.0,
-                   end=info.end_time / 1000.0 if info.end_time else None,
-                   params=dict(data.params), metrics=dict(data.metrics), tags=dict(data.tags))
+    return RunInfo(
+        run_id=info.run_id,
+        stage=data.tags.get("stage", ""),
+        status=info.status,
+        start=(info.start_time or 0) / 1000.0,
+        end=info.end_time / 1000.0 if info.end_time else None,
+        params=dict(data.params),
+        metrics=dict(data.metrics),
+        tags=dict(data.tags),
+    )
 
 
 def resolve_metric(metrics: dict[str, float], name: str) -> str | None:
@@ -185,8 +194,9 @@ def spread(items: Sequence[Any], n: int) -> list[Any]:
     return [items[i] for i in idx]
 
 
-def curve_keys(client: Any, run: RunInfo, wanted: Sequence[str], exclude: Sequence[str]
-               ) -> dict[str, list[tuple[int, float]]]:
+def curve_keys(
+    client: Any, run: RunInfo, wanted: Sequence[str], exclude: Sequence[str]
+) -> dict[str, list[tuple[int, float]]]:
     """Metric histories (step, value) of a training run: ``wanted`` keys, or every per-epoch metric."""
     keys = [k for k in wanted if k in run.metrics]
     auto = not keys

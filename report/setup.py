@@ -1,6 +1,7 @@
 """Setup facts of the report: dataset, face-crop and split statistics, hardware, devices, wall times,
 and the DVC experiments (``dvc exp show --json``).
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -40,8 +41,8 @@ class SetupData:
     split_summary: dict[str, Any] | None
     face_metrics: dict[str, Any] | None
     hardware: dict[str, str]
-    devices: dict[str, str]                       # stage -> device tag of its latest run
-    wall_times: list[dict[str, Any]]              # stage, runs, latest_s, median_s, total_s
+    devices: dict[str, str]  # stage -> device tag of its latest run
+    wall_times: list[dict[str, Any]]  # stage, runs, latest_s, median_s, total_s
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -62,13 +63,17 @@ def hardware() -> dict[str, str]:
         model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(errors="replace"), re.M)
         cpu = model.group(1).strip() if model else cpu
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    out = {"CPU": cpu, "CPU cores": f"{os.cpu_count()} logical, {usable} usable by this process",
-           "Python": platform.python_version(), "OS": platform.platform()}
+    out = {
+        "CPU": cpu,
+        "CPU cores": f"{os.cpu_count()} logical, {usable} usable by this process",
+        "Python": platform.python_version(),
+        "OS": platform.platform(),
+    }
     meminfo = Path("/proc/meminfo")
     if meminfo.exists():
         mem = re.search(r"^MemTotal:\s*(\d+) kB", meminfo.read_text(), re.M)
         if mem:
-            out["Memory"] = f"{int(mem.group(1)) / 1024 ** 2:.1f} GiB"
+            out["Memory"] = f"{int(mem.group(1)) / 1024**2:.1f} GiB"
     try:
         out["torch"] = importlib.metadata.version("torch")
         import torch
@@ -89,8 +94,15 @@ def wall_times(runs: Sequence[RunInfo]) -> list[dict[str, Any]]:
     for stage in stages:
         durations = [d for r in runs if r.stage == stage and (d := r.duration) is not None]
         if durations:
-            rows.append({"stage": stage, "runs": len(durations), "latest_s": durations[-1],
-                         "median_s": statistics.median(durations), "total_s": sum(durations)})
+            rows.append(
+                {
+                    "stage": stage,
+                    "runs": len(durations),
+                    "latest_s": durations[-1],
+                    "median_s": statistics.median(durations),
+                    "total_s": sum(durations),
+                }
+            )
     return rows
 
 
@@ -111,10 +123,16 @@ def latest_params(runs: Sequence[RunInfo], stage: str) -> dict[str, str]:
 
 
 def setup_data(runs: Sequence[RunInfo]) -> SetupData:
-    return SetupData(data_params=latest_params(runs, "download"), faces_params=latest_params(runs, "faces"),
-                     split_params=latest_params(runs, "split"), split_summary=read_json(SPLIT_SUMMARY),
-                     face_metrics=read_json(FACE_METRICS), hardware=hardware(), devices=devices(runs),
-                     wall_times=wall_times(runs))
+    return SetupData(
+        data_params=latest_params(runs, "download"),
+        faces_params=latest_params(runs, "faces"),
+        split_params=latest_params(runs, "split"),
+        split_summary=read_json(SPLIT_SUMMARY),
+        face_metrics=read_json(FACE_METRICS),
+        hardware=hardware(),
+        devices=devices(runs),
+        wall_times=wall_times(runs),
+    )
 
 
 def dvc_experiments(repo: Path, timeout: float) -> tuple[list[DvcExp], str | None]:
@@ -122,8 +140,14 @@ def dvc_experiments(repo: Path, timeout: float) -> tuple[list[DvcExp], str | Non
     exe = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     try:
-        proc = subprocess.run([exe, "exp", "show", "--json", "--all-commits"], cwd=repo, capture_output=True, text=True,
-                              timeout=timeout, env=env)
+        proc = subprocess.run(
+            [exe, "exp", "show", "--json", "--all-commits"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
     except (OSError, subprocess.TimeoutExpired) as err:
         return [], f"dvc exp show did not run: {err}"
     if proc.returncode != 0:
@@ -142,6 +166,12 @@ def parse_exp_show(entries: list[dict[str, Any]]) -> list[DvcExp]:
         for group in commit.get("experiments") or []:
             for rev in group.get("revs") or []:
                 data = rev.get("data") or {}
-                out.append(DvcExp(name=rev.get("name") or group.get("name") or "", rev=str(rev.get("rev", ""))[:7],
-                                  baseline=baseline, timestamp=str(data.get("timestamp") or "")))
+                out.append(
+                    DvcExp(
+                        name=rev.get("name") or group.get("name") or "",
+                        rev=str(rev.get("rev", ""))[:7],
+                        baseline=baseline,
+                        timestamp=str(data.get("timestamp") or ""),
+                    )
+                )
     return out

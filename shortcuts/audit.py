@@ -38,6 +38,7 @@ reals; the generator's own train direction when train has it); plus a standardis
 regression on all features (fit on train, scored on test). Missing values are imputed with the train
 median and counted. A test AUC >= warn_auc or <= 1 - warn_auc is a warning.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,23 +62,99 @@ from core.images import ImageDecodeError, decode_rgb
 from core.schema import REAL_GENERATOR
 
 BAND, FLAT_TOL, BLOCK = 4, 3, 8
-MIN_PER_CLASS = 5            # fewer images of a class in a scope: no AUC
+MIN_PER_CLASS = 5  # fewer images of a class in a scope: no AUC
 CROP, SOURCE = "crop", "source"
 FEATURES: dict[str, str] = {  # name -> kind, in report order
-    "border_constant": CROP, "channel_spread": CROP, "saturation": CROP, "brightness": CROP,
-    "sharpness": CROP, "jpeg_blockiness": CROP, "face_rel_size": SOURCE, "face_side_px": SOURCE,
-    "box_aspect": SOURCE, "margin_used": SOURCE, "raw_short_side": SOURCE, "raw_aspect": SOURCE,
+    "border_constant": CROP,
+    "channel_spread": CROP,
+    "saturation": CROP,
+    "brightness": CROP,
+    "sharpness": CROP,
+    "jpeg_blockiness": CROP,
+    "face_rel_size": SOURCE,
+    "face_side_px": SOURCE,
+    "box_aspect": SOURCE,
+    "margin_used": SOURCE,
+    "raw_short_side": SOURCE,
+    "raw_aspect": SOURCE,
     "jpeg_quality": SOURCE,
 }
 BOX, CUT = ["box_x1", "box_y1", "box_x2", "box_y2"], ["crop_x1", "crop_y1", "crop_x2", "crop_y2"]
 N_WARNINGS_METRIC = "shortcut_audit.n_warnings"
 # the IJG (libjpeg) standard luminance table; quality q scales it by 5000/q (q < 50) or 200 - 2q
-_LUMA = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
-                  14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113,
-                  92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], dtype=np.int64)
+_LUMA = np.array(
+    [
+        16,
+        11,
+        10,
+        16,
+        24,
+        40,
+        51,
+        61,
+        12,
+        12,
+        14,
+        19,
+        26,
+        58,
+        60,
+        55,
+        14,
+        13,
+        16,
+        24,
+        40,
+        57,
+        69,
+        56,
+        14,
+        17,
+        22,
+        29,
+        51,
+        87,
+        80,
+        62,
+        18,
+        22,
+        37,
+        56,
+        68,
+        109,
+        103,
+        77,
+        24,
+        35,
+        55,
+        64,
+        81,
+        104,
+        113,
+        92,
+        49,
+        64,
+        78,
+        87,
+        103,
+        121,
+        120,
+        101,
+        72,
+        92,
+        95,
+        98,
+        112,
+        100,
+        103,
+        99,
+    ],
+    dtype=np.int64,
+)
 _Q = np.arange(1, 101)
-_IJG_SORTED = np.sort(np.clip((_LUMA[None] * np.where(_Q < 50, 5000 // _Q, 200 - 2 * _Q)[:, None] + 50) // 100,
-                              1, 255), axis=1)
+_IJG_SORTED = np.sort(
+    np.clip((_LUMA[None] * np.where(_Q < 50, 5000 // _Q, 200 - 2 * _Q)[:, None] + 50) // 100, 1, 255), axis=1
+)
 
 
 # ---------------------------------------------------------------- per-image features
@@ -90,9 +167,9 @@ def border_constant(rgb: np.ndarray, band: int = BAND, tol: int = FLAT_TOL) -> f
         return math.nan
     a = rgb.astype(np.int16)
     sides = [a[:band], a[::-1][:band], a[:, :band].transpose(1, 0, 2), a[:, ::-1][:, :band].transpose(1, 0, 2)]
-    strips = np.concatenate(sides, axis=1)                         # (depth, position, channel), depth 0 = outermost
+    strips = np.concatenate(sides, axis=1)  # (depth, position, channel), depth 0 = outermost
     same = np.abs(strips - strips[:1]).max(axis=2) <= tol
-    run = np.cumprod(same, axis=0).sum(axis=0)                     # 1..band
+    run = np.cumprod(same, axis=0).sum(axis=0)  # 1..band
     return float(((run - 1) / (band - 1)).mean())
 
 
@@ -102,9 +179,13 @@ def pixel_features(rgb: np.ndarray) -> dict[str, float]:
     hi, lo = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
     luma = 0.299 * r + 0.587 * g + 0.114 * b
     saturation = np.divide(hi - lo, hi, out=np.zeros_like(hi), where=hi > 0)
-    return {"border_constant": border_constant(rgb), "channel_spread": float((hi - lo).mean() / 255),
-            "saturation": float(saturation.mean()), "brightness": float(luma.mean() / 255),
-            "sharpness": float(ndimage.laplace(luma).var())}
+    return {
+        "border_constant": border_constant(rgb),
+        "channel_spread": float((hi - lo).mean() / 255),
+        "saturation": float(saturation.mean()),
+        "brightness": float(luma.mean() / 255),
+        "sharpness": float(ndimage.laplace(luma).var()),
+    }
 
 
 def grid_phase(orientation: int, width: int, height: int) -> tuple[int, int]:
@@ -118,7 +199,7 @@ def blockiness(luma: np.ndarray, x0: int = 0, y0: int = 0, phase: tuple[int, int
     if h < 2 * BLOCK or w < 2 * BLOCK:
         return math.nan
     y = luma.astype(np.float32)
-    dx, dy = np.diff(y, axis=1) ** 2, np.diff(y, axis=0) ** 2      # step into column / row index + 1
+    dx, dy = np.diff(y, axis=1) ** 2, np.diff(y, axis=0) ** 2  # step into column / row index + 1
     on_x = (x0 + 1 + np.arange(w - 1) - phase[0]) % BLOCK == 0
     on_y = (y0 + 1 + np.arange(h - 1) - phase[1]) % BLOCK == 0
     on = np.concatenate([dx[:, on_x].ravel(), dy[on_y].ravel()])
@@ -141,12 +222,24 @@ def raw_features(path: Path, cut: tuple[float, float, float, float] | None) -> d
         orientation = int(im.getexif().get(0x0112, 1) or 1)
     image = decode_rgb(path).image
     w, h = image.size
-    x1, y1, x2, y2 = (0, 0, w, h) if cut is None else (
-        max(0, math.floor(cut[0])), max(0, math.floor(cut[1])), min(w, math.ceil(cut[2])), min(h, math.ceil(cut[3])))
+    x1, y1, x2, y2 = (
+        (0, 0, w, h)
+        if cut is None
+        else (
+            max(0, math.floor(cut[0])),
+            max(0, math.floor(cut[1])),
+            min(w, math.ceil(cut[2])),
+            min(h, math.ceil(cut[3])),
+        )
+    )
     region = np.asarray(image.crop((x1, y1, x2, y2)).convert("L")) if x2 > x1 and y2 > y1 else np.zeros((0, 0))
     quality = 0.0 if tables is None else (jpeg_quality(tables[0]) if 0 in tables else math.nan)
-    return {"jpeg_blockiness": blockiness(region, x1, y1, grid_phase(orientation, w, h)), "jpeg_quality": quality,
-            "decoded_width": float(w), "decoded_height": float(h)}
+    return {
+        "jpeg_blockiness": blockiness(region, x1, y1, grid_phase(orientation, w, h)),
+        "jpeg_quality": quality,
+        "decoded_width": float(w),
+        "decoded_height": float(h),
+    }
 
 
 # ---------------------------------------------------------------- per-split table
@@ -154,10 +247,10 @@ def raw_features(path: Path, cut: tuple[float, float, float, float] | None) -> d
 
 @dataclass
 class FeatureTable:
-    values: pd.DataFrame                 # one column per computed feature, NaN where unknown
-    labels: np.ndarray                   # 1 = fake
+    values: pd.DataFrame  # one column per computed feature, NaN where unknown
+    labels: np.ndarray  # 1 = fake
     generators: np.ndarray
-    skipped: dict[str, str] = field(default_factory=dict)   # feature -> why it is not computed
+    skipped: dict[str, str] = field(default_factory=dict)  # feature -> why it is not computed
     unreadable: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -168,8 +261,9 @@ def _numeric(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame | None
     return frame[list(columns)].apply(pd.to_numeric, errors="coerce").astype(float)
 
 
-def _row(root: Path, path: str, raw_path: str, cut: tuple[float, float, float, float] | None
-         ) -> tuple[dict[str, float], list[str]]:
+def _row(
+    root: Path, path: str, raw_path: str, cut: tuple[float, float, float, float] | None
+) -> tuple[dict[str, float], list[str]]:
     values: dict[str, float] = {}
     errors: list[str] = []
     try:
@@ -191,14 +285,20 @@ def feature_table(frame: pd.DataFrame, root: Path = Path("."), workers: int | No
     notes = [] if cuts is not None else ["no crop_* columns: jpeg_blockiness is measured on the whole raw image"]
     raw_paths = frame["raw_path"].astype(str).tolist() if "raw_path" in frame.columns else [""] * len(frame)
     boxes = np.full((len(frame), 4), np.nan) if cuts is None else cuts.to_numpy()
-    jobs = [(str(p), r, None if np.isnan(box).any() else (box[0], box[1], box[2], box[3]))
-            for p, r, box in zip(frame["path"], raw_paths, boxes)]
+    jobs = [
+        (str(p), r, None if np.isnan(box).any() else (box[0], box[1], box[2], box[3]))
+        for p, r, box in zip(frame["path"], raw_paths, boxes)
+    ]
     with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
         results = list(pool.map(lambda job: _row(root, *job), jobs))
     pixels = pd.DataFrame([values for values, _ in results], index=frame.index, dtype=float)
-    table = FeatureTable(pd.DataFrame(index=frame.index), (frame["label"] == "fake").to_numpy().astype(int),
-                         frame["generator"].astype(str).to_numpy(), notes=notes,
-                         unreadable=[e for _, errors in results for e in errors])
+    table = FeatureTable(
+        pd.DataFrame(index=frame.index),
+        (frame["label"] == "fake").to_numpy().astype(int),
+        frame["generator"].astype(str).to_numpy(),
+        notes=notes,
+        unreadable=[e for _, errors in results for e in errors],
+    )
     for name, kind in FEATURES.items():
         if kind == CROP:
             table.values[name] = pixels.get(name, pd.Series(math.nan, index=frame.index))
@@ -223,7 +323,10 @@ def _source_features(frame: pd.DataFrame, pixels: pd.DataFrame, table: FeatureTa
         bh = (box["box_y2"] - box["box_y1"]).where(lambda s: s > 0)
         side = np.maximum(bw, bh)
         table.values["face_rel_size"], table.values["face_side_px"], table.values["box_aspect"] = (
-            side / short, side, bh / bw)
+            side / short,
+            side,
+            bh / bw,
+        )
     margin = _numeric(frame, ["margin_used"])
     if margin is None:
         table.skipped["margin_used"] = "no margin_used column (split made before the crop-policy columns)"
@@ -255,15 +358,21 @@ def score_feature(x_tr: np.ndarray, tr: FeatureTable, x_te: np.ndarray, te: Feat
     """Train-fitted direction, test AUC overall and per generator (strongest generator named)."""
     a_tr = _auc(tr.labels, x_tr)
     sign = _direction(a_tr)
-    out: dict[str, Any] = {"train_auc": None if a_tr is None else max(a_tr, 1 - a_tr),
-                           "direction": "higher = fake" if sign > 0 else "lower = fake",
-                           "test_auc": _auc(te.labels, sign * x_te), "per_generator": {}}
+    out: dict[str, Any] = {
+        "train_auc": None if a_tr is None else max(a_tr, 1 - a_tr),
+        "direction": "higher = fake" if sign > 0 else "lower = fake",
+        "test_auc": _auc(te.labels, sign * x_te),
+        "per_generator": {},
+    }
     for g in _generators(te.labels, te.generators):
         mtr, mte = (tr.labels == 0) | (tr.generators == g), (te.labels == 0) | (te.generators == g)
         g_tr = _auc(tr.labels[mtr], x_tr[mtr]) if (tr.generators == g).any() else None
         s = sign if g_tr is None else _direction(g_tr)
-        out["per_generator"][g] = {"test_auc": _auc(te.labels[mte], s * x_te[mte]), "direction_from": (
-            "generator" if g_tr is not None else "overall"), "n_fake": int((te.generators[mte] == g).sum())}
+        out["per_generator"][g] = {
+            "test_auc": _auc(te.labels[mte], s * x_te[mte]),
+            "direction_from": ("generator" if g_tr is not None else "overall"),
+            "n_fake": int((te.generators[mte] == g).sum()),
+        }
     scored = [(g, v["test_auc"]) for g, v in out["per_generator"].items() if v["test_auc"] is not None]
     strongest = max(scored, key=lambda gv: abs(gv[1] - 0.5), default=None)
     out["strongest_generator"] = None if strongest is None else {"name": strongest[0], "test_auc": strongest[1]}
@@ -271,8 +380,11 @@ def score_feature(x_tr: np.ndarray, tr: FeatureTable, x_te: np.ndarray, te: Feat
 
 
 def _combined(x_tr: np.ndarray, tr: FeatureTable, x_te: np.ndarray, te: FeatureTable) -> dict[str, Any]:
-    out: dict[str, Any] = {"model": "StandardScaler + LogisticRegression on every computed feature",
-                           "test_auc": None, "per_generator": {}}
+    out: dict[str, Any] = {
+        "model": "StandardScaler + LogisticRegression on every computed feature",
+        "test_auc": None,
+        "per_generator": {},
+    }
     if x_tr.shape[1] == 0 or len(set(tr.labels.tolist())) < 2:
         return {**out, "skipped": "needs features and both classes in train"}
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x_tr, tr.labels)
@@ -293,8 +405,9 @@ def warning_lines(features: dict[str, dict[str, Any]], combined: dict[str, Any],
     lines = []
     named = [(f"{name} ({f['kind']} feature) alone", f) for name, f in features.items()]
     for what, f in [*named, ("all features together (logistic regression)", combined)]:
-        scopes = [("overall", f.get("test_auc"))] + [(f"for {g} vs real", v.get("test_auc"))
-                                                     for g, v in f.get("per_generator", {}).items()]
+        scopes = [("overall", f.get("test_auc"))] + [
+            (f"for {g} vs real", v.get("test_auc")) for g, v in f.get("per_generator", {}).items()
+        ]
         for scope, auc in scopes:
             if auc is not None and _flagged(auc, warn_auc):
                 flip = " (direction flipped between train and test)" if auc < 0.5 else ""
@@ -302,8 +415,9 @@ def warning_lines(features: dict[str, dict[str, Any]], combined: dict[str, Any],
     return lines
 
 
-def crop_feature_audit(train_frame: pd.DataFrame, test_frame: pd.DataFrame, root: Path = Path("."),
-                       warn_auc: float = 0.75) -> dict[str, Any]:
+def crop_feature_audit(
+    train_frame: pd.DataFrame, test_frame: pd.DataFrame, root: Path = Path("."), warn_auc: float = 0.75
+) -> dict[str, Any]:
     """The audit as a JSON-ready dict (``metrics["shortcut_audit"]["crop_features"]``)."""
     tr, te = feature_table(train_frame, root), feature_table(test_frame, root)
     skipped = {**tr.skipped, **te.skipped}
@@ -316,23 +430,37 @@ def crop_feature_audit(train_frame: pd.DataFrame, test_frame: pd.DataFrame, root
     x_tr, x_te = tr.values[used].fillna(medians).to_numpy(), te.values[used].fillna(medians).to_numpy()
     features: dict[str, dict[str, Any]] = {}
     for k, name in enumerate(used):
-        features[name] = {"kind": FEATURES[name], **score_feature(x_tr[:, k], tr, x_te[:, k], te),
-                          "imputed": {"train": int(tr.values[name].isna().sum()),
-                                      "test": int(te.values[name].isna().sum())},
-                          "imputed_with": float(medians[name])}
+        features[name] = {
+            "kind": FEATURES[name],
+            **score_feature(x_tr[:, k], tr, x_te[:, k], te),
+            "imputed": {"train": int(tr.values[name].isna().sum()), "test": int(te.values[name].isna().sum())},
+            "imputed_with": float(medians[name]),
+        }
     combined = {**_combined(x_tr, tr, x_te, te), "features": used}
     warnings = warning_lines(features, combined, warn_auc)
     unreadable = tr.unreadable + te.unreadable
-    return {"warn_auc": warn_auc, "n_train": len(tr.labels), "n_test": len(te.labels), "features": features,
-            "skipped": {f: skipped[f] for f in FEATURES if f in skipped}, "combined": combined,
-            "warnings": warnings, "n_warnings": len(warnings), "unreadable": len(unreadable),
-            "unreadable_examples": unreadable[:5], "notes": tr.notes + [n for n in te.notes if n not in tr.notes]}
+    return {
+        "warn_auc": warn_auc,
+        "n_train": len(tr.labels),
+        "n_test": len(te.labels),
+        "features": features,
+        "skipped": {f: skipped[f] for f in FEATURES if f in skipped},
+        "combined": combined,
+        "warnings": warnings,
+        "n_warnings": len(warnings),
+        "unreadable": len(unreadable),
+        "unreadable_examples": unreadable[:5],
+        "notes": tr.notes + [n for n in te.notes if n not in tr.notes],
+    }
 
 
 def audit_metrics(audit: dict[str, Any]) -> dict[str, float]:
     """MLflow metrics: ``shortcut_audit.crop.<feature>`` = test AUC overall, the combined model, the warning count."""
-    out = {f"shortcut_audit.crop.{name}": f["test_auc"] for name, f in audit["features"].items()
-           if f["test_auc"] is not None}
+    out = {
+        f"shortcut_audit.crop.{name}": f["test_auc"]
+        for name, f in audit["features"].items()
+        if f["test_auc"] is not None
+    }
     if audit["combined"].get("test_auc") is not None:
         out["shortcut_audit.crop.all_features"] = audit["combined"]["test_auc"]
     return {**out, N_WARNINGS_METRIC: float(audit["n_warnings"])}

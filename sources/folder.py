@@ -15,6 +15,7 @@ folders, fifos/sockets/devices and folders reached twice through symlinks each b
 row with status ``skipped`` and the reason. Symlinks to files and folders are followed (a folder
 only once; a link back into its own ancestry is a loop, never followed).
 """
+
 from __future__ import annotations
 
 import errno
@@ -32,8 +33,15 @@ from core.errors import PipelineError
 from core.params import DataParams
 from sources.rawset import IMAGE_EXTENSIONS, FetchError, RawItem, store_all
 
-SPLIT_DIRS = {"train": "train", "training": "train", "valid": "val", "val": "val",
-              "validation": "val", "test": "test", "testing": "test"}
+SPLIT_DIRS = {
+    "train": "train",
+    "training": "train",
+    "valid": "val",
+    "val": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 LABEL_DIRS = ("real", "fake")
 UNKNOWN_GENERATOR = "unknown"
 
@@ -44,11 +52,11 @@ class FolderLayoutError(PipelineError, ValueError):
 
 @dataclass(frozen=True)
 class FolderFile:
-    rel: str          # posix path relative to the folder root
+    rel: str  # posix path relative to the folder root
     label: str
     generator: str
-    split: str        # "" or train|val|test
-    problem: str = "" # non-empty: an entry that cannot be used (broken link, loop, unreadable folder...)
+    split: str  # "" or train|val|test
+    problem: str = ""  # non-empty: an entry that cannot be used (broken link, loop, unreadable folder...)
 
 
 _scandir = os.scandir  # the one directory-listing call (tests simulate unreadable folders through it)
@@ -71,8 +79,10 @@ def _child_dirs(base: Path) -> dict[str, Path]:
             continue
         key = entry.name.lower()
         if key in out and key in (*LABEL_DIRS, *SPLIT_DIRS):
-            raise FolderLayoutError(f"{base}: both {out[key].name}/ and {entry.name}/ exist (folder names are "
-                                    f"case-insensitive here); merge them into one")
+            raise FolderLayoutError(
+                f"{base}: both {out[key].name}/ and {entry.name}/ exist (folder names are "
+                f"case-insensitive here); merge them into one"
+            )
         out.setdefault(key, Path(entry.path))
     return out
 
@@ -93,8 +103,9 @@ def _walk(root: Path, label_dir: Path, label: str, split: str, listed: dict[str,
 
     def add(path: Path, is_dir: bool, problem: str = "") -> None:
         inner = path.relative_to(label_dir).parts
-        found.append(FolderFile(path.relative_to(root).as_posix(), label, _generator(label, inner, is_dir),
-                                split, problem))
+        found.append(
+            FolderFile(path.relative_to(root).as_posix(), label, _generator(label, inner, is_dir), split, problem)
+        )
 
     listed.setdefault(os.path.realpath(label_dir), label_dir.relative_to(root).as_posix())
     stack = [label_dir]
@@ -124,8 +135,15 @@ def _walk(root: Path, label_dir: Path, label: str, split: str, listed: dict[str,
                 if real in listed:
                     first = listed[real]
                     loop = rel.startswith(first + "/") or first == ""
-                    add(path, True, (f"symbolic link loop (leads back to {first}/)" if loop else
-                                     f"folder already listed as {first}/ (reached twice through a symbolic link)"))
+                    add(
+                        path,
+                        True,
+                        (
+                            f"symbolic link loop (leads back to {first}/)"
+                            if loop
+                            else f"folder already listed as {first}/ (reached twice through a symbolic link)"
+                        ),
+                    )
                     continue
                 listed[real] = rel
                 stack.append(path)
@@ -153,26 +171,37 @@ def check_layout(root: Path) -> tuple[dict[str, Path], list[str]]:
     other work: a path that is missing or a file, two layouts at once, or only one of the two labels
     fails here with one line."""
     if not root.exists():
-        raise FolderLayoutError(f"data.source folder {root} does not exist (relative paths are relative to "
-                                f"the project root, where params.yaml is)")
+        raise FolderLayoutError(
+            f"data.source folder {root} does not exist (relative paths are relative to "
+            f"the project root, where params.yaml is)"
+        )
     if not root.is_dir():
-        raise FolderLayoutError(f"data.source folder {root} is a file, not a folder; point data.source: "
-                                f"folder:<path> at the folder holding real/ and fake/")
+        raise FolderLayoutError(
+            f"data.source folder {root} is a file, not a folder; point data.source: "
+            f"folder:<path> at the folder holding real/ and fake/"
+        )
     children = _child_dirs(root)
-    splits = {name: d for name, d in children.items()
-              if name in SPLIT_DIRS and any(label in _child_dirs(d) for label in LABEL_DIRS)}
+    splits = {
+        name: d
+        for name, d in children.items()
+        if name in SPLIT_DIRS and any(label in _child_dirs(d) for label in LABEL_DIRS)
+    }
     flat = [label for label in LABEL_DIRS if label in children]
     if splits and flat:
-        raise FolderLayoutError(f"{root}: has both split folders {sorted(splits)} and top-level {flat}/; "
-                                f"use one layout: real/ + fake/, or train|valid|test/{{real,fake}}/")
-    labels = set(flat) if not splits else {label for d in splits.values() for label in LABEL_DIRS
-                                           if label in _child_dirs(d)}
+        raise FolderLayoutError(
+            f"{root}: has both split folders {sorted(splits)} and top-level {flat}/; "
+            f"use one layout: real/ + fake/, or train|valid|test/{{real,fake}}/"
+        )
+    labels = (
+        set(flat) if not splits else {label for d in splits.values() for label in LABEL_DIRS if label in _child_dirs(d)}
+    )
     if len(labels) == 1:
         (only,) = labels
         (other,) = set(LABEL_DIRS) - labels
-        raise FolderLayoutError(f"{root}: has {only}/ but no {other}/ folder; a real-vs-fake set needs both labels",
-                                f"add {other} images under {root}/{other}/ (or point data.source at a set "
-                                f"that has both)")
+        raise FolderLayoutError(
+            f"{root}: has {only}/ but no {other}/ folder; a real-vs-fake set needs both labels",
+            f"add {other} images under {root}/{other}/ (or point data.source at a set that has both)",
+        )
     return splits, flat
 
 
@@ -186,13 +215,20 @@ def scan_folder(root: Path) -> list[FolderFile]:
     else:
         files = _scan_labels(root, root, "", listed)
     if not files:
-        raise FolderLayoutError(f"{root}: no files found; expected real/... and fake/[<generator>/]... "
-                                f"or train|valid|test/{{real,fake}}/...")
-    ignored = sorted(name for name in os.listdir(root)
-                     if name.lower() not in (*LABEL_DIRS, *(splits if splits else ()), "manifest.csv"))
+        raise FolderLayoutError(
+            f"{root}: no files found; expected real/... and fake/[<generator>/]... "
+            f"or train|valid|test/{{real,fake}}/..."
+        )
+    ignored = sorted(
+        name
+        for name in os.listdir(root)
+        if name.lower() not in (*LABEL_DIRS, *(splits if splits else ()), "manifest.csv")
+    )
     if ignored:
-        print(f"download: {root}: ignoring {len(ignored)} entries outside the label folders "
-              f"({', '.join(ignored[:5])}{', ...' if len(ignored) > 5 else ''})")
+        print(
+            f"download: {root}: ignoring {len(ignored)} entries outside the label folders "
+            f"({', '.join(ignored[:5])}{', ...' if len(ignored) > 5 else ''})"
+        )
     return files
 
 
@@ -230,10 +266,20 @@ def folder_items(spec: Path, per_source: int | str, seed: int) -> list[RawItem]:
     files = sample_files(scan_folder(spec), per_source, seed)
     groups = near_dup_groups(spec)
     source = spec.resolve().name
-    return [RawItem(key=f"{source}/{f.rel}", label=f.label, generator=f.generator, source=source,
-                    group=groups.get(f.rel, f.rel), origin=(spec / f.rel).as_posix(),
-                    ext=Path(f.rel).suffix.lower(), predefined_split=f.split, refused=f.problem)
-            for f in files]
+    return [
+        RawItem(
+            key=f"{source}/{f.rel}",
+            label=f.label,
+            generator=f.generator,
+            source=source,
+            group=groups.get(f.rel, f.rel),
+            origin=(spec / f.rel).as_posix(),
+            ext=Path(f.rel).suffix.lower(),
+            predefined_split=f.split,
+            refused=f.problem,
+        )
+        for f in files
+    ]
 
 
 def _read_file(item: RawItem) -> bytes:

@@ -20,6 +20,7 @@ zip is one real photo and its three fakes.
 
 The filesystem is a parameter (``RangeFS``, sources.zips): tests run the same range-read path on local zips.
 """
+
 from __future__ import annotations
 
 import random
@@ -32,22 +33,36 @@ from urllib.parse import quote
 
 from core.io import stable_hash
 from core.params import DataParams
-from sources.hub import (MAX_RATE_LIMIT_WAITS, DownloadError, HubThrottle, SourceUnavailableError, first_line,
-                         is_connection_error, offline_message, rate_limited, with_retries)
+from sources.hub import (
+    MAX_RATE_LIMIT_WAITS,
+    DownloadError,
+    HubThrottle,
+    SourceUnavailableError,
+    first_line,
+    is_connection_error,
+    offline_message,
+    rate_limited,
+    with_retries,
+)
 from sources.rawset import IMAGE_EXTENSIONS, FetchError, RawItem, store_all
 from sources.zips import RangeFS, UnsafeMemberError, ZipEntry, ZipSource, cached_read, list_entries, safe_member_path
 
 DFF_ZIPS: dict[str, str] = {  # zip at the repo root -> generator ("real" for the real photos)
-    "wiki.zip": "real", "text2img.zip": "text2img", "inpainting.zip": "inpainting", "insight.zip": "insight",
+    "wiki.zip": "real",
+    "text2img.zip": "text2img",
+    "inpainting.zip": "inpainting",
+    "insight.zip": "insight",
 }
 DFF_SOURCE = "dff"
 # Byte sizes of the zips at the pinned default revision (DataParams().hf_revision of DataParams().hf_repo):
 # the one table; checked only when data.hf_repo / data.hf_revision are the defaults.
 DFF_ZIP_SIZES: dict[str, int] = {
-    "wiki.zip": 1_766_572_515, "text2img.zip": 1_134_392_707,
-    "inpainting.zip": 1_082_027_665, "insight.zip": 1_081_375_437,
+    "wiki.zip": 1_766_572_515,
+    "text2img.zip": 1_134_392_707,
+    "inpainting.zip": 1_082_027_665,
+    "insight.zip": 1_081_375_437,
 }
-MIN_PAIRED = 0.90            # share of the real paths that must have all three fakes at the same path
+MIN_PAIRED = 0.90  # share of the real paths that must have all three fakes at the same path
 RETRIED_IN_CLIENT = (408, 500, 502, 503, 504)  # huggingface_hub's own retries minus 429 (handled here)
 
 ZipFetcher = Callable[[str], Path]  # zip name at the repo root -> local path of the whole zip
@@ -87,9 +102,11 @@ def check_sizes(sources: Mapping[str, ZipSource], expected: Mapping[str, int], w
     for name, src in sources.items():
         want = expected.get(name)
         if want is not None and src.size != want:
-            raise DownloadError(f"{name} on {where} is {src.size:,} bytes, expected {want:,}: not the DeepFakeFace "
-                                f"files this pipeline was checked against (set data.hf_repo / data.hf_revision "
-                                f"to the dataset you mean; sizes are only checked for the defaults)")
+            raise DownloadError(
+                f"{name} on {where} is {src.size:,} bytes, expected {want:,}: not the DeepFakeFace "
+                f"files this pipeline was checked against (set data.hf_repo / data.hf_revision "
+                f"to the dataset you mean; sizes are only checked for the defaults)"
+            )
 
 
 def _parts(name: str) -> list[str]:
@@ -123,8 +140,9 @@ def person_group(rel: str) -> str:
 
 def is_candidate(rel: str) -> bool:
     parts = rel.split("/")
-    return (PurePosixPath(rel).suffix.lower() in IMAGE_EXTENSIONS
-            and not any(p.startswith(".") or p == "__MACOSX" for p in parts))
+    return PurePosixPath(rel).suffix.lower() in IMAGE_EXTENSIONS and not any(
+        p.startswith(".") or p == "__MACOSX" for p in parts
+    )
 
 
 def choose_common(rels: dict[str, set[str]], n: int, seed: int) -> list[str]:
@@ -150,10 +168,12 @@ def check_pairing(candidates: dict[str, set[str]], origins: dict[str, str]) -> N
         example = min(reals - paired)
         missing = [z for z, c in candidates.items() if example not in c]
         fake_example = next((min(c) for z, c in candidates.items() if z != real and c), "none")
-        raise DownloadError(f"only {len(paired):,} of the {len(reals):,} real paths in {real} ({share:.0%}, need "
-                            f"{MIN_PAIRED:.0%}) have all three fakes at the same path, e.g. {example!r} is not in "
-                            f"{', '.join(missing)} (a fake path looks like {fake_example!r}); the zips do not have "
-                            f"the DeepFakeFace layout")
+        raise DownloadError(
+            f"only {len(paired):,} of the {len(reals):,} real paths in {real} ({share:.0%}, need "
+            f"{MIN_PAIRED:.0%}) have all three fakes at the same path, e.g. {example!r} is not in "
+            f"{', '.join(missing)} (a fake path looks like {fake_example!r}); the zips do not have "
+            f"the DeepFakeFace layout"
+        )
 
 
 @dataclass(frozen=True)
@@ -164,8 +184,14 @@ class _Planned:
     cache_file: Path | None
 
 
-def plan(sources: dict[str, ZipSource], listings: dict[str, list[ZipEntry]], per_source: int | str,
-         seed: int, member_cache: dict[str, Path] | None, origins: dict[str, str]) -> list[_Planned]:
+def plan(
+    sources: dict[str, ZipSource],
+    listings: dict[str, list[ZipEntry]],
+    per_source: int | str,
+    seed: int,
+    member_cache: dict[str, Path] | None,
+    origins: dict[str, str],
+) -> list[_Planned]:
     """The items to fetch: every member (``all``) or the chosen common paths of each zip.
     ``origins``: the zip's path as recorded in the manifest (the Hub path, also when read locally)."""
     keyed: dict[str, dict[str, ZipEntry]] = {}
@@ -200,16 +226,28 @@ def plan(sources: dict[str, ZipSource], listings: dict[str, list[ZipEntry]], per
         for rel in rels:
             entry = keyed[zip_name][rel]
             cache = member_cache[zip_name] if member_cache else None
-            item = RawItem(key=f"{DFF_SOURCE}/{generator}/{rel}", label=label, generator=generator,
-                           source=DFF_SOURCE, group=person_group(rel), origin=f"{origins[zip_name]}::{entry.name}",
-                           ext=PurePosixPath(rel).suffix.lower())
+            item = RawItem(
+                key=f"{DFF_SOURCE}/{generator}/{rel}",
+                label=label,
+                generator=generator,
+                source=DFF_SOURCE,
+                group=person_group(rel),
+                origin=f"{origins[zip_name]}::{entry.name}",
+                ext=PurePosixPath(rel).suffix.lower(),
+            )
             out.append(_Planned(item, src, entry, safe_member_path(cache, entry.name) if cache else None))
         if per_source == "all":  # unsafe/duplicate names get a skipped row (a subset never picks them)
             for entry, reason in refused[zip_name]:
-                item = RawItem(key=f"{DFF_SOURCE}/{generator}/refused/{entry.name}", label=label,
-                               generator=generator, source=DFF_SOURCE, group=f"{DFF_SOURCE}/refused/{entry.name}",
-                               origin=f"{origins[zip_name]}::{entry.name}",
-                               ext=PurePosixPath(entry.name).suffix.lower(), refused=reason)
+                item = RawItem(
+                    key=f"{DFF_SOURCE}/{generator}/refused/{entry.name}",
+                    label=label,
+                    generator=generator,
+                    source=DFF_SOURCE,
+                    group=f"{DFF_SOURCE}/refused/{entry.name}",
+                    origin=f"{origins[zip_name]}::{entry.name}",
+                    ext=PurePosixPath(entry.name).suffix.lower(),
+                    refused=reason,
+                )
                 out.append(_Planned(item, src, None, None))
     return out
 
@@ -230,14 +268,26 @@ def hub_filesystem(endpoint: str | None = None, throttle: HubThrottle | None = N
             if throttle is not None:
                 throttle.before_request()
             headers = {"range": f"bytes={start}-{end - 1}", **self.fs._api._build_hf_headers()}
-            response = http_backoff("GET", self.url(), headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
-                                    max_retries=3, retry_on_status_codes=RETRIED_IN_CLIENT)
+            response = http_backoff(
+                "GET",
+                self.url(),
+                headers=headers,
+                timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
+                max_retries=3,
+                retry_on_status_codes=RETRIED_IN_CLIENT,
+            )
             hf_raise_for_status(response)
             return response.content
 
     class PacedHfFileSystem(HfFileSystem):
-        def _open(self, path: str, mode: str = "rb", block_size: int | None = None,  # type: ignore[override]
-                  revision: str | None = None, **kwargs: Any) -> Any:
+        def _open(
+            self,
+            path: str,
+            mode: str = "rb",
+            block_size: int | None = None,  # type: ignore[override]
+            revision: str | None = None,
+            **kwargs: Any,
+        ) -> Any:
             block_size = block_size if block_size is not None else self.block_size
             if mode != "rb" or block_size == 0:
                 return super()._open(path, mode, block_size=block_size, revision=revision, **kwargs)
@@ -251,6 +301,7 @@ def hub_filesystem(endpoint: str | None = None, throttle: HubThrottle | None = N
 def check_reachable(params: DataParams, endpoint: str | None = None) -> None:
     """One cheap Hub request (repo info + root listing); raises ``SourceUnavailableError`` offline."""
     from huggingface_hub import HfFileSystem
+
     open_zip(HfFileSystem(endpoint=endpoint), f"{hub_root(params.hf_repo, params.hf_revision)}/{next(iter(DFF_ZIPS))}")
 
 
@@ -263,15 +314,32 @@ def hub_fetcher(repo: str, revision: str, local_dir: Path, endpoint: str | None 
     from huggingface_hub import hf_hub_download
 
     def fetch(name: str) -> Path:
-        return Path(hf_hub_download(repo_id=repo, filename=name, repo_type="dataset", revision=revision,
-                                    local_dir=local_dir, endpoint=endpoint))
+        return Path(
+            hf_hub_download(
+                repo_id=repo,
+                filename=name,
+                repo_type="dataset",
+                revision=revision,
+                local_dir=local_dir,
+                endpoint=endpoint,
+            )
+        )
+
     return fetch
 
 
-def collect(params: DataParams, images_dir: Path, cache_root: Path, fs: RangeFS | None = None,
-            root: str | None = None, fetch_zip: ZipFetcher | None = None, endpoint: str | None = None,
-            sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
-            expected_sizes: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
+def collect(
+    params: DataParams,
+    images_dir: Path,
+    cache_root: Path,
+    fs: RangeFS | None = None,
+    root: str | None = None,
+    fetch_zip: ZipFetcher | None = None,
+    endpoint: str | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    expected_sizes: Mapping[str, int] | None = None,
+) -> list[dict[str, Any]]:
     """Fetch the DFF subset (or everything) into ``images_dir``; one manifest row per member read.
 
     ``fs``/``root``/``fetch_zip`` default to the Hub (``endpoint``: another Hub URL, default the
@@ -291,40 +359,65 @@ def collect(params: DataParams, images_dir: Path, cache_root: Path, fs: RangeFS 
     if params.per_source == "all":
         fetch_zip = fetch_zip or hub_fetcher(params.hf_repo, params.hf_revision, cache_root / "hub" / slug, endpoint)
         from fsspec.implementations.local import LocalFileSystem
+
         local = LocalFileSystem()
         sources = {}
         for name in DFF_ZIPS:
             path = with_retries(lambda n=name: fetch_zip(n), params.retries, name, sleep, throttle)
             if path.stat().st_size != remote[name].size:
-                raise DownloadError(f"{path}: {path.stat().st_size:,} bytes on disk, {remote[name].size:,} on "
-                                    f"the Hub; delete it and rerun")
+                raise DownloadError(
+                    f"{path}: {path.stat().st_size:,} bytes on disk, {remote[name].size:,} on "
+                    f"the Hub; delete it and rerun"
+                )
             sources[name] = ZipSource(local, str(path), path.stat().st_size)
     else:
         sources = remote
-    zip_dirs = {name: cache_root / slug / f"{PurePosixPath(name).stem}-{stable_hash([s.path, s.size], 8)}"
-                for name, s in sources.items()}
+    zip_dirs = {
+        name: cache_root / slug / f"{PurePosixPath(name).stem}-{stable_hash([s.path, s.size], 8)}"
+        for name, s in sources.items()
+    }
     listings = {}
     for name, src in sources.items():
         try:
-            listings[name] = with_retries(lambda s=src, n=name: list_entries(s, zip_dirs[n] / "entries.json"),
-                                          params.retries, f"the central directory of {name}", sleep, throttle)
+            listings[name] = with_retries(
+                lambda s=src, n=name: list_entries(s, zip_dirs[n] / "entries.json"),
+                params.retries,
+                f"the central directory of {name}",
+                sleep,
+                throttle,
+            )
         except FetchError as e:
             raise DownloadError(f"{src.path}: cannot read the zip directory: {e}") from e
     member_cache = None if params.per_source == "all" else {n: d / "members" for n, d in zip_dirs.items()}
-    planned = plan(sources, listings, params.per_source, params.seed, member_cache,
-                   origins={name: src.path for name, src in remote.items()})
+    planned = plan(
+        sources,
+        listings,
+        params.per_source,
+        params.seed,
+        member_cache,
+        origins={name: src.path for name, src in remote.items()},
+    )
     if params.per_source != "all" and len(planned) < len(DFF_ZIPS) * int(params.per_source):
-        print(f"download: only {len(planned) // len(DFF_ZIPS)} paths are in all four zips "
-              f"(data.per_source asked for {params.per_source})")
+        print(
+            f"download: only {len(planned) // len(DFF_ZIPS)} paths are in all four zips "
+            f"(data.per_source asked for {params.per_source})"
+        )
     by_key = {p.item.key: p for p in planned}
 
     def fetch(item: RawItem) -> bytes:
         p = by_key[item.key]
         assert p.entry is not None
-        return with_retries(lambda: cached_read(p.src, p.entry, p.cache_file), params.retries, p.item.origin,
-                            sleep, throttle)
+        return with_retries(
+            lambda: cached_read(p.src, p.entry, p.cache_file), params.retries, p.item.origin, sleep, throttle
+        )
 
-    rows = store_all([p.item for p in planned], fetch, images_dir, params.min_side, params.workers,
-                     desc=f"{DFF_SOURCE} {'all' if params.per_source == 'all' else params.per_source}/source")
+    rows = store_all(
+        [p.item for p in planned],
+        fetch,
+        images_dir,
+        params.min_side,
+        params.workers,
+        desc=f"{DFF_SOURCE} {'all' if params.per_source == 'all' else params.per_source}/source",
+    )
     throttle.report()
     return rows

@@ -8,6 +8,7 @@
 * ``with_retries`` retries any other failure with exponential backoff; a lost connection stops the
   run (``SourceUnavailableError``: rerun to resume), anything else becomes a recorded skip (``FetchError``).
 """
+
 from __future__ import annotations
 
 import math
@@ -24,10 +25,10 @@ from typing import TypeVar
 from core.errors import PipelineError
 from sources.rawset import FetchError
 
-RATE_LIMIT_MARGIN_S = 1.0    # added to the server's reset time (it is rounded to whole seconds)
+RATE_LIMIT_MARGIN_S = 1.0  # added to the server's reset time (it is rounded to whole seconds)
 DEFAULT_RATE_LIMIT_WAIT_S = 30.0  # a 429 without RateLimit / Retry-After headers
-MAX_RATE_LIMIT_WAIT_S = 900.0     # never trust a reset time longer than this
-MAX_RATE_LIMIT_WAITS = 30    # 429s in a row for one read before the run stops (with the HF_TOKEN hint)
+MAX_RATE_LIMIT_WAIT_S = 900.0  # never trust a reset time longer than this
+MAX_RATE_LIMIT_WAITS = 30  # 429s in a row for one read before the run stops (with the HF_TOKEN hint)
 T = TypeVar("T")
 
 
@@ -40,15 +41,28 @@ class DownloadError(PipelineError, RuntimeError):
 
 
 def offline_message(err: BaseException) -> str:
-    return (f"cannot reach the Hugging Face Hub ({type(err).__name__}: {err}). Without network set "
-            f"data.source: folder:<path> (a local real/ + fake/<generator>/ image folder, e.g. "
-            f"folder:../shared/data/hardfakevsreal) or data.source: synthetic in params.yaml")
+    return (
+        f"cannot reach the Hugging Face Hub ({type(err).__name__}: {err}). Without network set "
+        f"data.source: folder:<path> (a local real/ + fake/<generator>/ image folder, e.g. "
+        f"folder:../shared/data/hardfakevsreal) or data.source: synthetic in params.yaml"
+    )
 
 
-_CONNECTION_ERROR_NAMES = frozenset({
-    "ConnectError", "ConnectTimeout", "ConnectionError", "NetworkError", "TimeoutException", "Timeout",
-    "ReadTimeout", "ReadError", "ProxyError", "RemoteProtocolError", "OfflineModeIsEnabled",
-})
+_CONNECTION_ERROR_NAMES = frozenset(
+    {
+        "ConnectError",
+        "ConnectTimeout",
+        "ConnectionError",
+        "NetworkError",
+        "TimeoutException",
+        "Timeout",
+        "ReadTimeout",
+        "ReadError",
+        "ProxyError",
+        "RemoteProtocolError",
+        "OfflineModeIsEnabled",
+    }
+)
 
 
 def is_connection_error(exc: BaseException | None) -> bool:
@@ -72,17 +86,22 @@ class RateLimiter:
     ``sleep`` are parameters so tests run on a fake clock.
     """
 
-    def __init__(self, per_minute: float, burst: int | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        per_minute: float,
+        burst: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if per_minute <= 0:
             raise ValueError(f"requests per minute must be positive, got {per_minute}")
         self.interval = 60.0 / per_minute
         self.burst = max(1, burst if burst is not None else min(int(per_minute) // 12, 50))  # <= 5 s of requests
         self.clock, self.sleep = clock, sleep
-        self._tat = -math.inf          # theoretical arrival time of the next request at the steady rate
+        self._tat = -math.inf  # theoretical arrival time of the next request at the steady rate
         self._paused_until = -math.inf
         self._lock = threading.Lock()
-        self.waited = 0.0              # seconds spent waiting for slots, all threads together
+        self.waited = 0.0  # seconds spent waiting for slots, all threads together
 
     def acquire(self) -> float:
         """Reserve the next free slot and wait for it; returns the slot's time on ``clock``."""
@@ -173,6 +192,7 @@ def _has_token() -> bool:
         return True
     try:
         from huggingface_hub import get_token
+
         return bool(get_token())
     except Exception:  # noqa: BLE001 - only for the wording of a hint
         return False
@@ -182,8 +202,13 @@ class HubThrottle:
     """Pacing and 429 handling shared by every thread of one run: ``before_request`` paces,
     ``on_rate_limited`` makes all threads wait and prints the ``HF_TOKEN`` hint once."""
 
-    def __init__(self, per_minute: float, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic, burst: int | None = None) -> None:
+    def __init__(
+        self,
+        per_minute: float,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        burst: int | None = None,
+    ) -> None:
         self.limiter = RateLimiter(per_minute, burst, clock, sleep)
         self.sleep = sleep
         self.hits = 0
@@ -199,27 +224,35 @@ class HubThrottle:
             first = self.hits == 1
             self.waited += hit.wait
         if first:
-            print(f"download: the Hub answered HTTP 429 Too Many Requests while reading {what} ({hit.detail}); "
-                  f"waiting {hit.wait:.0f} s, then resuming (429 waits are not failed attempts). {token_hint()}",
-                  flush=True)
+            print(
+                f"download: the Hub answered HTTP 429 Too Many Requests while reading {what} ({hit.detail}); "
+                f"waiting {hit.wait:.0f} s, then resuming (429 waits are not failed attempts). {token_hint()}",
+                flush=True,
+            )
         self.limiter.pause(hit.wait)
         self.sleep(hit.wait)
 
     def report(self) -> None:
         if self.hits:
-            print(f"download: the Hub rate-limited {self.hits} requests; waited {self.waited:.0f} s for it in all. "
-                  f"{token_hint()}", flush=True)
+            print(
+                f"download: the Hub rate-limited {self.hits} requests; waited {self.waited:.0f} s for it in all. "
+                f"{token_hint()}",
+                flush=True,
+            )
 
 
 def token_hint() -> str:
     if _has_token():
-        return ("A Hugging Face token is set; lower data.requests_per_minute to stay under its limit.")
-    return ("Anonymous users get about 3,000 requests per 5 minutes: set HF_TOKEN to a Hugging Face access "
-            "token (https://huggingface.co/settings/tokens) for higher limits, or lower data.requests_per_minute.")
+        return "A Hugging Face token is set; lower data.requests_per_minute to stay under its limit."
+    return (
+        "Anonymous users get about 3,000 requests per 5 minutes: set HF_TOKEN to a Hugging Face access "
+        "token (https://huggingface.co/settings/tokens) for higher limits, or lower data.requests_per_minute."
+    )
 
 
-def with_retries(fn: Callable[[], T], attempts: int, what: str, sleep: Callable[[float], None],
-                 throttle: HubThrottle | None = None) -> T:
+def with_retries(
+    fn: Callable[[], T], attempts: int, what: str, sleep: Callable[[float], None], throttle: HubThrottle | None = None
+) -> T:
     """``fn()`` with exponential backoff. A lost connection after the last attempt aborts the run
     (rerun to resume from the cache); any other persistent failure becomes a ``FetchError``.
     An HTTP 429 is not an attempt: wait for the server's reset time (every thread, through
@@ -237,9 +270,11 @@ def with_retries(fn: Callable[[], T], attempts: int, what: str, sleep: Callable[
             if hit is not None:
                 waits += 1
                 if waits > MAX_RATE_LIMIT_WAITS:
-                    raise DownloadError(f"still rate-limited by the Hub (HTTP 429) after {MAX_RATE_LIMIT_WAITS} waits "
-                                        f"while reading {what}; {token_hint()} Rerun to resume from "
-                                        f"data/cache/download/") from e
+                    raise DownloadError(
+                        f"still rate-limited by the Hub (HTTP 429) after {MAX_RATE_LIMIT_WAITS} waits "
+                        f"while reading {what}; {token_hint()} Rerun to resume from "
+                        f"data/cache/download/"
+                    ) from e
                 throttle.on_rate_limited(hit, what)
                 continue
             last = e
@@ -247,8 +282,10 @@ def with_retries(fn: Callable[[], T], attempts: int, what: str, sleep: Callable[
             if attempt < attempts:
                 sleep(min(0.5 * 2 ** (attempt - 1), 8.0))
     if is_connection_error(last):
-        raise SourceUnavailableError(f"lost the connection while reading {what} ({attempts} attempts: {last}); "
-                                     f"rerun to resume from data/cache/download/") from last
+        raise SourceUnavailableError(
+            f"lost the connection while reading {what} ({attempts} attempts: {last}); "
+            f"rerun to resume from data/cache/download/"
+        ) from last
     raise FetchError(f"read failed after {attempts} attempts ({type(last).__name__}: {first_line(last)})")
 
 

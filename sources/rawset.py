@@ -7,6 +7,7 @@ included (status + reason), so nothing is ever dropped silently. ``merge_duplica
 over all rows of a source: files with identical bytes share one group (never split across), and
 identical bytes carrying both labels are skipped.
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -34,15 +35,15 @@ class FetchError(Exception):
 class RawItem:
     """One file a source found, before its bytes are read and checked."""
 
-    key: str               # unique and stable across runs, e.g. "dff/text2img/00/123_1980_2009.jpg"
-    label: str             # real | fake
-    generator: str         # "real" for reals, else the fake generator name
-    source: str            # dataset name, e.g. "dff", "hardfakevsreal", "synthetic"
-    group: str             # identity / near-duplicate group: never split across
-    origin: str            # where the bytes come from (path or zip member), for provenance
-    ext: str               # lower-case file extension with the dot
+    key: str  # unique and stable across runs, e.g. "dff/text2img/00/123_1980_2009.jpg"
+    label: str  # real | fake
+    generator: str  # "real" for reals, else the fake generator name
+    source: str  # dataset name, e.g. "dff", "hardfakevsreal", "synthetic"
+    group: str  # identity / near-duplicate group: never split across
+    origin: str  # where the bytes come from (path or zip member), for provenance
+    ext: str  # lower-case file extension with the dot
     predefined_split: str = ""
-    refused: str = ""      # non-empty: record as skipped with this reason, do not read
+    refused: str = ""  # non-empty: record as skipped with this reason, do not read
 
     @property
     def id(self) -> str:
@@ -73,8 +74,9 @@ def check_image(data: bytes, ext: str, min_side: int) -> Verdict:
         return Verdict("skipped", str(e))
     width, height = decoded.image.size
     if min(width, height) < min_side:
-        return Verdict("skipped", f"too small ({width}x{height}; data.min_side is {min_side})",
-                       decoded.mode, width, height)
+        return Verdict(
+            "skipped", f"too small ({width}x{height}; data.min_side is {min_side})", decoded.mode, width, height
+        )
     if decoded.note:
         return Verdict("converted", f"{decoded.note} at decode", decoded.mode, width, height)
     return Verdict("ok", "", decoded.mode, width, height)
@@ -83,10 +85,21 @@ def check_image(data: bytes, ext: str, min_side: int) -> Verdict:
 def store_item(item: RawItem, fetch: Fetch, images_dir: Path, min_side: int) -> dict[str, Any]:
     """Fetch, check and (unless skipped) write one item; return its manifest row."""
     row: dict[str, Any] = {
-        "id": item.id, "path": "", "label": item.label, "generator": item.generator,
-        "source": item.source, "group": item.group, "predefined_split": item.predefined_split,
-        "width": 0, "height": 0, "bytes": 0, "sha1": "", "mode": "", "status": "skipped",
-        "reason": item.refused, "origin": item.origin,
+        "id": item.id,
+        "path": "",
+        "label": item.label,
+        "generator": item.generator,
+        "source": item.source,
+        "group": item.group,
+        "predefined_split": item.predefined_split,
+        "width": 0,
+        "height": 0,
+        "bytes": 0,
+        "sha1": "",
+        "mode": "",
+        "status": "skipped",
+        "reason": item.refused,
+        "origin": item.origin,
     }
     if item.refused:
         return row
@@ -99,8 +112,15 @@ def store_item(item: RawItem, fetch: Fetch, images_dir: Path, min_side: int) -> 
         row["reason"] = str(e)
         return row
     verdict = check_image(data, item.ext, min_side)
-    row.update(bytes=len(data), sha1=sha1_bytes(data), mode=verdict.mode, width=verdict.width,
-               height=verdict.height, status=verdict.status, reason=verdict.reason)
+    row.update(
+        bytes=len(data),
+        sha1=sha1_bytes(data),
+        mode=verdict.mode,
+        width=verdict.width,
+        height=verdict.height,
+        status=verdict.status,
+        reason=verdict.reason,
+    )
     if verdict.status != "skipped":
         name = f"{item.id}{item.ext}"
         (images_dir / name).write_bytes(data)  # raw stays raw: the original bytes, unchanged
@@ -108,8 +128,9 @@ def store_item(item: RawItem, fetch: Fetch, images_dir: Path, min_side: int) -> 
     return row
 
 
-def store_all(items: Sequence[RawItem], fetch: Fetch, images_dir: Path, min_side: int,
-              workers: int, desc: str) -> list[dict[str, Any]]:
+def store_all(
+    items: Sequence[RawItem], fetch: Fetch, images_dir: Path, min_side: int, workers: int, desc: str
+) -> list[dict[str, Any]]:
     """``store_item`` over all items in parallel threads; rows come back in item order."""
     ids = Counter(item.id for item in items)
     clash = [i for i, n in ids.items() if n > 1]
@@ -137,9 +158,9 @@ CONFLICT_REASON = "identical bytes with conflicting labels"
 class DuplicateStats:
     """What ``merge_duplicates`` did (for summary.json)."""
 
-    sha1_sets: int = 0        # distinct contents held by more than one kept file
-    groups_merged: int = 0    # groups absorbed into another group because files share bytes
-    conflict_skips: int = 0   # files skipped: the same bytes are labelled real in one place, fake in another
+    sha1_sets: int = 0  # distinct contents held by more than one kept file
+    groups_merged: int = 0  # groups absorbed into another group because files share bytes
+    conflict_skips: int = 0  # files skipped: the same bytes are labelled real in one place, fake in another
 
 
 def merge_duplicates(rows: Sequence[dict[str, Any]], images_dir: Path) -> tuple[list[dict[str, Any]], DuplicateStats]:
@@ -192,8 +213,11 @@ def merge_duplicates(rows: Sequence[dict[str, Any]], images_dir: Path) -> tuple[
                 (images_dir / Path(row["path"]).name).unlink(missing_ok=True)
             row.update(status="skipped", path="", reason=f"{CONFLICT_REASON} (also {also})")
             conflicts += 1
-    stats = DuplicateStats(sha1_sets=sum(1 for idx in shared if len({out[i]["label"] for i in idx}) == 1),
-                           groups_merged=merged, conflict_skips=conflicts)
+    stats = DuplicateStats(
+        sha1_sets=sum(1 for idx in shared if len({out[i]["label"] for i in idx}) == 1),
+        groups_merged=merged,
+        conflict_skips=conflicts,
+    )
     return out, stats
 
 
@@ -231,10 +255,13 @@ def _reason_kind(reason: str) -> str:
 
 def metric_counts(summary: dict[str, Any]) -> dict[str, float]:
     """Flat MLflow metrics from a summary: n_total, n_<status>, n_<label>_<generator>_<status>."""
-    out: dict[str, float] = {"n_total": summary["total"], "n_groups": summary["groups"],
-                             "n_duplicate_sha1_files": summary["duplicate_sha1_files"],
-                             "n_duplicate_groups_merged": summary["duplicate_groups_merged"],
-                             "n_conflicting_label_skips": summary["conflicting_label_skips"]}
+    out: dict[str, float] = {
+        "n_total": summary["total"],
+        "n_groups": summary["groups"],
+        "n_duplicate_sha1_files": summary["duplicate_sha1_files"],
+        "n_duplicate_groups_merged": summary["duplicate_groups_merged"],
+        "n_conflicting_label_skips": summary["conflicting_label_skips"],
+    }
     out.update({f"n_{s}": n for s, n in summary["by_status"].items()})
     for label, gens in summary["counts"].items():
         for gen, statuses in gens.items():

@@ -4,6 +4,7 @@ Groups (an identity, a near-duplicate cluster, a DFF real/fake path family) are 
 row of a group lands in one split. Within that constraint, each split gets close to its fraction
 of every (label, generator) stratum.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -40,7 +41,7 @@ def assign_random(frame: pd.DataFrame, fractions: dict[str, float], seed: int) -
         for k, n in members.items():
             seen[k] += n
 
-        def added_error(split: str) -> float:
+        def added_error(split: str, members: dict[str, int] = members) -> float:  # bound now, not late
             err = 0.0
             for k, n in members.items():
                 target = fractions[split] * seen[k]
@@ -61,7 +62,8 @@ def assign_predefined(frame: pd.DataFrame) -> tuple[pd.Series, int]:
     if missing:
         raise SplitError(
             f"split.protocol is 'predefined' but {missing} of {len(frame)} faces have no predefined split "
-            "(the source is not laid out train|valid|test/{real,fake}); use split.protocol: random")
+            "(the source is not laid out train|valid|test/{real,fake}); use split.protocol: random"
+        )
     latest = given.map(SPLIT_RANK).groupby(frame["group"]).transform("max")
     inverse = {v: k for k, v in SPLIT_RANK.items()}
     assigned = latest.map(inverse)
@@ -74,9 +76,11 @@ def split_faces(frame: pd.DataFrame, params: SplitParams) -> tuple[pd.DataFrame,
         raise SplitError("no usable faces to split: check data/faces/metrics.json for the drop rate")
     present = set(frame["label"])
     if missing := [label for label in LABELS if label not in present]:
-        raise SplitError(f"the faces hold no {missing[0]} face ({len(frame)} faces, all "
-                         f"{'/'.join(sorted(present))}); a real-vs-fake split needs both labels",
-                         f"give data.source {missing[0]} images (and check data/faces/metrics.json for drops)")
+        raise SplitError(
+            f"the faces hold no {missing[0]} face ({len(frame)} faces, all "
+            f"{'/'.join(sorted(present))}); a real-vs-fake split needs both labels",
+            f"give data.source {missing[0]} images (and check data/faces/metrics.json for drops)",
+        )
     facts: dict = {"protocol": params.protocol, "seed": params.seed}
     fractions = {"train": params.train, "val": params.val, "test": round(1.0 - params.train - params.val, 10)}
     if params.protocol == "predefined":
@@ -89,8 +93,10 @@ def split_faces(frame: pd.DataFrame, params: SplitParams) -> tuple[pd.DataFrame,
     if params.protocol == "leave_one_generator_out":
         generators = sorted(set(frame.loc[frame["label"] == "fake", "generator"]))
         if params.holdout_generator not in generators:
-            raise SplitError(f"split.holdout_generator: {params.holdout_generator!r} is not in the data; "
-                             f"fake generators present: {', '.join(generators)}")
+            raise SplitError(
+                f"split.holdout_generator: {params.holdout_generator!r} is not in the data; "
+                f"fake generators present: {', '.join(generators)}"
+            )
         unseen = (out["generator"] == params.holdout_generator) & (out["split"] != "test")
         facts["holdout_generator"] = params.holdout_generator
         facts["holdout_rows_excluded_from_train_val"] = int(unseen.sum())
@@ -105,14 +111,18 @@ def check_both_labels(out: pd.DataFrame, params: SplitParams) -> None:
     for split in SPLITS:
         for label in LABELS:
             if counts.get((split, label), 0) == 0:
-                table = "; ".join(f"{s}: " + ", ".join(f"{counts.get((s, lb), 0)} {lb}" for lb in LABELS)
-                                  for s in SPLITS)
-                hint = ("give the source's own split folders both labels, or use split.protocol: random"
-                        if params.protocol == "predefined" else
-                        "use more faces (data.per_source) or other fractions (split.train, split.val; "
-                        "test is the rest)")
-                raise SplitError(f"split {split!r} would hold no {label} face ({table}); every split needs "
-                                 f"both labels", hint)
+                table = "; ".join(
+                    f"{s}: " + ", ".join(f"{counts.get((s, lb), 0)} {lb}" for lb in LABELS) for s in SPLITS
+                )
+                hint = (
+                    "give the source's own split folders both labels, or use split.protocol: random"
+                    if params.protocol == "predefined"
+                    else "use more faces (data.per_source) or other fractions (split.train, split.val; "
+                    "test is the rest)"
+                )
+                raise SplitError(
+                    f"split {split!r} would hold no {label} face ({table}); every split needs both labels", hint
+                )
 
 
 def summarise(split_frame: pd.DataFrame, facts: dict) -> dict:

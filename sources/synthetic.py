@@ -12,6 +12,7 @@ image and one fake per generator, each fake being the real image with one kind o
 All images of an identity share the group ``synthetic/<identity>``. ``bad_files`` writes the kinds
 of broken or unusual files a real collection contains, for the tests.
 """
+
 from __future__ import annotations
 
 import io
@@ -77,18 +78,27 @@ def _bump(xx: np.ndarray, yy: np.ndarray, x: float, y: float, sx: float, sy: flo
     return np.exp(-0.5 * (((xx - x) / sx) ** 2 + ((yy - y) / sy) ** 2))
 
 
-def _shading(s: int, cx: float, cy: float, rx: float, ry: float, eyes: list[tuple[float, float]],
-             nose_y: float, eye_y: float, light: tuple[float, float]) -> np.ndarray:
+def _shading(
+    s: int,
+    cx: float,
+    cy: float,
+    rx: float,
+    ry: float,
+    eyes: list[tuple[float, float]],
+    nose_y: float,
+    eye_y: float,
+    light: tuple[float, float],
+) -> np.ndarray:
     """Lambertian shading of a head-shaped height field (ellipsoid + nose, sockets, cheeks, chin)."""
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
     u, v = (xx - cx) / rx, (yy - cy) / ry
     z = np.sqrt(np.clip(1.0 - u * u - v * v, 0.0, 1.0))
-    z += 0.30 * _bump(xx, yy, cx, (eye_y + nose_y) / 2, rx * 0.10, ry * 0.22)   # nose ridge
-    z += 0.15 * _bump(xx, yy, cx, nose_y, rx * 0.16, ry * 0.07)                 # nose tip
+    z += 0.30 * _bump(xx, yy, cx, (eye_y + nose_y) / 2, rx * 0.10, ry * 0.22)  # nose ridge
+    z += 0.15 * _bump(xx, yy, cx, nose_y, rx * 0.16, ry * 0.07)  # nose tip
     for ex, ey in eyes:
-        z -= 0.16 * _bump(xx, yy, ex, ey, rx * 0.22, ry * 0.10)                 # eye sockets
-        z += 0.06 * _bump(xx, yy, ex, ey + ry * 0.30, rx * 0.25, ry * 0.12)     # cheekbones
-    z -= 0.06 * _bump(xx, yy, cx, cy + ry * 0.72, rx * 0.35, ry * 0.05)         # under the lip
+        z -= 0.16 * _bump(xx, yy, ex, ey, rx * 0.22, ry * 0.10)  # eye sockets
+        z += 0.06 * _bump(xx, yy, ex, ey + ry * 0.30, rx * 0.25, ry * 0.12)  # cheekbones
+    z -= 0.06 * _bump(xx, yy, cx, cy + ry * 0.72, rx * 0.35, ry * 0.05)  # under the lip
     gy, gx = np.gradient(z)
     nx, ny = np.clip(-gx * rx, -4, 4), np.clip(-gy * ry, -4, 4)
     norm = np.sqrt(nx * nx + ny * ny + 1.0)
@@ -140,8 +150,12 @@ def draw_face(rng: random.Random) -> tuple[Image.Image, Face]:
     d = ImageDraw.Draw(img)
 
     # hair cap over the forehead
-    d.chord([cx - rx * 1.08, cy - ry * 1.12, cx + rx * 1.08, cy - ry * 0.05 + ry * rng.uniform(-0.15, 0.05)],
-            180, 360, fill=hair)
+    d.chord(
+        [cx - rx * 1.08, cy - ry * 1.12, cx + rx * 1.08, cy - ry * 0.05 + ry * rng.uniform(-0.15, 0.05)],
+        180,
+        360,
+        fill=hair,
+    )
 
     eye_w, eye_h = rx * rng.uniform(0.22, 0.27), ry * rng.uniform(0.075, 0.095)
     iris = _rgb(rng, rng.choice(IRIS_COLOURS), 15)
@@ -153,19 +167,29 @@ def draw_face(rng: random.Random) -> tuple[Image.Image, Face]:
         pr = ir * 0.5
         d.ellipse([ex - pr, ey - pr, ex + pr, ey + pr], fill=(10, 10, 10))
         hl = pr * 0.4
-        d.ellipse([ex + pr * 0.2, ey - pr * 0.8, ex + pr * 0.2 + hl * 2, ey - pr * 0.8 + hl * 2],
-                  fill=(255, 255, 255))
-        d.arc([ex - eye_w, ey - eye_h * 1.2, ex + eye_w, ey + eye_h], 180, 360, fill=(30, 22, 22),
-              width=max(2, int(eye_h * 0.35)))
+        d.ellipse([ex + pr * 0.2, ey - pr * 0.8, ex + pr * 0.2 + hl * 2, ey - pr * 0.8 + hl * 2], fill=(255, 255, 255))
+        d.arc(
+            [ex - eye_w, ey - eye_h * 1.2, ex + eye_w, ey + eye_h],
+            180,
+            360,
+            fill=(30, 22, 22),
+            width=max(2, int(eye_h * 0.35)),
+        )
         by = ey - eye_h * rng.uniform(2.6, 3.2)
-        d.line([ex - sgn * eye_w * 1.1, by + eye_h * 0.5, ex, by - eye_h * 0.2, ex + sgn * eye_w * 1.2,
-                by + eye_h * 0.3], fill=brow, width=max(3, int(eye_h * 0.9)), joint="curve")
+        d.line(
+            [ex - sgn * eye_w * 1.1, by + eye_h * 0.5, ex, by - eye_h * 0.2, ex + sgn * eye_w * 1.2, by + eye_h * 0.3],
+            fill=brow,
+            width=max(3, int(eye_h * 0.9)),
+            joint="curve",
+        )
 
     nose_w = rx * rng.uniform(0.16, 0.22)
     for sgn in (-1, 1):
         nx = cx + sgn * nose_w * 0.45
-        d.ellipse([nx - nose_w * 0.22, nose_y - nose_w * 0.05, nx + nose_w * 0.22, nose_y + nose_w * 0.22],
-                  fill=_scale(skin, 0.45))
+        d.ellipse(
+            [nx - nose_w * 0.22, nose_y - nose_w * 0.05, nx + nose_w * 0.22, nose_y + nose_w * 0.22],
+            fill=_scale(skin, 0.45),
+        )
 
     mouth_w = rx * rng.uniform(0.36, 0.48)
     lip = _rgb(rng, (175, 85, 85), 20)
@@ -173,8 +197,11 @@ def draw_face(rng: random.Random) -> tuple[Image.Image, Face]:
         lip = _scale(_rgb(rng, (150, 80, 75), 15), 0.85)
     d.chord([cx - mouth_w, mouth_y - ry * 0.07, cx + mouth_w, mouth_y + ry * 0.03], 180, 360, fill=_scale(lip, 0.8))
     d.chord([cx - mouth_w * 0.9, mouth_y - ry * 0.05, cx + mouth_w * 0.9, mouth_y + ry * 0.09], 0, 180, fill=lip)
-    d.line([cx - mouth_w * 0.95, mouth_y, cx + mouth_w * 0.95, mouth_y], fill=_scale(lip, 0.4),
-           width=max(2, int(ry * 0.02)))
+    d.line(
+        [cx - mouth_w * 0.95, mouth_y, cx + mouth_w * 0.95, mouth_y],
+        fill=_scale(lip, 0.4),
+        width=max(2, int(ry * 0.02)),
+    )
 
     small = img.resize((side, side), Image.Resampling.LANCZOS)
     arr = np.asarray(small).astype(np.float32)
@@ -186,7 +213,7 @@ def draw_face(rng: random.Random) -> tuple[Image.Image, Face]:
 
 
 def _face_mask(size: tuple[int, int], face: Face) -> np.ndarray:
-    yy, xx = np.mgrid[0:size[1], 0:size[0]]
+    yy, xx = np.mgrid[0 : size[1], 0 : size[0]]
     return (((xx - face.cx) / face.rx) ** 2 + ((yy - face.cy) / face.ry) ** 2) <= 1.0
 
 
@@ -201,7 +228,7 @@ def gen_blur(real: Image.Image, face: Face, rng: random.Random) -> Image.Image:
 
 def gen_checker(real: Image.Image, face: Face, rng: random.Random) -> Image.Image:
     arr = np.asarray(real).astype(np.float32)
-    yy, xx = np.mgrid[0:real.height, 0:real.width]
+    yy, xx = np.mgrid[0 : real.height, 0 : real.width]
     pattern = np.where((xx // 2 + yy // 2) % 2 == 0, 1.0, -1.0)[..., None] * rng.uniform(5.0, 8.0)
     return _in_face(real, Image.fromarray(np.clip(arr + pattern, 0, 255).astype(np.uint8)), face)
 
@@ -217,7 +244,9 @@ def gen_color(real: Image.Image, face: Face, rng: random.Random) -> Image.Image:
 
 
 ARTEFACTS: dict[str, Callable[[Image.Image, Face, random.Random], Image.Image]] = {
-    "gen_blur": gen_blur, "gen_checker": gen_checker, "gen_color": gen_color,
+    "gen_blur": gen_blur,
+    "gen_checker": gen_checker,
+    "gen_color": gen_color,
 }
 
 
@@ -242,8 +271,17 @@ def synthetic_items(identities: int) -> list[RawItem]:
     for i in range(identities):
         for generator in ("real", *GENERATORS):
             key = f"{SOURCE}/{i:05d}/{generator}"
-            items.append(RawItem(key=key, label="real" if generator == "real" else "fake", generator=generator,
-                                 source=SOURCE, group=f"{SOURCE}/{i:05d}", origin=key, ext=".jpg"))
+            items.append(
+                RawItem(
+                    key=key,
+                    label="real" if generator == "real" else "fake",
+                    generator=generator,
+                    source=SOURCE,
+                    group=f"{SOURCE}/{i:05d}",
+                    origin=key,
+                    ext=".jpg",
+                )
+            )
     return items
 
 
@@ -280,6 +318,7 @@ def collect(params: DataParams, images_dir: Path) -> list[dict[str, Any]]:
 
 # ---- unusual and broken files, for tests of every source ------------------------------------
 
+
 def _encoded(image: Image.Image, fmt: str, **kwargs: Any) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format=fmt, **kwargs)
@@ -301,8 +340,11 @@ def bad_files(seed: int = 0) -> dict[str, tuple[bytes, str, str]]:
         "cmyk.jpg": (_encoded(face.convert("CMYK"), "JPEG", quality=90), "converted", "CMYK->RGB at decode"),
         "gray.png": (_encoded(face.convert("L"), "PNG"), "converted", "L->RGB at decode"),
         "rgba.png": (_encoded(face.convert("RGBA"), "PNG"), "converted", "RGBA->RGB at decode"),
-        "palette.png": (_encoded(face.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"), "converted",
-                        "P->RGB at decode"),
+        "palette.png": (
+            _encoded(face.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"),
+            "converted",
+            "P->RGB at decode",
+        ),
     }
 
 

@@ -4,6 +4,7 @@ The filesystem is a parameter (``RangeFS``: any fsspec filesystem, e.g. ``HfFile
 one), so tests run the same range-read path on local zips. Member bytes are CRC-checked; member names
 that would land outside the output folder are refused (zip slip).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,8 @@ from typing import Any, Protocol
 from core.io import atomic_write_bytes, write_json
 from sources.rawset import FetchError
 
-RANGE_SLACK = 1024           # extra bytes read after a member's data, for a local extra field
-LISTING_BLOCK = 1 << 16      # read-ahead while zipfile parses the central directory
+RANGE_SLACK = 1024  # extra bytes read after a member's data, for a local extra field
+LISTING_BLOCK = 1 << 16  # read-ahead while zipfile parses the central directory
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # zip local file header, 30 bytes
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -81,10 +82,24 @@ def list_entries(src: ZipSource, cache_file: Path) -> list[ZipEntry]:
     """The zip's central directory (read once with a few range reads, then cached as JSON)."""
     if cache_file.exists():
         return [ZipEntry(**e) for e in json.loads(cache_file.read_text())]
-    with (src.fs.open(src.path, "rb", block_size=LISTING_BLOCK, cache_type="readahead", size=src.size) as f,
-          zipfile.ZipFile(f) as zf):
-        entries = [ZipEntry(i.filename, i.header_offset, i.compress_size, i.file_size, i.compress_type,
-                            i.CRC, i.flag_bits, len(i.extra)) for i in zf.infolist() if not i.is_dir()]
+    with (
+        src.fs.open(src.path, "rb", block_size=LISTING_BLOCK, cache_type="readahead", size=src.size) as f,
+        zipfile.ZipFile(f) as zf,
+    ):
+        entries = [
+            ZipEntry(
+                i.filename,
+                i.header_offset,
+                i.compress_size,
+                i.file_size,
+                i.compress_type,
+                i.CRC,
+                i.flag_bits,
+                len(i.extra),
+            )
+            for i in zf.infolist()
+            if not i.is_dir()
+        ]
     write_json(cache_file, [asdict(e) for e in entries])
     return entries
 

@@ -5,6 +5,7 @@ Reads params block ``data``. Outputs: ``data/raw/images/<id><ext>`` (original by
 and ``data/raw/summary.json`` (counts, and ``min_side``, which predict applies to the files it scores).
 Fails with one line when the set does not hold usable images of both labels.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,13 +45,16 @@ def check_labels(frame: pd.DataFrame) -> None:
             continue
         found = frame[frame["label"] == label]
         if found.empty:
-            raise InputError(f"no {label} images found; a real-vs-fake set needs both labels",
-                             f"add {label} images to data.source")
+            raise InputError(
+                f"no {label} images found; a real-vs-fake set needs both labels", f"add {label} images to data.source"
+            )
         reason = found["reason"].map(lambda r: str(r).split(" (")[0]).mode().iloc[0]
-        raise InputError(f"all {len(found)} {label} images were skipped (most often: {reason}); "
-                         f"a real-vs-fake set needs usable images of both labels",
-                         f"add usable {label} images to data.source"
-                         + (" or lower data.min_side" if reason.startswith("too small") else ""))
+        raise InputError(
+            f"all {len(found)} {label} images were skipped (most often: {reason}); "
+            f"a real-vs-fake set needs usable images of both labels",
+            f"add usable {label} images to data.source"
+            + (" or lower data.min_side" if reason.startswith("too small") else ""),
+        )
 
 
 def main() -> None:
@@ -75,10 +79,11 @@ def main() -> None:
     by = summary["by_status"]
     print(f"download: {summary['total']} files -> {RAW_DIR}/ ({', '.join(f'{k} {v}' for k, v in by.items())})")
     if summary["duplicate_groups_merged"] or summary["conflicting_label_skips"]:
-        print(f"download: identical bytes: {summary['duplicate_groups_merged']} groups merged, "
-              f"{summary['conflicting_label_skips']} files skipped for conflicting labels")
+        print(
+            f"download: identical bytes: {summary['duplicate_groups_merged']} groups merged, "
+            f"{summary['conflicting_label_skips']} files skipped for conflicting labels"
+        )
 
 
 if __name__ == "__main__":
-    run_stage("download", main, __doc__, "data", ["data/raw/images/", "data/raw/manifest.csv",
-                                                  "data/raw/summary.json"])
+    run_stage("download", main, __doc__, "data", ["data/raw/images/", "data/raw/manifest.csv", "data/raw/summary.json"])

@@ -5,6 +5,7 @@ on validation), data/splits/{train,test}.csv (train only to fit the shortcut aud
 and the raw files. Writes results/eval/{metrics.json, scores.csv, plots/*.csv, figures/*.png} and logs
 metrics and figures to MLflow. Shortcut warnings (shortcuts.audit) are printed and tagged on the run.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,15 +21,29 @@ from classifier.checkpoint import load_model
 from classifier.data import load_split
 from classifier.evaluation import robustness_transforms, shortcut_audit, worst_misclassified
 from classifier.infer import infer_logits
-from classifier.metrics import (binary_metrics, calibrated, per_generator_metrics, pr_points, reliability_table,
-                                roc_points)
+from classifier.metrics import (
+    binary_metrics,
+    calibrated,
+    per_generator_metrics,
+    pr_points,
+    reliability_table,
+    roc_points,
+)
 from classifier.predict import faces_params_for
 from core.device import pick_device, set_threads
 from core.errors import require, run_stage
 from core.io import atomic_output_dir, read_csv, write_csv, write_json
 from core.params import EvaluateParams, load_block
-from core.plots import (auc_bars_figure, bar_figure, confusion_figure, image_grid, pr_figure, reliability_figure,
-                        roc_figure, save_figure)
+from core.plots import (
+    auc_bars_figure,
+    bar_figure,
+    confusion_figure,
+    image_grid,
+    pr_figure,
+    reliability_figure,
+    roc_figure,
+    save_figure,
+)
 from core.tracking import flatten_numeric, stage_run
 from faces.crop import FaceCropper
 from shortcuts.audit import CROP, SOURCE, audit_metrics, crop_feature_audit
@@ -47,8 +62,16 @@ def label_names(y: np.ndarray) -> list[str]:
     return [LABELS[int(v)] for v in np.asarray(y) > 0.5]
 
 
-def write_outputs(out: Path, test: Any, logits: np.ndarray, p_cal: np.ndarray, p_raw: np.ndarray,
-                  threshold: float, metrics: dict[str, Any], p: EvaluateParams) -> None:
+def write_outputs(
+    out: Path,
+    test: Any,
+    logits: np.ndarray,
+    p_cal: np.ndarray,
+    p_raw: np.ndarray,
+    threshold: float,
+    metrics: dict[str, Any],
+    p: EvaluateParams,
+) -> None:
     """scores.csv, DVC plot data (plots/*.csv) and PNG figures (figures/*.png) into ``out``."""
     y = test.labels
     pred = (p_cal >= threshold).astype(int)
@@ -66,20 +89,39 @@ def write_outputs(out: Path, test: Any, logits: np.ndarray, p_cal: np.ndarray, p
     figs = out / "figures"
     overall = metrics["test"]
     save_figure(roc_figure(roc["fpr"].to_numpy(), roc["tpr"].to_numpy(), overall["roc_auc"]), figs / "roc.png")
-    save_figure(pr_figure(pr["recall"].to_numpy(), pr["precision"].to_numpy(), overall["average_precision"]),
-                figs / "pr.png")
-    save_figure(confusion_figure(confusion_matrix(y.astype(int), pred, labels=[0, 1]), LABELS,
-                                 f"Confusion (test, threshold {threshold:.3f} from validation)"), figs / "confusion.png")
-    save_figure(reliability_figure({f"temperature T={metrics['temperature']:.2f} (ECE {overall['ece']:.3f})": rel_after,
-                                    f"no temperature (ECE {overall['ece_before_temperature']:.3f})": rel_before}),
-                figs / "reliability.png")
+    save_figure(
+        pr_figure(pr["recall"].to_numpy(), pr["precision"].to_numpy(), overall["average_precision"]), figs / "pr.png"
+    )
+    save_figure(
+        confusion_figure(
+            confusion_matrix(y.astype(int), pred, labels=[0, 1]),
+            LABELS,
+            f"Confusion (test, threshold {threshold:.3f} from validation)",
+        ),
+        figs / "confusion.png",
+    )
+    save_figure(
+        reliability_figure(
+            {
+                f"temperature T={metrics['temperature']:.2f} (ECE {overall['ece']:.3f})": rel_after,
+                f"no temperature (ECE {overall['ece_before_temperature']:.3f})": rel_before,
+            }
+        ),
+        figs / "reliability.png",
+    )
     robust = pd.DataFrame({name: {c: row[c] for c in ROBUST_COLUMNS} for name, row in metrics["robustness"].items()}).T
     save_figure(bar_figure(robust.astype(float), "score", "Robustness on the test split"), figs / "robustness.png")
     worst = worst_misclassified(y, p_cal, threshold, p.worst_k)
     captions = [f"{test.frame['generator'].iloc[i]}\np(fake)={p_cal[i]:.2f}" for i in worst]
-    save_figure(image_grid([test.images[i] for i in worst], captions, ncols=8,
-                           title=f"Most confidently misclassified test faces ({len(worst)} shown)"),
-                figs / "worst_misclassified.png")
+    save_figure(
+        image_grid(
+            [test.images[i] for i in worst],
+            captions,
+            ncols=8,
+            title=f"Most confidently misclassified test faces ({len(worst)} shown)",
+        ),
+        figs / "worst_misclassified.png",
+    )
     save_figure(audit_figure(metrics["shortcut_audit"]["crop_features"]), figs / "shortcut_audit.png")
 
 
@@ -88,26 +130,43 @@ def audit_figure(audit: dict[str, Any]) -> Figure:
     feats = audit["features"]
     names = [*feats, "all features"]
     aucs = [f["test_auc"] for f in feats.values()] + [audit["combined"].get("test_auc")]
-    return auc_bars_figure(names, aucs, [f["kind"] for f in feats.values()] + ["all features"], AUDIT_COLOURS,
-                           audit["warn_auc"], f"Shortcut audit: one feature alone (test, n={audit['n_test']})")
+    return auc_bars_figure(
+        names,
+        aucs,
+        [f["kind"] for f in feats.values()] + ["all features"],
+        AUDIT_COLOURS,
+        audit["warn_auc"],
+        f"Shortcut audit: one feature alone (test, n={audit['n_test']})",
+    )
 
 
-def counterfactuals(model: Any, ckpt: Any, test: Any, p_cal: np.ndarray, p: EvaluateParams,
-                    device: Any) -> tuple[dict[str, Any], dict[str, dict[int, np.ndarray]]]:
+def counterfactuals(
+    model: Any, ckpt: Any, test: Any, p_cal: np.ndarray, p: EvaluateParams, device: Any
+) -> tuple[dict[str, Any], dict[str, dict[int, np.ndarray]]]:
     """The counterfactual probes of the test split, re-cropped with the faces params of training."""
     faces, _ = faces_params_for(ckpt)
     cropper = FaceCropper(faces, device=device)
     mean, std = tuple(ckpt.mean), tuple(ckpt.std)
 
     def score(pixels: np.ndarray) -> np.ndarray:
-        return calibrated(infer_logits(model, pixels, p.batch_size, device, mean, std, progress=False),
-                          ckpt.temperature)
+        return calibrated(
+            infer_logits(model, pixels, p.batch_size, device, mean, std, progress=False), ckpt.temperature
+        )
 
-    settings = ProbeSettings(p.counterfactual_stretch, p.counterfactual_max_auc_drop,
-                             p.counterfactual_max_rate_drop, p.seed)
+    settings = ProbeSettings(
+        p.counterfactual_stretch, p.counterfactual_max_auc_drop, p.counterfactual_max_rate_drop, p.seed
+    )
     shown = example_rows(test.labels)
-    return run_probes(ProbeInput.from_frame(test.frame, test.labels), p_cal, score, cropper, ckpt.image_size,
-                      ckpt.threshold, settings, keep_examples=shown)
+    return run_probes(
+        ProbeInput.from_frame(test.frame, test.labels),
+        p_cal,
+        score,
+        cropper,
+        ckpt.image_size,
+        ckpt.threshold,
+        settings,
+        keep_examples=shown,
+    )
 
 
 def example_rows(y: np.ndarray, per_label: int = 3) -> list[int]:
@@ -143,22 +202,29 @@ def main() -> None:
         p_cal, p_raw = calibrated(logits, temperature), calibrated(logits, 1.0)
         overall = binary_metrics(y, p_cal, threshold, p.ece_bins)
         before = binary_metrics(y, p_raw, threshold, p.ece_bins)
-        overall.update(ece_before_temperature=before["ece"], log_loss_before_temperature=before["log_loss"],
-                       brier_before_temperature=before["brier"])
+        overall.update(
+            ece_before_temperature=before["ece"],
+            log_loss_before_temperature=before["log_loss"],
+            brier_before_temperature=before["brier"],
+        )
         robustness = {"clean": overall}
         for name, transform in robustness_transforms(p).items():
             z = infer_logits(model, test.images, p.batch_size, device, mean, std, transform=transform, desc=name)
             robustness[name] = binary_metrics(y, calibrated(z, temperature), threshold, p.ece_bins)
         metrics: dict[str, Any] = {
-            "threshold": threshold, "threshold_rule": ckpt.threshold_rule, "threshold_source": "validation",
-            "temperature": temperature, "temperature_source": "validation",
+            "threshold": threshold,
+            "threshold_rule": ckpt.threshold_rule,
+            "threshold_source": "validation",
+            "temperature": temperature,
+            "temperature_source": "validation",
             "test": overall,
             "per_generator": per_generator_metrics(y, p_cal, test.generators, threshold, p.ece_bins),
             "robustness": robustness,
             "shortcut_audit": shortcut_audit(train_frame, test.frame, overall["roc_auc"]),
         }
-        crop = metrics["shortcut_audit"]["crop_features"] = crop_feature_audit(train_frame, test.frame,
-                                                                                warn_auc=p.audit_warn_auc)
+        crop = metrics["shortcut_audit"]["crop_features"] = crop_feature_audit(
+            train_frame, test.frame, warn_auc=p.audit_warn_auc
+        )
         examples: dict[str, dict[int, np.ndarray]] = {}
         if p.counterfactual:
             metrics["counterfactual"], examples = counterfactuals(model, ckpt, test, p_cal, p, device)
@@ -169,8 +235,9 @@ def main() -> None:
                 save_figure(probe_examples_figure(test, examples), tmp / "figures" / "counterfactual_examples.png")
         mlflow.log_metrics(flatten_numeric({k: metrics[k] for k in ("test", "per_generator", "robustness")}))
         audit = metrics["shortcut_audit"]
-        mlflow.log_metrics(flatten_numeric({"shortcut_audit": {k: audit[k] for k in
-                                                               ("metadata_roc_auc", "model_roc_auc")}}))
+        mlflow.log_metrics(
+            flatten_numeric({"shortcut_audit": {k: audit[k] for k in ("metadata_roc_auc", "model_roc_auc")}})
+        )
         mlflow.log_metrics(audit_metrics(crop))
         mlflow.set_tag("shortcut_warning", "; ".join(crop["warnings"])[:MAX_TAG_CHARS] or "none")
         if "counterfactual" in metrics:
@@ -183,16 +250,20 @@ def main() -> None:
         mlflow.log_artifact(str(OUT_DIR / "metrics.json"))
 
     auc = overall["roc_auc"]
-    print(f"evaluate: test n={overall['n']} ROC-AUC {auc if auc is None else round(auc, 4)} "
-          f"balanced acc {overall['balanced_accuracy']} at threshold {threshold:.4f} (validation); "
-          f"metadata-only audit ROC-AUC {audit['metadata_roc_auc']}; crop audit: {crop['n_warnings']} warnings")
+    print(
+        f"evaluate: test n={overall['n']} ROC-AUC {auc if auc is None else round(auc, 4)} "
+        f"balanced acc {overall['balanced_accuracy']} at threshold {threshold:.4f} (validation); "
+        f"metadata-only audit ROC-AUC {audit['metadata_roc_auc']}; crop audit: {crop['n_warnings']} warnings"
+    )
     for line in crop["warnings"]:
         print(f"evaluate: WARNING shortcut: {line}")
     for name, probe in metrics.get("counterfactual", {}).get("probes", {}).items():
-        print(f"evaluate: counterfactual {name}: ROC-AUC {_r(probe.get('clean_roc_auc'))} -> {_r(probe.get('roc_auc'))}, "
-              f"TPR {_r(probe.get('clean_tpr'))} -> {_r(probe.get('tpr'))}, TNR {_r(probe.get('clean_tnr'))} -> "
-              f"{_r(probe.get('tnr'))} ({probe['n_scored']}/{probe['n']} faces found)"
-              + ("  <- FLAGGED: the model leans on a cue this change removes" if probe["flag"] else ""))
+        print(
+            f"evaluate: counterfactual {name}: ROC-AUC {_r(probe.get('clean_roc_auc'))} -> {_r(probe.get('roc_auc'))}, "
+            f"TPR {_r(probe.get('clean_tpr'))} -> {_r(probe.get('tpr'))}, TNR {_r(probe.get('clean_tnr'))} -> "
+            f"{_r(probe.get('tnr'))} ({probe['n_scored']}/{probe['n']} faces found)"
+            + ("  <- FLAGGED: the model leans on a cue this change removes" if probe["flag"] else "")
+        )
 
 
 def _r(v: float | None) -> str:

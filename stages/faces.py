@@ -1,10 +1,13 @@
-"""Stage faces: MTCNN face crops of every usable raw image → data/faces/{images/,views/,manifest.csv,views.csv,metrics.json,params.json}.
+"""Stage faces: MTCNN face crops of every usable raw image.
+
+Writes data/faces/{images/,views/,manifest.csv,views.csv,metrics.json,params.json}.
 
 Reads only params.yaml block ``faces``. Per-image work is cached under
 <main checkout>/data/cache/faces/<hash of result params + detector version>/, so a killed run
 resumes where it stopped (and DVC temp experiments share the work); data/faces is then assembled
 from the cache (hard links) in one atomic rename.
 """
+
 from __future__ import annotations
 
 import time
@@ -69,19 +72,26 @@ def main() -> None:
             write_json(tmp / "params.json", as_dict(params))  # how these crops were made, for predict
 
         mlflow.log_metrics(flatten_numeric(metrics, "faces"))
-        mlflow.log_metrics({"faces.run.computed": counts.computed, "faces.run.reused": counts.reused,
-                            "faces.run.seconds": seconds,
-                            "faces.run.images_per_s": counts.computed / seconds if seconds else 0.0})
-        mlflow.set_tags({"faces.device": str(cropper.device), "faces.threads": threads,
-                         "faces.cache": str(cache.root)})
+        mlflow.log_metrics(
+            {
+                "faces.run.computed": counts.computed,
+                "faces.run.reused": counts.reused,
+                "faces.run.seconds": seconds,
+                "faces.run.images_per_s": counts.computed / seconds if seconds else 0.0,
+            }
+        )
+        mlflow.set_tags({"faces.device": str(cropper.device), "faces.threads": threads, "faces.cache": str(cache.root)})
         mlflow.log_artifact(str(OUT_DIR / "metrics.json"))
 
     o = metrics["overall"]
-    print(f"faces: {o['inputs']} inputs → {o['ok']} ok, {o['center']} center, {o['dropped']} dropped, "
-          f"{o['error']} error (detection rate {o['detection_rate']}, drop rate {o['drop_rate']}); "
-          f"{counts.computed} computed, {counts.reused} reused from {cache.root}")
+    print(
+        f"faces: {o['inputs']} inputs → {o['ok']} ok, {o['center']} center, {o['dropped']} dropped, "
+        f"{o['error']} error (detection rate {o['detection_rate']}, drop rate {o['drop_rate']}); "
+        f"{counts.computed} computed, {counts.reused} reused from {cache.root}"
+    )
 
 
 if __name__ == "__main__":
-    run_stage("faces", main, __doc__, "faces", ["data/faces/{images/,views/,manifest.csv,views.csv,metrics.json,"
-                                                 "params.json}"])
+    run_stage(
+        "faces", main, __doc__, "faces", ["data/faces/{images/,views/,manifest.csv,views.csv,metrics.json,params.json}"]
+    )

@@ -2,6 +2,7 @@
 of the trained generator's samples against the real test faces, plus the same numbers for every fake
 generator in the data as reference rows (see README "FID").
 """
+
 from __future__ import annotations
 
 import time
@@ -17,8 +18,16 @@ from core.io import read_csv, write_json
 from core.params import FidParams, load_block
 from core.tracking import stage_run
 from generator.data import load_image_cache
-from generator.fidelity import (ImageSet, MetricConfig, build_extractors, extract_all, flat_metrics, mobilenet_weights,
-                                report_rows, resolve_inception_weights)
+from generator.fidelity import (
+    ImageSet,
+    MetricConfig,
+    build_extractors,
+    extract_all,
+    flat_metrics,
+    mobilenet_weights,
+    report_rows,
+    resolve_inception_weights,
+)
 from generator.sampling import generate, load_generator
 
 CHECKPOINT = Path("results/generator/model.pt")
@@ -48,12 +57,16 @@ def compute(fp: FidParams, checkpoint: Path, test_split: Path) -> dict[str, Any]
     test = read_csv(require(test_split, "split"))
     reals = test[test["label"] == "real"]
     if len(reals) < 2:
-        raise InputError(f"{test_split}: {len(reals)} real test faces; FID/fd_mobilenet need at least 2",
-                         "use more faces (data.per_source) or a larger test split")
+        raise InputError(
+            f"{test_split}: {len(reals)} real test faces; FID/fd_mobilenet need at least 2",
+            "use more faces (data.per_source) or a larger test split",
+        )
     fakes = test[test["label"] == "fake"]
     references = sorted(fakes["generator"].unique()) if fp.references else []
-    sets = [ImageSet(GENERATED, generate(net, fp.n_samples, arch.latent_dim, fp.seed, fp.batch_size, device)),
-            ImageSet(REAL, load_image_cache([Path(x) for x in reals["path"]], arch.size, "real test faces"))]
+    sets = [
+        ImageSet(GENERATED, generate(net, fp.n_samples, arch.latent_dim, fp.seed, fp.batch_size, device)),
+        ImageSet(REAL, load_image_cache([Path(x) for x in reals["path"]], arch.size, "real test faces")),
+    ]
     for name in references:
         rows = fakes[fakes["generator"] == name]
         sets.append(ImageSet(name, load_image_cache([Path(x) for x in rows["path"]], arch.size, f"fake: {name}")))
@@ -70,11 +83,15 @@ def compute(fp: FidParams, checkpoint: Path, test_split: Path) -> dict[str, Any]
     feats, seconds = extract_all(sets, extractors)
     cfg = MetricConfig(fp.kid_subset_size, fp.kid_subsets, fp.precision_recall, fp.prc_neighborhood, fp.seed)
     sizes = {s.name: int(s.images.shape[0]) for s in sets}
-    generator_row, reference_rows = report_rows(feats, sizes, GENERATED, REAL, references, cfg, inception,
-                                                mobilenet)
+    generator_row, reference_rows = report_rows(feats, sizes, GENERATED, REAL, references, cfg, inception, mobilenet)
     return {
-        "generator": {"model": arch.model, "image_size": arch.size, "epochs_done": payload.get("epochs_done"),
-                      "params_hash": payload.get("params_hash"), **generator_row},
+        "generator": {
+            "model": arch.model,
+            "image_size": arch.size,
+            "epochs_done": payload.get("epochs_done"),
+            "params_hash": payload.get("params_hash"),
+            **generator_row,
+        },
         "references": reference_rows,
         "fid_available": inception.available,
         "fd_mobilenet_available": mobilenet.available,
@@ -91,8 +108,10 @@ def print_summary(report: dict[str, Any]) -> None:
     print(f"{'set':<24} {'n':>6} {'fd_mobilenet':>13} {'fid':>10} {'kid_mean':>10}")
     rows = {f"generator ({report['generator']['model']})": report["generator"], **report["references"]}
     for name, row in rows.items():
-        print(f"{name:<24} {fmt(row.get('n')):>6} {fmt(row.get('fd_mobilenet')):>13} {fmt(row.get('fid')):>10} "
-              f"{fmt(row.get('kid_mean')):>10}")
+        print(
+            f"{name:<24} {fmt(row.get('n')):>6} {fmt(row.get('fd_mobilenet')):>13} {fmt(row.get('fid')):>10} "
+            f"{fmt(row.get('kid_mean')):>10}"
+        )
     if not report["fid_available"]:
         print(f"fid: null ({report['weights']['inception']['reason']}); fd_mobilenet is the offline proxy, not FID")
 

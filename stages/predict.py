@@ -6,6 +6,7 @@ PATHs are image files or folders (searched recursively for image files). Faces a
 cropped with the faces params the classifier was trained with. Every file gets a status:
 ok / no_face / too_small / unreadable (with the reason). Runs on CPU; uses CUDA when present (--device).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,11 @@ from core.io import write_csv
 from faces.crop import FaceCropper
 
 DEFAULT_CHECKPOINT = Path("results/classifier/model.pt")
-EPILOG = ("Reads no params block: the faces params and data.min_side come from the checkpoint (params.yaml's\n"
-          "faces block and the data.min_side default only for checkpoints that lack them). Writes --out if given.\n"
-          "A problem you can fix is one line on stderr and exit code 2.")
+EPILOG = (
+    "Reads no params block: the faces params and data.min_side come from the checkpoint (params.yaml's\n"
+    "faces block and the data.min_side default only for checkpoints that lack them). Writes --out if given.\n"
+    "A problem you can fix is one line on stderr and exit code 2."
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,8 +35,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="default: %(default)s")
     ap.add_argument("--out", type=Path, default=None, help="write the results as CSV here (else only printed)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
-    ap.add_argument("--batch-size", type=positive_int, default=16,
-                    help="images per detection/scoring batch (>= 1, default %(default)s)")
+    ap.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=16,
+        help="images per detection/scoring batch (>= 1, default %(default)s)",
+    )
     return ap.parse_args(argv)
 
 
@@ -41,8 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     files, ignored = collect_files(args.paths)
     if not files:
-        raise InputError(f"no image files under {', '.join(map(str, args.paths))} ({ignored} non-image files "
-                         f"ignored)", "give image files, or folders that hold some")
+        raise InputError(
+            f"no image files under {', '.join(map(str, args.paths))} ({ignored} non-image files ignored)",
+            "give image files, or folders that hold some",
+        )
     device = pick_device(args.device)
     model, ckpt = load_model(args.checkpoint, device)
     faces, faces_from = faces_params_for(ckpt)
@@ -55,11 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     with pd.option_context("display.max_rows", 200, "display.max_colwidth", 60, "display.width", 200):
         print(table[["file", "status", "prob_fake", "predicted", "reason"]].to_string(index=False))
     counts = table["status"].value_counts().to_dict()
-    print(f"predict: {len(table)} files: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-          + (f"; {ignored} non-image files in folders ignored" if ignored else "")
-          + f"; faces params from {faces_from}; data.min_side {min_side} ({min_side_from})"
-          + f"; threshold {ckpt.threshold:.4f} (validation)"
-          + (f"; wrote {args.out}" if args.out else ""))
+    print(
+        f"predict: {len(table)} files: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        + (f"; {ignored} non-image files in folders ignored" if ignored else "")
+        + f"; faces params from {faces_from}; data.min_side {min_side} ({min_side_from})"
+        + f"; threshold {ckpt.threshold:.4f} (validation)"
+        + (f"; wrote {args.out}" if args.out else "")
+    )
     return 0
 
 

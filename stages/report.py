@@ -5,6 +5,7 @@ iteration tables, plots and setup facts are gathered in report.collect, laid out
 in report.sections and rendered in report.render; index.html is self-contained (images embedded,
 inline CSS, no URL).
 """
+
 from __future__ import annotations
 
 import os
@@ -34,13 +35,19 @@ def main() -> None:
         with atomic_output_dir(OUT_DIR) as tmp:
             write_report(doc, tmp)
             write_json(tmp / "iterations.json", summary(data))
-        mlflow.log_metrics({"report.runs": len(data.runs),
-                            **{f"report.{t.spec.name}_iterations": len(t.iterations) for t in data.tracks}})
+        mlflow.log_metrics(
+            {
+                "report.runs": len(data.runs),
+                **{f"report.{t.spec.name}_iterations": len(t.iterations) for t in data.tracks},
+            }
+        )
         mlflow.log_artifact(str(OUT_DIR / "index.html"))
         mlflow.log_artifact(str(OUT_DIR / "report.md"))
     counts = ", ".join(f"{len(t.iterations)} {t.spec.name} iterations" for t in data.tracks)
-    print(f"report: {len(data.runs)} runs of experiment {experiment!r} ({counts}) -> {OUT_DIR / 'index.html'}, "
-          f"{OUT_DIR / 'report.md'}" + (f"; {data.dvc_error}" if data.dvc_error else ""))
+    print(
+        f"report: {len(data.runs)} runs of experiment {experiment!r} ({counts}) -> {OUT_DIR / 'index.html'}, "
+        f"{OUT_DIR / 'report.md'}" + (f"; {data.dvc_error}" if data.dvc_error else "")
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 The same seed gives the same images. ``--out`` must not exist or be empty unless ``--force`` is
 given (then it is replaced as a whole, atomically).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,10 @@ from core.io import atomic_output_dir, atomic_write_bytes
 from generator.sampling import generate, load_generator, png_bytes
 
 DEFAULT_CHECKPOINT = Path("results/generator/model.pt")
-EPILOG = ("Reads no params block: image size and latent size come from the checkpoint. Writes --out/sample_*.png.\n"
-          "A problem you can fix is one line on stderr and exit code 2.")
+EPILOG = (
+    "Reads no params block: image size and latent size come from the checkpoint. Writes --out/sample_*.png.\n"
+    "A problem you can fix is one line on stderr and exit code 2."
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,8 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def write_samples(checkpoint: Path, n: int, out: Path, seed: int = 0, batch_size: int = 64,
-                  device: str = "auto") -> list[Path]:
+def write_samples(
+    checkpoint: Path, n: int, out: Path, seed: int = 0, batch_size: int = 64, device: str = "auto"
+) -> list[Path]:
     dev = pick_device(device)
     net, arch, _ = load_generator(checkpoint, dev)
     images = generate(net, n, arch.latent_dim, seed, batch_size, dev)

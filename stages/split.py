@@ -4,6 +4,7 @@ Reads params block ``split`` and data/faces/manifest.csv (the kept faces). Write
 data/splits/{train,val,test}.csv and data/splits/summary.json. Every split must hold both labels: a split
 that would not is refused with one line saying what to change.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

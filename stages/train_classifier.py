@@ -7,6 +7,7 @@ results/classifier/{model.pt, history.csv, history.png, metrics.json}. The tempe
 decision threshold are fitted on the validation split only. With ``classifier.processes`` > 1 (or under
 torchrun) it trains data-parallel; rank 0 alone writes the outputs and the MLflow run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,11 +36,14 @@ from models.classifier import ArchSpec, build_classifier
 
 SPLITS_DIR = Path("data/splits")
 FACES_PARAMS = Path("data/faces/params.json")  # the faces params that made the crops (faces stage)
-VIEWS = Path("data/faces/views.csv")           # training views of each face (faces.framing_views)
-RAW_SUMMARY = Path("data/raw/summary.json")    # data.min_side the raw images were filtered with (download)
+VIEWS = Path("data/faces/views.csv")  # training views of each face (faces.framing_views)
+RAW_SUMMARY = Path("data/raw/summary.json")  # data.min_side the raw images were filtered with (download)
 OUT_DIR = Path("results/classifier")
-HISTORY_PANELS = {"loss": ["train_loss", "val_loss"], "accuracy": ["train_accuracy", "val_accuracy"],
-                  "ROC-AUC": ["train_roc_auc", "val_roc_auc"]}
+HISTORY_PANELS = {
+    "loss": ["train_loss", "val_loss"],
+    "accuracy": ["train_accuracy", "val_accuracy"],
+    "ROC-AUC": ["train_roc_auc", "val_roc_auc"],
+}
 
 
 def crop_params() -> FacesParams:
@@ -79,26 +83,47 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
     model = build_classifier(spec, weights.path if weights else None)
     mean, std = spec.normalisation
     history: list[dict] = []
-    run = (stage_run(stage="train_classifier", block="classifier", params=p, manifest=SPLITS_DIR / "train.csv")
-           if world.is_main else nullcontext())  # one MLflow run, opened by rank 0
+    run = (
+        stage_run(stage="train_classifier", block="classifier", params=p, manifest=SPLITS_DIR / "train.csv")
+        if world.is_main
+        else nullcontext()
+    )  # one MLflow run, opened by rank 0
 
     with run:
         if world.is_main:
-            mlflow.set_tags({"classifier.device": str(device), "classifier.torch_threads": threads,
-                             "classifier.world_size": world.size,
-                             "classifier.pretrained_weights": f"{weights.origin}:{weights.path}" if weights else "none"})
+            mlflow.set_tags(
+                {
+                    "classifier.device": str(device),
+                    "classifier.torch_threads": threads,
+                    "classifier.world_size": world.size,
+                    "classifier.pretrained_weights": f"{weights.origin}:{weights.path}" if weights else "none",
+                }
+            )
 
         def on_epoch(record: EpochRecord) -> None:
             history.append(record.as_dict())
             write_csv(OUT_DIR / "history.csv", pd.DataFrame(history))
-            mlflow.log_metrics({k: float(v) for k, v in record.as_dict().items() if k != "epoch"},
-                               step=record.epoch)
-            print(f"epoch {record.epoch}: train loss {record.train_loss:.4f} auc {record.train_roc_auc:.3f} | "
-                  f"val loss {record.val_loss:.4f} acc {record.val_accuracy:.3f} auc {record.val_roc_auc:.3f} "
-                  f"({record.seconds:.1f}s)")
+            mlflow.log_metrics({k: float(v) for k, v in record.as_dict().items() if k != "epoch"}, step=record.epoch)
+            print(
+                f"epoch {record.epoch}: train loss {record.train_loss:.4f} auc {record.train_roc_auc:.3f} | "
+                f"val loss {record.val_loss:.4f} acc {record.val_accuracy:.3f} auc {record.val_roc_auc:.3f} "
+                f"({record.seconds:.1f}s)"
+            )
 
-        result = train_loop(model, train.images, train.labels, val.images, val.labels, p, device, mean, std,
-                            on_epoch=on_epoch if world.is_main else None, world=world, views=views)
+        result = train_loop(
+            model,
+            train.images,
+            train.labels,
+            val.images,
+            val.labels,
+            p,
+            device,
+            mean,
+            std,
+            on_epoch=on_epoch if world.is_main else None,
+            world=world,
+            views=views,
+        )
         if not world.is_main:
             return
         fit = fit_temperature_with_reason(result.val_logits, val.labels)  # never collapses on separable val
@@ -109,36 +134,72 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
         threshold = choose_threshold_from_logits(val.labels, result.val_logits, temperature, p.threshold_rule)
         val_metrics = binary_metrics(val.labels, p_cal, threshold)
         summary = {
-            "best_epoch": result.best_epoch, "epochs_run": len(result.history), "stop_reason": result.stop_reason,
-            "seconds": round(result.seconds, 2), "temperature": temperature, "temperature_reason": fit.reason,
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "stop_reason": result.stop_reason,
+            "seconds": round(result.seconds, 2),
+            "temperature": temperature,
+            "temperature_reason": fit.reason,
             "threshold": threshold,
-            "threshold_rule": p.threshold_rule, "class_weight_real": result.class_weights[0],
-            "class_weight_fake": result.class_weights[1], "n_train": len(train), "n_val": len(val),
-            "processes": world.size, "n_train_views": len(views) if views else 0,
+            "threshold_rule": p.threshold_rule,
+            "class_weight_real": result.class_weights[0],
+            "class_weight_fake": result.class_weights[1],
+            "n_train": len(train),
+            "n_val": len(val),
+            "processes": world.size,
+            "n_train_views": len(views) if views else 0,
             "train_images_per_s": float(np.mean([r.train_images_per_s for r in result.history])),
             "val": {**val_metrics, "ece_before_temperature": binary_metrics(val.labels, p_raw, 0.5)["ece"]},
         }
         ckpt = ClassifierCheckpoint(
-            state_dict=result.model.state_dict(), arch=spec.to_dict(), temperature=temperature, threshold=threshold,
-            threshold_rule=p.threshold_rule, mean=list(mean), std=list(std), image_size=p.image_size,
+            state_dict=result.model.state_dict(),
+            arch=spec.to_dict(),
+            temperature=temperature,
+            threshold=threshold,
+            threshold_rule=p.threshold_rule,
+            mean=list(mean),
+            std=list(std),
+            image_size=p.image_size,
             faces=as_dict(faces),
-            info={"best_epoch": result.best_epoch, "best_val_roc_auc": result.best_val_roc_auc,
-                  "pretrained": p.pretrained, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                  "temperature_reason": fit.reason, "min_side": raw_min_side()})
+            info={
+                "best_epoch": result.best_epoch,
+                "best_val_roc_auc": result.best_val_roc_auc,
+                "pretrained": p.pretrained,
+                "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "temperature_reason": fit.reason,
+                "min_side": raw_min_side(),
+            },
+        )
         save_checkpoint(OUT_DIR / "model.pt", ckpt)
         write_json(OUT_DIR / "metrics.json", summary)
         save_figure(history_figure(pd.DataFrame(history), "epoch", HISTORY_PANELS), OUT_DIR / "history.png")
-        mlflow.log_metrics({"best_epoch": result.best_epoch, "temperature": temperature, "threshold": threshold,
-                            **{f"final_val_{k}": float(v) for k, v in summary["val"].items()
-                               if isinstance(v, (int, float)) and v is not None}})
+        mlflow.log_metrics(
+            {
+                "best_epoch": result.best_epoch,
+                "temperature": temperature,
+                "threshold": threshold,
+                **{
+                    f"final_val_{k}": float(v)
+                    for k, v in summary["val"].items()
+                    if isinstance(v, (int, float)) and v is not None
+                },
+            }
+        )
         mlflow.set_tags({"classifier.stop_reason": result.stop_reason, "classifier.temperature_reason": fit.reason})
         for name in ("history.csv", "history.png", "metrics.json"):
             mlflow.log_artifact(str(OUT_DIR / name))
-    print(f"train_classifier: best epoch {result.best_epoch}/{len(result.history)} ({result.stop_reason}), "
-          f"val ROC-AUC {result.best_val_roc_auc:.4f}, T={temperature:.3f} ({fit.reason}), threshold={threshold:.4f} "
-          f"({p.threshold_rule}) -> {OUT_DIR / 'model.pt'}")
+    print(
+        f"train_classifier: best epoch {result.best_epoch}/{len(result.history)} ({result.stop_reason}), "
+        f"val ROC-AUC {result.best_val_roc_auc:.4f}, T={temperature:.3f} ({fit.reason}), threshold={threshold:.4f} "
+        f"({p.threshold_rule}) -> {OUT_DIR / 'model.pt'}"
+    )
 
 
 if __name__ == "__main__":
-    run_stage("train_classifier", main, __doc__, "classifier",
-              ["results/classifier/{model.pt,history.csv,history.png,metrics.json}"])
+    run_stage(
+        "train_classifier",
+        main,
+        __doc__,
+        "classifier",
+        ["results/classifier/{model.pt,history.csv,history.png,metrics.json}"],
+    )

@@ -3,6 +3,7 @@
 Reals are smooth colour gradients with a blob; fakes add a faint checkerboard (a GAN-like
 high-frequency trace) and a colour cast, so a small network learns them in a couple of epochs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,7 +27,7 @@ def synthetic_face(rng: np.random.Generator, fake: bool, size: int) -> np.ndarra
     slope = rng.uniform(-0.3, 0.3, (2, 3))
     img = base + yy[..., None] * slope[0] + xx[..., None] * slope[1]
     cy, cx, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.15, 0.3)
-    blob = ((yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2)[..., None]
+    blob = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2)[..., None]
     img = np.where(blob, img * 0.6 + 0.3, img)
     if fake:
         checker = ((np.indices((size, size)).sum(0) % 2) * 2 - 1)[..., None]
@@ -66,10 +67,26 @@ def make_splits(root: Path, counts: dict[str, int] | None = None, size: int = 32
             raw.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(face)
             raw.write_bytes(raw_bytes(pixels, rng, fake))
-            rows.append({"id": ident, "path": f"data/faces/images/{ident}.png", "label": "fake" if fake else "real",
-                         "generator": generator, "source": "synthetic", "group": ident, "predefined_split": "",
-                         "raw_path": f"data/raw/images/{ident}.jpg", "box_x1": 0, "box_y1": 0, "box_x2": size,
-                         "box_y2": size, "prob": 0.99, "status": "ok", "reason": "", "split": split})
+            rows.append(
+                {
+                    "id": ident,
+                    "path": f"data/faces/images/{ident}.png",
+                    "label": "fake" if fake else "real",
+                    "generator": generator,
+                    "source": "synthetic",
+                    "group": ident,
+                    "predefined_split": "",
+                    "raw_path": f"data/raw/images/{ident}.jpg",
+                    "box_x1": 0,
+                    "box_y1": 0,
+                    "box_x2": size,
+                    "box_y2": size,
+                    "prob": 0.99,
+                    "status": "ok",
+                    "reason": "",
+                    "split": split,
+                }
+            )
         out[split] = root / "data/splits" / f"{split}.csv"
         write_csv(out[split], pd.DataFrame(rows, columns=SPLIT_COLUMNS))
     write_json(root / "data/faces/params.json", {"crop_size": size})  # as the faces stage records its params
@@ -78,20 +95,43 @@ def make_splits(root: Path, counts: dict[str, int] | None = None, size: int = 32
 
 def tiny_classifier_params(**overrides: object) -> dict[str, object]:
     """classifier block for a fast CPU run on 32px images."""
-    values: dict[str, object] = {"arch": "cnn", "pretrained": "none", "image_size": 32, "cnn_depth": 2,
-                                 "cnn_width": 8, "epochs": 2, "batch_size": 16, "lr": 0.003,
-                                 "freeze_backbone_epochs": 0, "max_minutes": 0, "device": "cpu", "threads": 1}
+    values: dict[str, object] = {
+        "arch": "cnn",
+        "pretrained": "none",
+        "image_size": 32,
+        "cnn_depth": 2,
+        "cnn_width": 8,
+        "epochs": 2,
+        "batch_size": 16,
+        "lr": 0.003,
+        "freeze_backbone_epochs": 0,
+        "max_minutes": 0,
+        "device": "cpu",
+        "threads": 1,
+    }
     values.update(overrides)
     return values
 
 
-NO_AUGMENTATION = {"aug_flip": 0.0, "aug_color_jitter": 0.0, "aug_crop_scale": 1.0, "aug_jpeg_prob": 0.0,
-                   "aug_blur_prob": 0.0, "aug_noise_prob": 0.0, "aug_grayscale": 0.0}
+NO_AUGMENTATION = {
+    "aug_flip": 0.0,
+    "aug_color_jitter": 0.0,
+    "aug_crop_scale": 1.0,
+    "aug_jpeg_prob": 0.0,
+    "aug_blur_prob": 0.0,
+    "aug_noise_prob": 0.0,
+    "aug_grayscale": 0.0,
+}
 
 
 def loop_params(**overrides: object) -> ClassifierParams:
     """The classifier params block for train_loop tests: params.yaml's defaults without augmentation, label
     smoothing, frozen warm-up, early stopping or time budget, unless a test asks for them."""
-    quiet = {**NO_AUGMENTATION, "label_smoothing": 0.0, "freeze_backbone_epochs": 0, "early_stopping_patience": 0,
-             "max_minutes": 0.0}
+    quiet = {
+        **NO_AUGMENTATION,
+        "label_smoothing": 0.0,
+        "freeze_backbone_epochs": 0,
+        "early_stopping_patience": 0,
+        "max_minutes": 0.0,
+    }
     return dataclasses.replace(ClassifierParams(), **{**quiet, **overrides})  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
 """Shared fixtures: small images made on the fly, the shared real data when it is present."""
+
 from __future__ import annotations
 
 import os

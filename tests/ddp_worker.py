@@ -1,5 +1,6 @@
 """Run by tests/test_distributed.py as 2 torchrun workers (gloo, CPU): the data-parallel primitives
 of core.distributed against what one process computes on the whole batch."""
+
 from __future__ import annotations
 
 import torch

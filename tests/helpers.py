@@ -1,4 +1,5 @@
 """Small test utilities (importable as ``tests.helpers``)."""
+
 from __future__ import annotations
 
 import io

@@ -4,15 +4,24 @@ On hardfakevsreal the validation logits were separable: the NLL kept falling tow
 stopped at the bound 0.05, every probability became 0 or 1 (test Brier 1e-32) and the threshold was
 0.4999999999994 (the midpoint of 1e-30 and 1 - 1e-30).
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from classifier.metrics import (TEMPERATURE_BOUNDS, calibrated, choose_threshold, choose_threshold_from_logits,
-                                fit_temperature, fit_temperature_with_reason, negative_log_likelihood, separable,
-                                sigmoid)
+from classifier.metrics import (
+    TEMPERATURE_BOUNDS,
+    calibrated,
+    choose_threshold,
+    choose_threshold_from_logits,
+    fit_temperature,
+    fit_temperature_with_reason,
+    negative_log_likelihood,
+    separable,
+    sigmoid,
+)
 
 
 def separable_validation(rng: np.random.Generator, n: int = 67) -> tuple[np.ndarray, np.ndarray]:
@@ -96,8 +105,8 @@ def test_train_classifier_records_the_temperature_reason(in_tmp_project, one_tor
 
     import mlflow
 
-    from stages import train_classifier
     from classifier.checkpoint import load_checkpoint
+    from stages import train_classifier
     from tests.classifier_fixtures import make_splits, tiny_classifier_params
     from tests.helpers import set_params
 
@@ -126,8 +135,9 @@ def test_expected_calibration_error_matches_torchmetrics(bins: int, case: str) -
     from classifier.metrics import expected_calibration_error
 
     rng = np.random.default_rng(bins)
-    p = {"calibrated": rng.uniform(0, 1, 500), "overconfident": rng.beta(0.3, 0.3, 500),
-         "skewed": rng.beta(5, 1, 500)}[case].clip(1e-9, 1 - 1e-9)
+    p = {"calibrated": rng.uniform(0, 1, 500), "overconfident": rng.beta(0.3, 0.3, 500), "skewed": rng.beta(5, 1, 500)}[
+        case
+    ].clip(1e-9, 1 - 1e-9)
     y = (rng.uniform(0, 1, 500) < (p if case == "calibrated" else np.sqrt(p))).astype(np.float64)
     ours = expected_calibration_error(y, p, bins)
     reference = float(binary_calibration_error(torch.from_numpy(p), torch.from_numpy(y).long(), n_bins=bins, norm="l1"))

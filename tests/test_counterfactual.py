@@ -1,5 +1,6 @@
 """Counterfactual probes: a model that leans on colour is flagged by the grayscale probe, one that reads
 content is not; probes re-run the whole crop path; flags follow the documented drops."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,15 @@ from PIL import Image
 
 from core.params import FacesParams
 from faces.crop import FaceCropper
-from shortcuts.counterfactual import (FRAMING, ProbeInput, ProbeSettings, probe_metrics, run_probes, stretcher,
-                                      tighter_framing)
+from shortcuts.counterfactual import (
+    FRAMING,
+    ProbeInput,
+    ProbeSettings,
+    probe_metrics,
+    run_probes,
+    stretcher,
+    tighter_framing,
+)
 
 SETTINGS = ProbeSettings(stretch=1.3, max_auc_drop=0.05, max_rate_drop=0.10, seed=0)
 
@@ -75,6 +83,7 @@ def checker_energy(pixels: np.ndarray) -> np.ndarray:
 
 def clean_scores(inputs: ProbeInput, score: object) -> np.ndarray:
     from shortcuts.counterfactual import Probe, probe_crops
+
     identity = Probe("clean", "", lambda image, rng: image)
     pixels, rows = probe_crops(inputs, identity, cropper(), 48, seed=0)
     assert list(rows) == list(range(len(inputs.labels)))
@@ -93,8 +102,9 @@ def test_a_colour_shortcut_is_flagged_by_the_grayscale_probe(probe_set: ProbeInp
 def test_a_content_model_passes_every_probe(probe_set: ProbeInput) -> None:
     clean = clean_scores(probe_set, checker_energy)
     threshold = float(np.median(clean))
-    result, examples = run_probes(probe_set, clean, checker_energy, cropper(), 48, threshold, SETTINGS,
-                                  keep_examples=[0, 1])
+    result, examples = run_probes(
+        probe_set, clean, checker_energy, cropper(), 48, threshold, SETTINGS, keep_examples=[0, 1]
+    )
     for name in ("grayscale", "jpeg_q75", "tighter_framing"):
         assert result["probes"][name]["roc_auc"] >= 0.95, name
         assert not result["probes"][name]["flag"], name
@@ -105,8 +115,9 @@ def test_a_content_model_passes_every_probe(probe_set: ProbeInput) -> None:
 
 def test_rows_made_grey_by_the_faces_stage_stay_grey_under_every_probe(probe_set: ProbeInput) -> None:
     matched = dataclasses.replace(probe_set, matched_gray=np.ones(len(probe_set.labels), bool))
-    _, examples = run_probes(matched, np.zeros(len(matched.labels)), redness, cropper(), 48, 0.5, SETTINGS,
-                             keep_examples=[1])
+    _, examples = run_probes(
+        matched, np.zeros(len(matched.labels)), redness, cropper(), 48, 0.5, SETTINGS, keep_examples=[1]
+    )
     for crops in examples.values():
         assert np.ptp(crops[1].astype(int), axis=0).max() <= 1
 

@@ -1,5 +1,6 @@
 """The crop-level shortcut audit: per-image features, train-fitted directions, warnings, missing columns,
 and its wiring into the evaluate stage (metrics.json, figure, MLflow tag and metrics, printed warnings)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,8 +49,16 @@ def some_reals_grey(rng: np.random.Generator, fake: bool, i: int) -> np.ndarray:
     return img
 
 
-def split_frame(root: Path, name: str, n: int, crop: Crop, seed: int, generators: tuple[str, ...] = ("g1", "g2"),
-                jpeg_raw: bool = True, paired: bool = False) -> pd.DataFrame:
+def split_frame(
+    root: Path,
+    name: str,
+    n: int,
+    crop: Crop,
+    seed: int,
+    generators: tuple[str, ...] = ("g1", "g2"),
+    jpeg_raw: bool = True,
+    paired: bool = False,
+) -> pd.DataFrame:
     """``n`` rows, half real; crops in root/<name>/, raw files (the crop scaled x2) beside them.
 
     ``paired``: rows 2k (real) and 2k + 1 (fake) draw their crop from the same random state, so the
@@ -65,12 +74,30 @@ def split_frame(root: Path, name: str, n: int, crop: Crop, seed: int, generators
         Image.fromarray(pixels).save(root / crop_path)
         Image.fromarray(pixels).resize((2 * SIDE, 2 * SIDE)).save(root / raw_path, quality=90)
         x1, y1, s = rng.uniform(4, 12), rng.uniform(4, 12), rng.uniform(30, 40)
-        rows.append({"id": f"{name}{i}", "path": crop_path, "label": "fake" if fake else "real",
-                     "generator": generators[(i // 2) % len(generators)] if fake else "real", "raw_path": raw_path,
-                     "raw_width": 2 * SIDE, "raw_height": 2 * SIDE, "box_x1": x1, "box_y1": y1, "box_x2": x1 + s,
-                     "box_y2": y1 + s * rng.uniform(1.0, 1.3), "prob": 0.99, "crop_x1": 0, "crop_y1": 0,
-                     "crop_x2": 2 * SIDE, "crop_y2": 2 * SIDE, "margin_used": rng.uniform(0.2, 0.3),
-                     "grayscale": "no", "status": "ok", "reason": ""})
+        rows.append(
+            {
+                "id": f"{name}{i}",
+                "path": crop_path,
+                "label": "fake" if fake else "real",
+                "generator": generators[(i // 2) % len(generators)] if fake else "real",
+                "raw_path": raw_path,
+                "raw_width": 2 * SIDE,
+                "raw_height": 2 * SIDE,
+                "box_x1": x1,
+                "box_y1": y1,
+                "box_x2": x1 + s,
+                "box_y2": y1 + s * rng.uniform(1.0, 1.3),
+                "prob": 0.99,
+                "crop_x1": 0,
+                "crop_y1": 0,
+                "crop_x2": 2 * SIDE,
+                "crop_y2": 2 * SIDE,
+                "margin_used": rng.uniform(0.2, 0.3),
+                "grayscale": "no",
+                "status": "ok",
+                "reason": "",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -117,8 +144,11 @@ def test_jpeg_quality_inverts_the_ijg_scaling_and_blockiness_sees_compression(tm
 
 
 def test_black_border_on_fakes_is_found_and_warned(tmp_path: Path) -> None:
-    audit = ca.crop_feature_audit(split_frame(tmp_path, "tr", 120, black_border, 0),
-                               split_frame(tmp_path, "te", 120, black_border, 1), root=tmp_path)
+    audit = ca.crop_feature_audit(
+        split_frame(tmp_path, "tr", 120, black_border, 0),
+        split_frame(tmp_path, "te", 120, black_border, 1),
+        root=tmp_path,
+    )
     border = audit["features"]["border_constant"]
     assert border["test_auc"] >= 0.95 and border["direction"] == "higher = fake" and border["kind"] == "crop"
     assert set(border["per_generator"]) == {"g1", "g2"}
@@ -132,8 +162,11 @@ def test_black_border_on_fakes_is_found_and_warned(tmp_path: Path) -> None:
 
 def test_a_tenth_of_reals_grayscale_shows_in_the_grayscale_feature(tmp_path: Path) -> None:
     # real and fake of a pair share the photo, so the grey 10 % is the only difference
-    audit = ca.crop_feature_audit(split_frame(tmp_path, "tr", 400, some_reals_grey, 2, paired=True),
-                               split_frame(tmp_path, "te", 400, some_reals_grey, 3, paired=True), root=tmp_path)
+    audit = ca.crop_feature_audit(
+        split_frame(tmp_path, "tr", 400, some_reals_grey, 2, paired=True),
+        split_frame(tmp_path, "te", 400, some_reals_grey, 3, paired=True),
+        root=tmp_path,
+    )
     spread = audit["features"]["channel_spread"]
     # 0.5 + 0.10 / 2 when the other 90 % look alike: a weak but real cue, fitted the right way round
     assert spread["direction"] == "higher = fake" and 0.53 <= spread["test_auc"] <= 0.6
@@ -141,8 +174,9 @@ def test_a_tenth_of_reals_grayscale_shows_in_the_grayscale_feature(tmp_path: Pat
 
 
 def test_no_cue_no_warning(tmp_path: Path) -> None:
-    audit = ca.crop_feature_audit(split_frame(tmp_path, "tr", 300, plain, 4),
-                               split_frame(tmp_path, "te", 300, plain, 5), root=tmp_path)
+    audit = ca.crop_feature_audit(
+        split_frame(tmp_path, "tr", 300, plain, 4), split_frame(tmp_path, "te", 300, plain, 5), root=tmp_path
+    )
     assert audit["warnings"] == [] and audit["n_warnings"] == 0
     for name, f in audit["features"].items():
         if f["test_auc"] is not None:
@@ -168,8 +202,20 @@ def test_direction_is_fitted_on_train_and_applied_to_test(tmp_path: Path) -> Non
 
 
 def test_missing_columns_and_unreadable_files_are_skipped_with_a_reason(tmp_path: Path) -> None:
-    old = ["raw_width", "raw_height", "box_x1", "box_y1", "box_x2", "box_y2", "crop_x1", "crop_y1", "crop_x2",
-           "crop_y2", "margin_used", "grayscale"]
+    old = [
+        "raw_width",
+        "raw_height",
+        "box_x1",
+        "box_y1",
+        "box_x2",
+        "box_y2",
+        "crop_x1",
+        "crop_y1",
+        "crop_x2",
+        "crop_y2",
+        "margin_used",
+        "grayscale",
+    ]
     train = split_frame(tmp_path, "tr", 40, plain, 9).drop(columns=old)
     test = split_frame(tmp_path, "te", 40, plain, 10, jpeg_raw=False).drop(columns=old)
     test.loc[0, "path"] = "te/missing.png"
@@ -191,15 +237,18 @@ def test_missing_columns_and_unreadable_files_are_skipped_with_a_reason(tmp_path
 # ---------------------------------------------------------------- the evaluate stage
 
 
-def test_evaluate_writes_the_crop_audit_figure_tag_and_warnings(in_tmp_project: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_writes_the_crop_audit_figure_tag_and_warnings(
+    in_tmp_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tests.classifier_fixtures import make_splits
     from tests.helpers import set_params
     from tests.test_evaluate import write_untrained_checkpoint
 
     make_splits(in_tmp_project, {"train": 24, "val": 8, "test": 24})
     write_untrained_checkpoint(in_tmp_project / "results/classifier/model.pt", threshold=0.5)
-    extra = {"counterfactual": False} if "counterfactual" in {f.name for f in dataclasses.fields(EvaluateParams)} else {}
+    extra = (
+        {"counterfactual": False} if "counterfactual" in {f.name for f in dataclasses.fields(EvaluateParams)} else {}
+    )
     set_params(in_tmp_project / "params.yaml", "evaluate", threads=1, audit_warn_auc=0.8, **extra)
     from stages import evaluate
 

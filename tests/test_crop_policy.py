@@ -1,4 +1,5 @@
 """Crops that carry no label: never padded, margin recorded, grey photos balanced across classes."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,12 +28,15 @@ def cropper(**changes: object) -> FaceCropper:
     return FaceCropper(params, device=torch.device("cpu"), detector=NoDetector())
 
 
-@pytest.mark.parametrize("box, size", [
-    (Box(0, 0, 100, 120), (300, 200)),       # face in the corner
-    (Box(150, 40, 310, 230), (300, 200)),    # face larger than the image and past its edge
-    (Box(-30, -20, 80, 90), (120, 400)),     # box partly outside (MTCNN extrapolates)
-    (Box(100, 60, 140, 110), (300, 200)),    # small face in the middle: the full margin fits
-])
+@pytest.mark.parametrize(
+    "box, size",
+    [
+        (Box(0, 0, 100, 120), (300, 200)),  # face in the corner
+        (Box(150, 40, 310, 230), (300, 200)),  # face larger than the image and past its edge
+        (Box(-30, -20, 80, 90), (120, 400)),  # box partly outside (MTCNN extrapolates)
+        (Box(100, 60, 140, 110), (300, 200)),  # small face in the middle: the full margin fits
+    ],
+)
 def test_face_square_always_lies_inside_the_image(box: Box, size: tuple[int, int]) -> None:
     w, h = size
     left, top, right, bottom = face_square(box, 0.25, w, h)
@@ -75,13 +79,35 @@ def test_grey_photos_are_recognised_also_when_stored_as_rgb_jpeg() -> None:
 def faces_frame(n_real: int, n_fake: dict[str, int], grey_reals: int, paired: int = 0) -> pd.DataFrame:
     """A faces manifest: the first ``grey_reals`` reals are grey; the first ``paired`` fakes of each generator
     share a group with a grey real (as DFF's fakes made from a grey photo at the same path)."""
-    rows = [{"id": f"r{i}", "label": "real", "generator": "real", "source": "s", "group": f"g{i}",
-             "status": "ok", "path": f"r{i}.png", "reason": "", "grayscale": "raw" if i < grey_reals else "no"}
-            for i in range(n_real)]
+    rows = [
+        {
+            "id": f"r{i}",
+            "label": "real",
+            "generator": "real",
+            "source": "s",
+            "group": f"g{i}",
+            "status": "ok",
+            "path": f"r{i}.png",
+            "reason": "",
+            "grayscale": "raw" if i < grey_reals else "no",
+        }
+        for i in range(n_real)
+    ]
     for gen, n in n_fake.items():
-        rows += [{"id": f"{gen}{i}", "label": "fake", "generator": gen, "source": "s",
-                  "group": f"g{i}" if i < paired else f"{gen}-g{i}", "status": "ok", "path": f"{gen}{i}.png",
-                  "reason": "", "grayscale": "no"} for i in range(n)]
+        rows += [
+            {
+                "id": f"{gen}{i}",
+                "label": "fake",
+                "generator": gen,
+                "source": "s",
+                "group": f"g{i}" if i < paired else f"{gen}-g{i}",
+                "status": "ok",
+                "path": f"{gen}{i}.png",
+                "reason": "",
+                "grayscale": "no",
+            }
+            for i in range(n)
+        ]
     return pd.DataFrame(rows)
 
 
@@ -123,11 +149,18 @@ def test_no_grey_images_means_nothing_changes() -> None:
 
 # --------------------------------------------------------------------------- training views
 
+
 def test_training_views_are_shown_instead_of_the_crop_at_random(tmp_path: Path) -> None:
     from classifier.data import SplitData, load_views
 
-    frame = pd.DataFrame({"id": ["a", "b", "c"], "path": ["", "", ""], "label": ["real", "fake", "real"],
-                          "generator": ["real", "g", "real"]})
+    frame = pd.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            "path": ["", "", ""],
+            "label": ["real", "fake", "real"],
+            "generator": ["real", "g", "real"],
+        }
+    )
     crops = np.zeros((3, 3, 8, 8), np.uint8)
     split = SplitData("train", frame, crops, np.array([0.0, 1.0, 0.0], np.float32))
     (tmp_path / "v").mkdir()
@@ -135,10 +168,28 @@ def test_training_views_are_shown_instead_of_the_crop_at_random(tmp_path: Path) 
     for row_id, value in (("a", 100), ("a", 200), ("b", 50), ("zz", 7)):  # zz: a face of another split
         path = tmp_path / "v" / f"{row_id}{value}.png"
         Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
-        rows.append({"id": row_id, "view": 1, "path": str(path), "status": "ok", "reason": "",
-                     "margin_used": 0.1, "grayscale": "no"})
-    rows.append({"id": "c", "view": 1, "path": "", "status": "dropped", "reason": "no face detected",
-                 "margin_used": "", "grayscale": ""})
+        rows.append(
+            {
+                "id": row_id,
+                "view": 1,
+                "path": str(path),
+                "status": "ok",
+                "reason": "",
+                "margin_used": 0.1,
+                "grayscale": "no",
+            }
+        )
+    rows.append(
+        {
+            "id": "c",
+            "view": 1,
+            "path": "",
+            "status": "dropped",
+            "reason": "no face detected",
+            "margin_used": "",
+            "grayscale": "",
+        }
+    )
     pd.DataFrame(rows).to_csv(tmp_path / "views.csv", index=False)
     views = load_views(split, tmp_path / "views.csv", 8, cache_dir=tmp_path / "cache", progress=False)
     assert views is not None and len(views) == 3  # the other split's face and the dropped view are left out
@@ -158,8 +209,20 @@ def test_views_follow_their_crop_through_the_grayscale_policy() -> None:
     faces = faces_frame(2, {"a": 2}, grey_reals=1)
     faces = apply_policy(faces, "match")
     matched = faces.loc[faces["grayscale"] == "matched", "id"].tolist()
-    views = pd.DataFrame([{"id": i, "view": 1, "path": f"{i}.v1.png", "status": "ok", "reason": "",
-                           "margin_used": 0.0, "grayscale": "no"} for i in faces["id"]])
+    views = pd.DataFrame(
+        [
+            {
+                "id": i,
+                "view": 1,
+                "path": f"{i}.v1.png",
+                "status": "ok",
+                "reason": "",
+                "margin_used": 0.0,
+                "grayscale": "no",
+            }
+            for i in faces["id"]
+        ]
+    )
     out = views_after_policy(views, faces)
     assert out.loc[out["grayscale"] == "matched", "id"].tolist() == matched
     dropped_faces = apply_policy(faces_frame(2, {"a": 2}, grey_reals=1), "drop")
@@ -169,6 +232,7 @@ def test_views_follow_their_crop_through_the_grayscale_policy() -> None:
 
 # --------------------------------------------------------------------------- the audit after the policy
 
+
 def _grey_reals(share: float):  # type: ignore[no-untyped-def]
     from tests.test_crop_audit import photo
 
@@ -177,6 +241,7 @@ def _grey_reals(share: float):  # type: ignore[no-untyped-def]
         if not fake and (i * 7919) % 100 < share * 100:
             img[:] = img.mean(axis=2, keepdims=True).astype(np.uint8)
         return img
+
     return crop
 
 
@@ -200,8 +265,9 @@ def test_matching_removes_the_grayscale_cue_from_the_audit(tmp_path: Path, share
 
     def spread_auc(mode: str) -> float:
         base = tmp_path / mode
-        audit = crop_feature_audit(_audited_split(base, "tr", share, mode, 0), _audited_split(base, "te", share, mode, 1),
-                                   root=base)
+        audit = crop_feature_audit(
+            _audited_split(base, "tr", share, mode, 0), _audited_split(base, "te", share, mode, 1), root=base
+        )
         return float(audit["features"]["channel_spread"]["test_auc"])
 
     kept, matched = spread_auc("keep"), spread_auc("match")

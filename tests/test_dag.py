@@ -1,4 +1,5 @@
 """dvc.yaml and the Snakefile describe the same DAG: stages, commands, inputs, outputs, params."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,8 +38,9 @@ def snakemake_rules() -> dict[str, Any]:
     from snakemake.settings.types import OutputSettings, ResourceSettings
 
     with SnakemakeApi(OutputSettings(quiet=True)) as api:
-        workflow = api.workflow(resource_settings=ResourceSettings(), snakefile=PROJECT_ROOT / "Snakefile",
-                                workdir=PROJECT_ROOT)._workflow
+        workflow = api.workflow(
+            resource_settings=ResourceSettings(), snakefile=PROJECT_ROOT / "Snakefile", workdir=PROJECT_ROOT
+        )._workflow
         return {rule.name: rule for rule in workflow.rules}
 
 
@@ -117,8 +119,10 @@ def test_code_deps_are_exactly_what_each_stage_imports() -> None:
         module = stage["cmd"].split("python -m ", 1)[1].split()[0]
         code_deps = {d for d in stage["deps"] if d.split("/", 1)[0] in CODE_PACKAGES}
         imported = local_imports(module)
-        assert code_deps == imported, (f"{name}: dvc.yaml code deps differ from its imports: missing "
-                                       f"{sorted(imported - code_deps)}, not imported {sorted(code_deps - imported)}")
+        assert code_deps == imported, (
+            f"{name}: dvc.yaml code deps differ from its imports: missing "
+            f"{sorted(imported - code_deps)}, not imported {sorted(code_deps - imported)}"
+        )
 
 
 def test_inference_entry_points_import_no_training_loop() -> None:
@@ -129,6 +133,8 @@ def test_inference_entry_points_import_no_training_loop() -> None:
     assert {"generator/train.py", "generator/trainers.py"} <= local_imports("stages.train_generator")
     for module in INFERENCE_ENTRY_POINTS:
         loops = sorted(local_imports(module) & set(TRAINING_LOOPS))
-        assert not loops, (f"{module} imports the training loop(s) {loops} (directly or through another module): "
-                           "move what it needs into an inference module (e.g. classifier/infer.py, "
-                           "generator/sampling.py)")
+        assert not loops, (
+            f"{module} imports the training loop(s) {loops} (directly or through another module): "
+            "move what it needs into an inference module (e.g. classifier/infer.py, "
+            "generator/sampling.py)"
+        )

@@ -1,5 +1,6 @@
 """Data-parallel training: the primitives, the launcher, and both training stages under torchrun
 (gloo backend, 2 CPU processes, tiny models)."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,18 @@ from tests.conftest import PROJECT_ROOT
 from tests.helpers import set_params
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-TINY_GENERATOR = dict(image_size=32, latent_dim=8, g_width=8, d_width=8, batch_size=8, grid_size=2, epochs=2,
-                      device="cpu", threads=1, max_minutes=0)
+TINY_GENERATOR = dict(
+    image_size=32,
+    latent_dim=8,
+    g_width=8,
+    d_width=8,
+    batch_size=8,
+    grid_size=2,
+    epochs=2,
+    device="cpu",
+    threads=1,
+    max_minutes=0,
+)
 
 
 def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -47,6 +58,7 @@ def stage_runs(project: Path, stage: str) -> pd.DataFrame:
 
 
 # --- in one process ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("size", [1, 2, 3])
 def test_shards_partition_every_global_batch(size: int) -> None:
@@ -70,8 +82,9 @@ def test_one_process_world_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_relaunch_only_when_more_processes_are_asked_outside_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
     launched: list[list[str]] = []
-    monkeypatch.setattr(distributed.subprocess, "run",
-                        lambda cmd, check: launched.append(cmd) or subprocess.CompletedProcess(cmd, 3))
+    monkeypatch.setattr(
+        distributed.subprocess, "run", lambda cmd, check: launched.append(cmd) or subprocess.CompletedProcess(cmd, 3)
+    )
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert relaunch_under_torchrun("stages.train_classifier", 1) is None and launched == []
     assert relaunch_under_torchrun("stages.train_classifier", 2) == 3  # the workers' exit code
@@ -88,15 +101,32 @@ def test_a_global_batch_too_small_to_split_is_a_clear_error(tmp_path: Path) -> N
 
     model = build_classifier(ArchSpec("cnn", 0.0, 1, 4, "plain"))
     with pytest.raises(ValueError, match="at least 8"):
-        train_loop(model, x, y, x, y, loop_params(batch_size=4), torch.device("cpu"), (0.5,) * 3, (0.5,) * 3,
-                   world=World(rank=0, size=4))
+        train_loop(
+            model,
+            x,
+            y,
+            x,
+            y,
+            loop_params(batch_size=4),
+            torch.device("cpu"),
+            (0.5,) * 3,
+            (0.5,) * 3,
+            world=World(rank=0, size=4),
+        )
     p = parse_block("generator", GeneratorParams, {**TINY_GENERATOR, "batch_size": 4})
     with pytest.raises(ValueError, match="at least 2 images per batch"):
-        train(p, torch.zeros((16, 3, 32, 32), dtype=torch.uint8), tmp_path, "h", torch.device("cpu"),
-                 world=World(rank=0, size=4))
+        train(
+            p,
+            torch.zeros((16, 3, 32, 32), dtype=torch.uint8),
+            tmp_path,
+            "h",
+            torch.device("cpu"),
+            world=World(rank=0, size=4),
+        )
 
 
 # --- under torchrun (2 gloo workers) -------------------------------------------------------------
+
 
 def test_primitives_under_torchrun(tmp_path: Path) -> None:
     proc = run([*TORCHRUN, "-m", "tests.ddp_worker"], tmp_path)
@@ -148,15 +178,21 @@ def test_train_generator_under_torchrun(in_tmp_project: Path, model: str) -> Non
 def test_budget_stops_agree_across_ranks_and_the_generator_resumes(in_tmp_project: Path) -> None:
     """A time budget must stop every rank at the same step (a rank left waiting would hang the job)."""
     make_splits(in_tmp_project, {"train": 32, "val": 16, "test": 4})
-    set_params(in_tmp_project / "params.yaml", "classifier",
-               **tiny_classifier_params(epochs=3, processes=2, max_minutes=1e-6))
+    set_params(
+        in_tmp_project / "params.yaml", "classifier", **tiny_classifier_params(epochs=3, processes=2, max_minutes=1e-6)
+    )
     proc = run([sys.executable, "-m", "stages.train_classifier"], in_tmp_project)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((in_tmp_project / "results/classifier/metrics.json").read_text())
     assert summary["stop_reason"] == "time_budget" and summary["epochs_run"] == 1 and summary["processes"] == 2
 
-    set_params(in_tmp_project / "params.yaml", "generator", **{**TINY_GENERATOR, "epochs": 3, "max_minutes": 1e-6},
-               model="dcgan", processes=2)
+    set_params(
+        in_tmp_project / "params.yaml",
+        "generator",
+        **{**TINY_GENERATOR, "epochs": 3, "max_minutes": 1e-6},
+        model="dcgan",
+        processes=2,
+    )
     proc = run([sys.executable, "-m", "stages.train_generator"], in_tmp_project)
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = json.loads((in_tmp_project / "results/generator/summary.json").read_text())

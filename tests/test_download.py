@@ -1,4 +1,5 @@
 """Stage download: folder source with bad files, DFF zips read by range requests, zip slip, offline."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,8 @@ from sources.rawset import FetchError
 from sources.synthetic import write_bad_files
 from tests.helpers import noise_jpeg, set_params, write_file
 
-
 # ---- folder source -----------------------------------------------------------------------------
+
 
 def test_folder_stage_records_every_file_with_a_reason(in_tmp_project: Path) -> None:
     from stages import download
@@ -92,10 +93,12 @@ def test_near_dup_group_from_manifest_and_own_group_otherwise(tmp_path: Path) ->
     col = tmp_path / "set"
     for name in ("real/a.jpg", "real/b.jpg", "fake/g/c.jpg", "fake/g/d.jpg"):
         write_file(col / name, noise_jpeg(hash(name) % 1000))
-    pd.DataFrame({"file": ["real/a.jpg", "real/b.jpg", "fake/g/c.jpg"],
-                  "near_dup_group": ["G1", "G1", "G2"]}).to_csv(col / "manifest.csv", index=False)
-    rows = pd.DataFrame(source_folder.collect(DataParams(source=f"folder:{col}", per_source="all"),
-                                              tmp_path / "images"))
+    pd.DataFrame({"file": ["real/a.jpg", "real/b.jpg", "fake/g/c.jpg"], "near_dup_group": ["G1", "G1", "G2"]}).to_csv(
+        col / "manifest.csv", index=False
+    )
+    rows = pd.DataFrame(
+        source_folder.collect(DataParams(source=f"folder:{col}", per_source="all"), tmp_path / "images")
+    )
     group = dict(zip(rows["origin"].map(lambda o: o.split("/set/")[1]), rows["group"]))
     assert group == {"real/a.jpg": "G1", "real/b.jpg": "G1", "fake/g/c.jpg": "G2", "fake/g/d.jpg": "fake/g/d.jpg"}
 
@@ -116,6 +119,7 @@ def test_folder_sampling_is_per_label_generator_and_seeded(tmp_path: Path) -> No
 
 
 # ---- DFF zips through a local fsspec filesystem -------------------------------------------------
+
 
 class _CountingFile:
     """A file object that records every read (offset, length) into a shared list."""
@@ -175,8 +179,9 @@ def _rel(i: int) -> str:
     return f"{PERSONS[i][3:5]}/{PERSONS[i]}.jpg"
 
 
-def build_dff_zips(folder: Path, extra_members: dict[str, bytes] | None = None,
-                   tops: dict[str, str] | None = None, n_common: int = 11) -> dict[str, Path]:
+def build_dff_zips(
+    folder: Path, extra_members: dict[str, bytes] | None = None, tops: dict[str, str] | None = None, n_common: int = 11
+) -> dict[str, Path]:
     """Four DFF-like zips: ``n_common`` common paths, wiki has all 12; text2img nests under 'text2img/'
     (``tops``: zip stem -> top folder instead); one zip is stored, the others deflated (both
     decompression paths)."""
@@ -206,8 +211,17 @@ def test_subset_reads_only_the_chosen_members_and_keeps_pairs(tmp_path: Path) ->
     zips = build_dff_zips(tmp_path / "zips")
     fs = CountingFS()
     params = DataParams(source="hf", per_source=3, seed=1, workers=4)
-    rows = pd.DataFrame(source_hf.collect(params, tmp_path / "images", tmp_path / "cache", fs=fs,
-                                          root=str(tmp_path / "zips"), sleep=lambda s: None, expected_sizes={}))
+    rows = pd.DataFrame(
+        source_hf.collect(
+            params,
+            tmp_path / "images",
+            tmp_path / "cache",
+            fs=fs,
+            root=str(tmp_path / "zips"),
+            sleep=lambda s: None,
+            expected_sizes={},
+        )
+    )
     assert len(rows) == 4 * 3 and (rows["status"] == "ok").all()
     rows["rel"] = rows["origin"].str.split("::").str[1].str.replace("text2img/", "", regex=False)
     # pairs: each chosen path appears once per source, all four in one group; paths only in wiki never chosen
@@ -226,15 +240,25 @@ def test_subset_reads_only_the_chosen_members_and_keeps_pairs(tmp_path: Path) ->
         assert sum(n for _, n in reads) < 0.5 * path.stat().st_size
     # the images are the members' bytes, unchanged
     first = rows.iloc[0]
-    with zipfile.ZipFile(tmp_path / "zips" / next(n for n, g in source_hf.DFF_ZIPS.items()
-                                                  if g == first["generator"])) as zf:
-        assert zf.read(first["origin"].split("::")[1]) == Path(tmp_path, first["path"].replace(
-            "data/raw/images", "images")).read_bytes()
+    with zipfile.ZipFile(
+        tmp_path / "zips" / next(n for n, g in source_hf.DFF_ZIPS.items() if g == first["generator"])
+    ) as zf:
+        assert (
+            zf.read(first["origin"].split("::")[1])
+            == Path(tmp_path, first["path"].replace("data/raw/images", "images")).read_bytes()
+        )
 
     # a rerun (e.g. after a kill) is served from data/cache/download: no reads at all
     fs.reads.clear()
-    again = source_hf.collect(params, tmp_path / "images2", tmp_path / "cache", fs=fs,
-                              root=str(tmp_path / "zips"), sleep=lambda s: None, expected_sizes={})
+    again = source_hf.collect(
+        params,
+        tmp_path / "images2",
+        tmp_path / "cache",
+        fs=fs,
+        root=str(tmp_path / "zips"),
+        sleep=lambda s: None,
+        expected_sizes={},
+    )
     assert fs.reads == []
     assert [r["sha1"] for r in again] == list(rows["sha1"])
 
@@ -243,8 +267,15 @@ def test_retries_then_records_a_skip(tmp_path: Path) -> None:
     build_dff_zips(tmp_path / "zips")
     params = DataParams(source="hf", per_source=2, workers=1, retries=3)
     flaky = CountingFS(fail_first_reads=2)  # the central-directory read of wiki.zip fails twice
-    rows = source_hf.collect(params, tmp_path / "a", tmp_path / "cache_a", fs=flaky,
-                             root=str(tmp_path / "zips"), sleep=lambda s: None, expected_sizes={})
+    rows = source_hf.collect(
+        params,
+        tmp_path / "a",
+        tmp_path / "cache_a",
+        fs=flaky,
+        root=str(tmp_path / "zips"),
+        sleep=lambda s: None,
+        expected_sizes={},
+    )
     assert all(r["status"] == "ok" for r in rows) and len(rows) == 8
 
     wiki = source_hf.open_zip(LocalFileSystem(), str(tmp_path / "zips" / "wiki.zip"))
@@ -266,9 +297,18 @@ def test_all_mode_extracts_every_member_and_refuses_zip_slip(tmp_path: Path) -> 
     stored.write_bytes(bytes(raw))
 
     params = DataParams(source="hf", per_source="all", workers=2, retries=2)
-    rows = pd.DataFrame(source_hf.collect(params, tmp_path / "out" / "images", tmp_path / "cache", fs=CountingFS(),
-                                          root=str(tmp_path / "zips"), fetch_zip=lambda n: zips[n],
-                                          sleep=lambda s: None, expected_sizes={}))
+    rows = pd.DataFrame(
+        source_hf.collect(
+            params,
+            tmp_path / "out" / "images",
+            tmp_path / "cache",
+            fs=CountingFS(),
+            root=str(tmp_path / "zips"),
+            fetch_zip=lambda n: zips[n],
+            sleep=lambda s: None,
+            expected_sizes={},
+        )
+    )
     n_members = 12 + 11 * 3 + 4 * len(extra)
     assert len(rows) == n_members and rows["id"].is_unique
     unsafe = rows[rows["origin"].str.contains("evil")]
@@ -282,8 +322,20 @@ def test_all_mode_extracts_every_member_and_refuses_zip_slip(tmp_path: Path) -> 
     assert (rows["status"] == "ok").sum() == n_members - 8 - 4 - 1
 
 
-@pytest.mark.parametrize("name", ["../evil.jpg", "a/../../evil.jpg", "/etc/passwd", "C:\\evil.jpg",
-                                  "c:/evil.jpg", "..\\..\\evil.jpg", "", "a/\x00.jpg", "./"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../evil.jpg",
+        "a/../../evil.jpg",
+        "/etc/passwd",
+        "C:\\evil.jpg",
+        "c:/evil.jpg",
+        "..\\..\\evil.jpg",
+        "",
+        "a/\x00.jpg",
+        "./",
+    ],
+)
 def test_safe_member_path_refuses_escapes(tmp_path: Path, name: str) -> None:
     with pytest.raises(source_zips.UnsafeMemberError, match="unsafe zip member path"):
         source_zips.safe_member_path(tmp_path, name)
@@ -303,6 +355,7 @@ def test_relative_key_and_group() -> None:
 
 
 # ---- the real Hub client (HfFileSystem, hf_hub_download) against a local fake Hub -------------
+
 
 class FakeClock:
     """A clock that only moves when someone sleeps on it: waits cost no wall time and are recorded."""
@@ -332,8 +385,8 @@ class HubLimit:
     clock: FakeClock
     count: int = 0
     window_start: float = 0.0
-    sent: list[int] | None = None   # the reset times sent with each 429
-    served: int = 0                 # resolve requests answered normally
+    sent: list[int] | None = None  # the reset times sent with each 429
+    served: int = 0  # resolve requests answered normally
 
     def __post_init__(self) -> None:
         self.sent = []
@@ -386,23 +439,31 @@ class _FakeHub(BaseHTTPRequestHandler):
             body = {"id": "OpenRL/DeepFakeFace", "sha": "0" * 40}
             return self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
         if re.match(r"/api/datasets/[^/]+/[^/]+/tree/", path):
-            body = [{"type": "file", "oid": "1" * 40, "size": f.stat().st_size, "path": f.name}
-                    for f in sorted(self.root.glob("*.zip"))]
+            body = [
+                {"type": "file", "oid": "1" * 40, "size": f.stat().st_size, "path": f.name}
+                for f in sorted(self.root.glob("*.zip"))
+            ]
             return self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
         m = re.fullmatch(r"/datasets/[^/]+/[^/]+/resolve/[^/]+/(.+)", path)
         if not m or not (self.root / m.group(1)).exists():
             return self._send(404, b"not found", {})
         if self.limit is not None and (reset := self.limit.take()) is not None:
-            return self._send(429, b"Too Many Requests", {
-                "Retry-After": str(reset), "RateLimit": f'"resolvers";r=0;t={reset}',
-                "RateLimit-Policy": f'"fixed window";"resolvers";q={self.limit.allowance};w={self.limit.window}'})
+            return self._send(
+                429,
+                b"Too Many Requests",
+                {
+                    "Retry-After": str(reset),
+                    "RateLimit": f'"resolvers";r=0;t={reset}',
+                    "RateLimit-Policy": f'"fixed window";"resolvers";q={self.limit.allowance};w={self.limit.window}',
+                },
+            )
         data = (self.root / m.group(1)).read_bytes()
         headers = {"ETag": '"e"', "X-Repo-Commit": "0" * 40, "Accept-Ranges": "bytes"}
         if self.headers.get("range"):
             a, b = self.headers["range"].split("=")[1].split("-")
             start, end = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-            return self._send(206, data[start:end + 1], headers)
+            return self._send(206, data[start : end + 1], headers)
         return self._send(200, data, headers)
 
 
@@ -438,8 +499,13 @@ def fake_hub(tmp_path: Path) -> Iterator[Hub]:
 
 
 def test_hub_client_subset_uses_range_requests_only(tmp_path: Path, fake_hub: Hub) -> None:
-    rows = source_hf.collect(DataParams(source="hf", per_source=2, workers=2), tmp_path / "images",
-                             tmp_path / "cache", endpoint=fake_hub.endpoint, expected_sizes=fake_hub.sizes)
+    rows = source_hf.collect(
+        DataParams(source="hf", per_source=2, workers=2),
+        tmp_path / "images",
+        tmp_path / "cache",
+        endpoint=fake_hub.endpoint,
+        expected_sizes=fake_hub.sizes,
+    )
     assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
     log = [entry for entry in fake_hub.log if entry[1].endswith(".zip")]
     assert log and all(rng is not None for _, _, rng in log)  # never a whole-file GET
@@ -450,22 +516,29 @@ def test_hub_client_subset_uses_range_requests_only(tmp_path: Path, fake_hub: Hu
 
 
 def test_hub_client_all_downloads_whole_zips(tmp_path: Path, fake_hub: Hub) -> None:
-    rows = source_hf.collect(DataParams(source="hf", per_source="all", workers=2), tmp_path / "images",
-                             tmp_path / "cache", endpoint=fake_hub.endpoint, expected_sizes=fake_hub.sizes)
+    rows = source_hf.collect(
+        DataParams(source="hf", per_source="all", workers=2),
+        tmp_path / "images",
+        tmp_path / "cache",
+        endpoint=fake_hub.endpoint,
+        expected_sizes=fake_hub.sizes,
+    )
     assert len(rows) == 12 + 3 * 11 and all(r["status"] == "ok" for r in rows)
     downloaded = sorted(p.name for p in (tmp_path / "cache" / "hub").rglob("*.zip"))
     assert downloaded == sorted(fake_hub.zips)
-    assert any(rng is None for _, f, rng in fake_hub.log if f.endswith('.zip'))  # whole-file GETs
+    assert any(rng is None for _, f, rng in fake_hub.log if f.endswith(".zip"))  # whole-file GETs
 
 
 # ---- HTTP 429 and pacing ------------------------------------------------------------------------
+
 
 def _resolve_reads(hub: Hub) -> int:
     return sum(1 for _, f, rng in hub.log if f.endswith(".zip") and rng is not None)
 
 
-def test_hub_429_is_waited_out_and_every_file_is_fetched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_hub_429_is_waited_out_and_every_file_is_fetched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(source_hub, "_has_token", lambda: False)
     clock = FakeClock()
     limit = HubLimit(allowance=5, window=40, clock=clock)
@@ -473,8 +546,15 @@ def test_hub_429_is_waited_out_and_every_file_is_fetched(tmp_path: Path, monkeyp
         # a burst well over the allowance (4 workers, pacing effectively off); one attempt per file:
         # a 429 counted as a failed attempt would turn into a skipped row
         params = DataParams(source="hf", per_source=8, workers=4, retries=1, requests_per_minute=100_000)
-        rows = source_hf.collect(params, tmp_path / "images", tmp_path / "cache", endpoint=hub.endpoint,
-                                 sleep=clock.sleep, clock=clock, expected_sizes=hub.sizes)
+        rows = source_hf.collect(
+            params,
+            tmp_path / "images",
+            tmp_path / "cache",
+            endpoint=hub.endpoint,
+            sleep=clock.sleep,
+            clock=clock,
+            expected_sizes=hub.sizes,
+        )
     assert len(rows) == 4 * 8 and all(r["status"] == "ok" for r in rows), [r["reason"] for r in rows]
     assert limit.sent, "the fake Hub never answered 429: the test did not exercise throttling"
     # every reset time the server sent was waited out, on the injected sleep, plus the margin
@@ -493,8 +573,15 @@ def test_pacing_keeps_under_the_hub_limit(tmp_path: Path) -> None:
         # one worker: the fake clock then moves exactly as the requests are paced (threads sharing the
         # limiter: test_rate_limiter_is_shared_by_threads)
         params = DataParams(source="hf", per_source=3, workers=1, requests_per_minute=10)  # 1 every 6 s
-        rows = source_hf.collect(params, tmp_path / "images", tmp_path / "cache", endpoint=hub.endpoint,
-                                 sleep=clock.sleep, clock=clock, expected_sizes=hub.sizes)
+        rows = source_hf.collect(
+            params,
+            tmp_path / "images",
+            tmp_path / "cache",
+            endpoint=hub.endpoint,
+            sleep=clock.sleep,
+            clock=clock,
+            expected_sizes=hub.sizes,
+        )
         reads = _resolve_reads(hub)
     assert len(rows) == 12 and all(r["status"] == "ok" for r in rows)
     assert limit.sent == []  # never throttled
@@ -539,20 +626,23 @@ def test_rate_limiter_is_shared_by_threads() -> None:
 
 
 def test_rate_limit_headers_are_parsed() -> None:
-    hit = source_hub.rate_limit_wait({"RateLimit": '"resolvers";r=0;t=120',
-                                     "RateLimit-Policy": '"fixed window";"resolvers";q=3000;w=300'})
+    hit = source_hub.rate_limit_wait(
+        {"RateLimit": '"resolvers";r=0;t=120', "RateLimit-Policy": '"fixed window";"resolvers";q=3000;w=300'}
+    )
     assert hit.wait == 120 + source_hub.RATE_LIMIT_MARGIN_S
     assert "'resolvers' limit, reset in 120 s" in hit.detail and "3000 requests per 300 s" in hit.detail
     assert source_hub.rate_limit_wait({"retry-after": "7"}).wait == 7 + source_hub.RATE_LIMIT_MARGIN_S
     # remaining > 0: the RateLimit header is not the reason for this 429; Retry-After (the longer) wins
     both = source_hub.rate_limit_wait({"ratelimit": '"api";r=5;t=50', "Retry-After": "3"})
     assert both.wait == 3 + source_hub.RATE_LIMIT_MARGIN_S
-    date = source_hub.rate_limit_wait({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"},
-                                     now=lambda: 1445412480.0 - 60)  # 60 s before that date
+    date = source_hub.rate_limit_wait(
+        {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, now=lambda: 1445412480.0 - 60
+    )  # 60 s before that date
     assert date.wait == pytest.approx(60 + source_hub.RATE_LIMIT_MARGIN_S)
     assert source_hub.rate_limit_wait({}).wait == source_hub.DEFAULT_RATE_LIMIT_WAIT_S
     assert source_hub.rate_limit_wait({"Retry-After": "99999"}).wait == (
-        source_hub.MAX_RATE_LIMIT_WAIT_S + source_hub.RATE_LIMIT_MARGIN_S)
+        source_hub.MAX_RATE_LIMIT_WAIT_S + source_hub.RATE_LIMIT_MARGIN_S
+    )
 
 
 class _Response:
@@ -577,7 +667,7 @@ def test_429_does_not_use_up_attempts(monkeypatch: pytest.MonkeyPatch, capsys: p
             try:
                 raise _HTTPError(429, {"Retry-After": "2"})
             except OSError:
-                raise zipfile.BadZipFile("File is not a zip file")  # implicit chaining: keeps __context__
+                raise zipfile.BadZipFile("File is not a zip file")  # noqa: B904 - implicit chaining keeps __context__, as zipfile does
         return "data"
 
     throttle = source_hub.HubThrottle(600, sleep=clock.sleep, clock=clock)
@@ -595,6 +685,7 @@ def test_429_does_not_use_up_attempts(monkeypatch: pytest.MonkeyPatch, capsys: p
 
 # ---- what the zips must look like: sizes, pairing ----------------------------------------------
 
+
 def test_zip_sizes_are_checked_for_the_default_revision_only(tmp_path: Path) -> None:
     zips = build_dff_zips(tmp_path / "zips")
     sizes = {name: path.stat().st_size for name, path in zips.items()}
@@ -605,27 +696,46 @@ def test_zip_sizes_are_checked_for_the_default_revision_only(tmp_path: Path) -> 
     assert source_hf.known_sizes(DataParams(hf_repo="me/my-dff-copy")) == {}
     wrong = dict(sizes, **{"insight.zip": sizes["insight.zip"] + 1})
     with pytest.raises(source_hub.DownloadError) as info:
-        source_hf.collect(params, tmp_path / "images", tmp_path / "cache", fs=LocalFileSystem(),
-                          root=str(tmp_path / "zips"), expected_sizes=wrong)
+        source_hf.collect(
+            params,
+            tmp_path / "images",
+            tmp_path / "cache",
+            fs=LocalFileSystem(),
+            root=str(tmp_path / "zips"),
+            expected_sizes=wrong,
+        )
     message = str(info.value)
     assert "\n" not in message and "insight.zip" in message and f"expected {wrong['insight.zip']:,}" in message
     assert not (tmp_path / "images").exists()
     # the default revision holds the local zips to the real DFF sizes: refused before any member is read
     with pytest.raises(source_hub.DownloadError, match="wiki.zip .* expected 1,766,572,515"):
-        source_hf.collect(params, tmp_path / "images", tmp_path / "cache", fs=LocalFileSystem(),
-                          root=str(tmp_path / "zips"))
+        source_hf.collect(
+            params, tmp_path / "images", tmp_path / "cache", fs=LocalFileSystem(), root=str(tmp_path / "zips")
+        )
     # another revision: no size table, the same zips are read
-    rows = source_hf.collect(DataParams(source="hf", per_source=2, workers=1, hf_revision="main"),
-                             tmp_path / "images", tmp_path / "cache", fs=LocalFileSystem(), root=str(tmp_path / "zips"))
+    rows = source_hf.collect(
+        DataParams(source="hf", per_source=2, workers=1, hf_revision="main"),
+        tmp_path / "images",
+        tmp_path / "cache",
+        fs=LocalFileSystem(),
+        root=str(tmp_path / "zips"),
+    )
     assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
 
 
 def test_members_pair_below_any_single_top_folder(tmp_path: Path) -> None:
     tops = {"wiki": "DFF_wiki_v1/", "text2img": "sd-text2img/", "inpainting": "", "insight": "x/"}
     build_dff_zips(tmp_path / "zips", extra_members={"README.txt": b"about"}, tops=tops)
-    rows = pd.DataFrame(source_hf.collect(DataParams(source="hf", per_source=4, workers=2), tmp_path / "images",
-                                          tmp_path / "cache", fs=LocalFileSystem(), root=str(tmp_path / "zips"),
-                                          expected_sizes={}))
+    rows = pd.DataFrame(
+        source_hf.collect(
+            DataParams(source="hf", per_source=4, workers=2),
+            tmp_path / "images",
+            tmp_path / "cache",
+            fs=LocalFileSystem(),
+            root=str(tmp_path / "zips"),
+            expected_sizes={},
+        )
+    )
     assert len(rows) == 16 and (rows["status"] == "ok").all()
     rels = rows["origin"].str.split("::").str[1].str.split("/").str[-2:].str.join("/")
     assert (rows.groupby(rels)["generator"].nunique() == 4).all()
@@ -643,9 +753,15 @@ def test_unpaired_zips_fail_loudly(tmp_path: Path, case: str) -> None:
         build_dff_zips(tmp_path / "zips", n_common=9)
     for per_source in (3, "all"):
         with pytest.raises(source_hub.DownloadError) as info:
-            source_hf.collect(DataParams(source="hf", per_source=per_source, workers=1), tmp_path / "images",
-                              tmp_path / f"cache{per_source}", fs=LocalFileSystem(), root=str(tmp_path / "zips"),
-                              fetch_zip=lambda n: tmp_path / "zips" / n, expected_sizes={})
+            source_hf.collect(
+                DataParams(source="hf", per_source=per_source, workers=1),
+                tmp_path / "images",
+                tmp_path / f"cache{per_source}",
+                fs=LocalFileSystem(),
+                root=str(tmp_path / "zips"),
+                fetch_zip=lambda n: tmp_path / "zips" / n,
+                expected_sizes={},
+            )
         message = str(info.value)
         assert "\n" not in message and "have all three fakes at the same path" in message
         assert ("(0%" if case == "nested_twice" else "(75%") in message
@@ -655,14 +771,20 @@ def test_unpaired_zips_fail_loudly(tmp_path: Path, case: str) -> None:
 def test_missing_zip_on_the_hub_is_one_line(tmp_path: Path, fake_hub: Hub) -> None:
     fake_hub.zips["insight.zip"].unlink()
     with pytest.raises(source_hub.DownloadError) as info:
-        source_hf.collect(DataParams(source="hf", per_source=2, workers=1), tmp_path / "images", tmp_path / "cache",
-                          endpoint=fake_hub.endpoint, expected_sizes={})
+        source_hf.collect(
+            DataParams(source="hf", per_source=2, workers=1),
+            tmp_path / "images",
+            tmp_path / "cache",
+            endpoint=fake_hub.endpoint,
+            expected_sizes={},
+        )
     message = str(info.value)
     assert "insight.zip not found" in message and "check data.hf_repo and data.hf_revision" in message
     assert "\n" not in message
 
 
 # ---- offline ----------------------------------------------------------------------------------
+
 
 class _NoNetworkFS:
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -680,12 +802,14 @@ def test_offline_hf_fails_fast_with_the_way_out(tmp_path: Path, make_fs: str) ->
         root = None
     elif make_fs == "hub_client":  # the real HfFileSystem client against a closed local port: refused, no network
         from huggingface_hub import HfFileSystem
+
         fs, root = HfFileSystem(endpoint="http://127.0.0.1:9"), None
     else:  # the paced client collect() builds itself
         fs, root, endpoint = None, None, "http://127.0.0.1:9"
     with pytest.raises(source_hub.SourceUnavailableError) as info:
-        source_hf.collect(DataParams(source="hf"), tmp_path / "images", tmp_path / "cache", fs=fs, root=root,
-                          endpoint=endpoint)
+        source_hf.collect(
+            DataParams(source="hf"), tmp_path / "images", tmp_path / "cache", fs=fs, root=root, endpoint=endpoint
+        )
     message = str(info.value)
     assert "data.source: folder:<path>" in message and "data.source: synthetic" in message
     assert not (tmp_path / "images").exists()

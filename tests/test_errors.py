@@ -6,6 +6,7 @@ module-scoped fixture) so the suite waits for the slowest import only; --help, u
 param of every block run the entry module's file as ``__main__`` in this process (runpy), which exercises the
 same ``if __name__ == "__main__"`` wiring without paying an interpreter start each.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,16 @@ from tests.conftest import PROJECT_ROOT
 from tests.helpers import noise_jpeg, write_file
 
 # entry point -> the params block it reads (None: a CLI that reads its settings from a checkpoint)
-STAGES = {"download": "data", "faces": "faces", "split": "split", "train_classifier": "classifier",
-          "evaluate": "evaluate", "train_generator": "generator", "fid": "fid", "report": "report"}
+STAGES = {
+    "download": "data",
+    "faces": "faces",
+    "split": "split",
+    "train_classifier": "classifier",
+    "evaluate": "evaluate",
+    "train_generator": "generator",
+    "fid": "fid",
+    "report": "report",
+}
 CLIS = ("predict", "sample")
 
 
@@ -37,8 +46,9 @@ def params_yaml() -> dict:
     return yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
 
 
-def assert_one_line(proc_or_err: subprocess.CompletedProcess | str, stage: str, *needles: str,
-                    returncode: int | None = 2) -> str:
+def assert_one_line(
+    proc_or_err: subprocess.CompletedProcess | str, stage: str, *needles: str, returncode: int | None = 2
+) -> str:
     """stderr is exactly one line, starts with ``<stage>: ``, holds every needle; no traceback."""
     if isinstance(proc_or_err, subprocess.CompletedProcess):
         stderr = proc_or_err.stderr
@@ -56,6 +66,7 @@ def assert_one_line(proc_or_err: subprocess.CompletedProcess | str, stage: str, 
 
 # --- the error type and its line ----------------------------------------------------------------
 
+
 def test_the_line_says_what_went_wrong_and_what_to_do() -> None:
     e = PipelineError("data/x.csv not found", "run stage split first")
     assert str(e) == "data/x.csv not found"  # the message alone (tests match on it)
@@ -68,8 +79,9 @@ def test_the_line_says_what_went_wrong_and_what_to_do() -> None:
     assert isinstance(InputError("x"), ValueError) and isinstance(MissingInputError("x"), FileNotFoundError)
     err = ParamsError("faces.margin: got 'abc' (str); expected float")
     assert isinstance(err, PipelineError) and isinstance(err, ValueError)
-    assert err.line("faces") == ("faces: faces.margin: got 'abc' (str); expected float — fix it in params.yaml "
-                                 "(or dvc exp run -S <key>=<value>)")
+    assert err.line("faces") == (
+        "faces: faces.margin: got 'abc' (str); expected float — fix it in params.yaml (or dvc exp run -S <key>=<value>)"
+    )
 
 
 def test_every_user_error_type_is_a_pipeline_error() -> None:
@@ -80,12 +92,23 @@ def test_every_user_error_type_is_a_pipeline_error() -> None:
     from sources.hub import DownloadError, SourceUnavailableError
     from sources.split import SplitError
 
-    for cls in (ParamsError, CheckpointError, ClassifierDataError, MissingPretrainedWeights, FolderLayoutError,
-                DownloadError, SourceUnavailableError, SplitError, InputError, MissingInputError):
+    for cls in (
+        ParamsError,
+        CheckpointError,
+        ClassifierDataError,
+        MissingPretrainedWeights,
+        FolderLayoutError,
+        DownloadError,
+        SourceUnavailableError,
+        SplitError,
+        InputError,
+        MissingInputError,
+    ):
         assert issubclass(cls, PipelineError), cls
 
 
 # --- --help, unknown arguments, a bad param: every entry point, in this process ------------------
+
 
 def run_main(module: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """Run ``python -m stages.<module> argv...`` as __main__ here; (exit code, stdout, stderr)."""
@@ -124,8 +147,7 @@ def test_help_answers_without_running(module: str, empty_project: Path, capsys: 
 
 
 @pytest.mark.parametrize("module", [*STAGES, *CLIS])
-def test_an_unknown_argument_is_one_line(module: str, empty_project: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unknown_argument_is_one_line(module: str, empty_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     required = {"predict": ["x.png"], "sample": ["--n", "1", "--out", "samples"]}.get(module, [])
     code, _, err = run_main(module, [*required, "--no-such-option"], capsys)
     assert code == 2
@@ -137,8 +159,9 @@ def first_number_key(block: dict) -> str:
 
 
 @pytest.mark.parametrize("module", list(STAGES))
-def test_a_bad_param_is_one_line_in_every_stage(module: str, empty_project: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_param_is_one_line_in_every_stage(
+    module: str, empty_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     block = STAGES[module]
     data = params_yaml()
     key = first_number_key(data[block])
@@ -150,6 +173,7 @@ def test_a_bad_param_is_one_line_in_every_stage(module: str, empty_project: Path
 
 
 # --- real interpreter starts, run together -------------------------------------------------------
+
 
 def faces_manifest(rows: list[tuple[str, str]]) -> pd.DataFrame:
     """A faces manifest with kept faces: (label, group) per row."""
@@ -196,7 +220,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subp
     cases["split_one_label"] = (one_label, ["split"])
     one_group = project(root, "one_group")  # every fake in one group: only one split can get fakes
     faces_manifest([("real", f"g{i}") for i in range(30)] + [("fake", "F")] * 5).to_csv(
-        one_group / "manifest.csv", index=False)
+        one_group / "manifest.csv", index=False
+    )
     cases["split_one_group"] = (one_group, ["split"])
 
     for name, value in (("zero", "0"), ("negative", "-1")):
@@ -211,8 +236,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subp
     procs = {}
     for name, (folder, (module, *args)) in cases.items():
         env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'm.db'}"}
-        procs[name] = (folder, subprocess.Popen([sys.executable, "-m", f"stages.{module}", *args], cwd=folder,
-                                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs[name] = (
+            folder,
+            subprocess.Popen(
+                [sys.executable, "-m", f"stages.{module}", *args],
+                cwd=folder,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        )
     out = {}
     for name, (folder, proc) in procs.items():
         stdout, stderr = proc.communicate(timeout=300)
@@ -263,6 +297,7 @@ def test_sample_n_must_be_positive(runs: dict) -> None:
 
 # --- in-process user errors that need data ---------------------------------------------------------
 
+
 def test_a_folder_whose_fakes_are_all_skipped_fails_in_download(in_tmp_project: Path) -> None:
     from stages import download
     from tests.helpers import set_params
@@ -293,6 +328,7 @@ def test_min_side_goes_into_the_raw_summary(in_tmp_project: Path) -> None:
 
 
 # --- Inception weights are never unpickled as code -------------------------------------------------
+
 
 class _Payload:
     """Unpickling this creates ``marker`` (what a tampered weights file could do, harmlessly)."""

@@ -1,4 +1,5 @@
 """evaluate: metric helpers against sklearn, validation-only threshold, stage outputs, robustness, audit."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,14 @@ from sklearn import metrics as skm
 
 from classifier.checkpoint import ClassifierCheckpoint, load_checkpoint, save_checkpoint
 from classifier.evaluation import raw_metadata, robustness_transforms, shortcut_audit, worst_misclassified
-from classifier.metrics import (binary_metrics, choose_threshold, equal_error_rate, expected_calibration_error,
-                                per_generator_metrics, reliability_table)
+from classifier.metrics import (
+    binary_metrics,
+    choose_threshold,
+    equal_error_rate,
+    expected_calibration_error,
+    per_generator_metrics,
+    reliability_table,
+)
 from core.params import EvaluateParams
 from models.classifier import ArchSpec, build_classifier
 from tests.classifier_fixtures import make_splits, tiny_classifier_params
@@ -148,8 +155,18 @@ def write_untrained_checkpoint(path: Path, threshold: float, temperature: float 
     spec = ArchSpec("cnn", 0.0, 1, 4, "plain")
     model = build_classifier(spec)
     torch.nn.init.normal_(model.head[1].weight, std=1.0)  # not all-equal scores
-    ckpt = ClassifierCheckpoint(model.state_dict(), spec.to_dict(), temperature, threshold, "youden",
-                                [0.5] * 3, [0.5] * 3, 32, {"crop_size": 32}, {})
+    ckpt = ClassifierCheckpoint(
+        model.state_dict(),
+        spec.to_dict(),
+        temperature,
+        threshold,
+        "youden",
+        [0.5] * 3,
+        [0.5] * 3,
+        32,
+        {"crop_size": 32},
+        {},
+    )
     save_checkpoint(path, ckpt)
 
 

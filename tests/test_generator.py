@@ -1,4 +1,5 @@
 """Generator track: nets, losses, EMA, DiffAugment, resumable training stage, sample CLI (tiny, 32px, CPU)."""
+
 from __future__ import annotations
 
 import json
@@ -39,6 +40,7 @@ def project(in_tmp_project: Path) -> Path:
 
 # --- synthetic face crops + split CSVs (the data contract of stage split) ------------------------
 
+
 def synthetic_face(rng: np.random.Generator, tint: tuple[int, int, int] = (0, 0, 0), size: int = SIZE) -> Image.Image:
     """A skin-coloured ellipse with two eyes and a mouth on a random background."""
     bg = tuple(int(v) for v in rng.integers(0, 255, 3))
@@ -54,8 +56,9 @@ def synthetic_face(rng: np.random.Generator, tint: tuple[int, int, int] = (0, 0,
     return im
 
 
-def make_splits(root: Path, n_real: dict[str, int], n_fake: dict[str, dict[str, int]], size: int = SIZE,
-                seed: int = 0) -> None:
+def make_splits(
+    root: Path, n_real: dict[str, int], n_fake: dict[str, dict[str, int]], size: int = SIZE, seed: int = 0
+) -> None:
     """data/faces/images/*.png and data/splits/{train,val,test}.csv under ``root`` (cwd-relative paths)."""
     rng = np.random.default_rng(seed)
     img_dir = root / "data" / "faces" / "images"
@@ -70,9 +73,18 @@ def make_splits(root: Path, n_real: dict[str, int], n_fake: dict[str, dict[str, 
                 rid = f"{split}-{gen}-{i}"
                 path = f"data/faces/images/{rid}.png"
                 synthetic_face(rng, tints.get(gen, (0, 0, 0)), size).save(root / path)
-                rows.append({c: "" for c in SPLIT_COLUMNS} | {
-                    "id": rid, "path": path, "label": label, "generator": gen, "group": rid, "status": "ok",
-                    "split": split})
+                rows.append(
+                    {c: "" for c in SPLIT_COLUMNS}
+                    | {
+                        "id": rid,
+                        "path": path,
+                        "label": label,
+                        "generator": gen,
+                        "group": rid,
+                        "status": "ok",
+                        "split": split,
+                    }
+                )
         out = root / "data" / "splits" / f"{split}.csv"
         out.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows, columns=SPLIT_COLUMNS).to_csv(out, index=False)
@@ -89,6 +101,7 @@ def tiny_params(**overrides: object) -> GeneratorParams:
 
 
 # --- nets ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("size", [32, 64, 128])
 def test_nets_shapes_and_tanh_range(size: int) -> None:
@@ -127,6 +140,7 @@ def test_params_validation_names_the_key() -> None:
 
 
 # --- losses, EMA, augmentation -------------------------------------------------------------------
+
 
 def test_gradient_penalty_of_linear_critic_is_known() -> None:
     """critic(x) = <w, x>: the gradient is w everywhere, so GP = (||w|| - 1)^2 and dGP/dw is known."""
@@ -184,8 +198,9 @@ def test_diffaugment_ops_are_differentiable_and_do_what_they_say() -> None:
         assert g.abs().sum() > 0
     shifted = aug_translation(x.detach(), torch.Generator().manual_seed(3), ratio=0.25)
     for img in shifted:  # each image is x moved by at most one pixel, zeros filling in
-        matches = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
-                   if torch.equal(img, _shift(x.detach()[0], dy, dx))]
+        matches = [
+            (dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if torch.equal(img, _shift(x.detach()[0], dy, dx))
+        ]
         assert matches
     ones = torch.ones(8, 1, 16, 16)
     cut = aug_cutout(ones, torch.Generator().manual_seed(1))
@@ -200,8 +215,9 @@ def test_diffaugment_ops_are_differentiable_and_do_what_they_say() -> None:
 def _shift(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     out = torch.zeros_like(img)
     h, w = img.shape[-2:]
-    out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-        img[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = img[
+        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
     return out
 
 
@@ -274,6 +290,7 @@ def test_kill_during_training_resumes_from_last_checkpoint(tmp_path: Path) -> No
 
 # --- the stage and the CLI -----------------------------------------------------------------------
 
+
 def _run_stage(root: Path, **generator: object) -> dict:
     from stages import train_generator
 
@@ -296,7 +313,8 @@ def test_stage_trains_logs_and_writes_outputs(project: Path, model: str) -> None
     filled = {"loss", "recon", "kl"} if model == "vae" else {"d_loss", "g_loss", "d_real", "d_fake"}
     filled |= {"gp", "wasserstein"} if model == "wgan_gp" else set()
     assert {c for c in history.columns if (history[c] != "").all()} == filled | {"epoch", "seconds"} | (
-        {"instance_noise"} if model != "vae" else set())
+        {"instance_noise"} if model != "vae" else set()
+    )
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["epoch_001.png", "epoch_002.png"]
     with Image.open(out / "samples" / "epoch_002.png") as grid:
         assert grid.size == (2 * SIZE + 3 * 2, 2 * SIZE + 3 * 2)  # 2x2 grid, 2px padding
@@ -307,7 +325,9 @@ def test_stage_trains_logs_and_writes_outputs(project: Path, model: str) -> None
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, key)]
     assert sorted(steps) == [1, 2]
     assert {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "samples")} == {
-        "samples/epoch_001.png", "samples/epoch_002.png"}
+        "samples/epoch_001.png",
+        "samples/epoch_002.png",
+    }
 
 
 def test_stage_logs_fd_mobilenet_every_k_epochs(project: Path) -> None:

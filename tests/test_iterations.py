@@ -3,6 +3,7 @@
 Three tiny iterations of the whole DAG on the synthetic set in a temporary git+DVC copy of the project,
 then one queued experiment that must land in the same MLflow DB.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,13 +18,38 @@ TINY = {
     "data": {"source": "synthetic", "synthetic_identities": 8},
     "faces": {"on_miss": "center", "crop_size": 64},
     "split": {"train": 0.5, "val": 0.25},
-    "classifier": {"arch": "cnn", "pretrained": "none", "cnn_depth": 2, "cnn_width": 8, "epochs": 1,
-                   "image_size": 32, "batch_size": 8, "threads": 1, "device": "cpu"},
+    "classifier": {
+        "arch": "cnn",
+        "pretrained": "none",
+        "cnn_depth": 2,
+        "cnn_width": 8,
+        "epochs": 1,
+        "image_size": 32,
+        "batch_size": 8,
+        "threads": 1,
+        "device": "cpu",
+    },
     "evaluate": {"worst_k": 4, "threads": 1, "device": "cpu"},
-    "generator": {"model": "dcgan", "image_size": 32, "latent_dim": 8, "g_width": 8, "d_width": 8, "epochs": 1,
-                  "batch_size": 8, "grid_size": 2, "threads": 1, "device": "cpu"},
-    "fid": {"n_samples": 16, "batch_size": 8, "kid_subset_size": 4, "kid_subsets": 2, "precision_recall": False,
-            "references": False},
+    "generator": {
+        "model": "dcgan",
+        "image_size": 32,
+        "latent_dim": 8,
+        "g_width": 8,
+        "d_width": 8,
+        "epochs": 1,
+        "batch_size": 8,
+        "grid_size": 2,
+        "threads": 1,
+        "device": "cpu",
+    },
+    "fid": {
+        "n_samples": 16,
+        "batch_size": 8,
+        "kid_subset_size": 4,
+        "kid_subsets": 2,
+        "precision_recall": False,
+        "references": False,
+    },
 }
 ITERATIONS = [
     ("baseline", {"classifier.lr": "0.001", "generator.lr_g": "0.0002"}),
@@ -41,16 +67,20 @@ def iterated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for block, values in TINY.items():
         set_params(root / "params.yaml", block, **values)
     (root / ".gitignore").write_text("/data/\n/results/\n/logs/\n/mlflow.db\n/mlartifacts/\n")
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
-                ["dvc", "init", "-q"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "dvc init"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+        ["dvc", "init", "-q"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "dvc init"],
+    ):
         run(cmd, root)
     for name, changes in ITERATIONS:
         sets = [arg for key, value in changes.items() for arg in ("-S", f"{key}={value}")]
         # no MLFLOW_TRACKING_URI: the stages must find <main checkout>/mlflow.db themselves
-        run(["dvc", "exp", "run", "--name", name, *sets, "-S", f"tracking.note='{name} note'"], root,
-            tracking_env=False)
+        run(
+            ["dvc", "exp", "run", "--name", name, *sets, "-S", f"tracking.note='{name} note'"], root, tracking_env=False
+        )
     return root
 
 
@@ -82,8 +112,7 @@ def test_report_lists_the_three_iterations_with_their_param_diffs(iterated: Path
 
 def test_a_queued_experiment_lands_in_the_same_mlflow_db(iterated: Path) -> None:
     before = mlflow_stages(iterated / "mlflow.db").count("train_classifier")
-    run(["dvc", "exp", "run", "--queue", "--name", "queued", "-S", "classifier.lr=0.002"], iterated,
-        tracking_env=False)
+    run(["dvc", "exp", "run", "--queue", "--name", "queued", "-S", "classifier.lr=0.002"], iterated, tracking_env=False)
     run(["dvc", "exp", "run", "--run-all", "--jobs", "1"], iterated, tracking_env=False)  # runs in a temp copy
     assert mlflow_stages(iterated / "mlflow.db").count("train_classifier") == before + 1
     assert not list(iterated.glob(".dvc/tmp/exps/**/mlflow.db"))  # nothing logged inside the temp workspace

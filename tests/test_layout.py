@@ -1,4 +1,5 @@
 """The code layout: one package per domain, a core that builds on nothing else, small modules."""
+
 from __future__ import annotations
 
 import tomllib

@@ -1,5 +1,6 @@
 """Each params fact once: the dataclass defaults are params.yaml's values, and the code implements exactly
 the choices core/params.py lists."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,8 +17,10 @@ BLOCKS = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
 
 
 def defaults(cls: type) -> dict[str, Any]:
-    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            for f in dataclasses.fields(cls)}
+    return {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        for f in dataclasses.fields(cls)
+    }
 
 
 @pytest.mark.parametrize("block", sorted(BLOCKS))

@@ -8,6 +8,7 @@ included. A params key named ``size`` or ``nfiles`` therefore never reaches the 
 "Stage 'faces' is cached" and checked out the old crops. ``dvc status`` compares the params
 directly, so it did report the change: only the run-cache hash missed it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,8 +57,11 @@ def key_paths(value: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, .
 
 
 def params_classes() -> dict[str, type]:
-    return {name: obj for name, obj in vars(params_module).items()
-            if isinstance(obj, type) and dataclasses.is_dataclass(obj) and name.endswith("Params")}
+    return {
+        name: obj
+        for name, obj in vars(params_module).items()
+        if isinstance(obj, type) and dataclasses.is_dataclass(obj) and name.endswith("Params")
+    }
 
 
 def block_class(block: str) -> type:
@@ -92,13 +96,19 @@ def test_ignored_names_match_the_installed_dvc() -> None:
 
 def test_no_params_key_is_one_dvc_run_cache_ignores() -> None:
     bad = [".".join(path) for path in key_paths(params_yaml()) if path[-1] in DVC_RUN_CACHE_IGNORED_KEYS]
-    assert not bad, (f"params.yaml keys {bad} end in a name DVC's run cache drops from the stage hash "
-                     f"({sorted(DVC_RUN_CACHE_IGNORED_KEYS)}): changing them would restore stale outputs. "
-                     "Rename them (e.g. crop_size, image_size).")
+    assert not bad, (
+        f"params.yaml keys {bad} end in a name DVC's run cache drops from the stage hash "
+        f"({sorted(DVC_RUN_CACHE_IGNORED_KEYS)}): changing them would restore stale outputs. "
+        "Rename them (e.g. crop_size, image_size)."
+    )
     classes = params_classes()
     assert classes, "no *Params dataclasses found in core/params.py"
-    bad = [f"{cls_name}.{f.name}" for cls_name, cls in classes.items() for f in dataclasses.fields(cls)
-           if f.name in DVC_RUN_CACHE_IGNORED_KEYS]
+    bad = [
+        f"{cls_name}.{f.name}"
+        for cls_name, cls in classes.items()
+        for f in dataclasses.fields(cls)
+        if f.name in DVC_RUN_CACHE_IGNORED_KEYS
+    ]
     assert not bad, f"params dataclass fields {bad} are names DVC's run cache ignores"
 
 
@@ -127,8 +137,11 @@ def changed_candidates(value: Any, f: dataclasses.Field, hint: Any, block: dict[
     if isinstance(value, bool):
         return [not value]
     if isinstance(value, (int, float)):
-        step: list[Any] = [value + 1, value - 1, value * 2, value // 2] if isinstance(value, int) else \
-            [value * 1.5, value / 2, value + 0.1, value - 0.1]
+        step: list[Any] = (
+            [value + 1, value - 1, value * 2, value // 2]
+            if isinstance(value, int)
+            else [value * 1.5, value / 2, value + 0.1, value - 0.1]
+        )
         if isinstance(value, float) and value == 0:
             step = [0.1, 0.01, 1.0]
         return step
@@ -140,8 +153,13 @@ def changed_candidates(value: Any, f: dataclasses.Field, hint: Any, block: dict[
         return [1, 0.5, "changed", True, ["changed"]]
     if isinstance(value, str):
         out: list[Any] = [c for c in f.metadata.get("choices") or () if c != value]
-        out += [x for h in typing.get_args(hint) if typing.get_origin(h) is typing.Literal
-                for x in typing.get_args(h) if x != value]
+        out += [
+            x
+            for h in typing.get_args(hint)
+            if typing.get_origin(h) is typing.Literal
+            for x in typing.get_args(h)
+            if x != value
+        ]
         if _hint_allows(hint, int):  # e.g. n_critic: auto | int
             lo = f.metadata.get("lo")
             out += [int(lo) if lo is not None else 1, 2]
@@ -187,8 +205,12 @@ def _placeholder_repo(root: Path) -> None:
         return [i if isinstance(i, str) else next(iter(i)) for i in items]
 
     for stage in dvc_stages().values():
-        for path in [*stage.get("deps", []), *names(stage.get("outs", [])), *names(stage.get("metrics", [])),
-                     *names(stage.get("plots", []))]:
+        for path in [
+            *stage.get("deps", []),
+            *names(stage.get("outs", [])),
+            *names(stage.get("metrics", [])),
+            *names(stage.get("plots", [])),
+        ]:
             target = root / path
             if path.startswith(("stages/", "models/")) and (PROJECT_ROOT / path).is_file():  # code deps
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -238,8 +260,9 @@ class DvcProbe:
         out: set[str] = set()
         for entry in status:
             if isinstance(entry, dict):
-                out |= {b for b, what in entry.get("changed deps", {}).get("params.yaml", {}).items()
-                        if what == "modified"}
+                out |= {
+                    b for b, what in entry.get("changed deps", {}).get("params.yaml", {}).items() if what == "modified"
+                }
         return out
 
     def status_changed_blocks(self, stage: str) -> set[str]:
@@ -339,8 +362,10 @@ def test_every_params_key_change_is_seen_by_dvc_status_and_run_cache(dvc_probe: 
                 if stage in baseline_keys:
                     key_now = dvc_probe.run_cache_key(stage)
                     if key_now == baseline_keys[stage] or dvc_probe.run_cache_has(key_now):
-                        missed.append(f"{block}.{key}={new!r}: the run-cache key of {stage} did not change "
-                                      "(dvc repro would say the stage is cached and restore the old outputs)")
+                        missed.append(
+                            f"{block}.{key}={new!r}: the run-cache key of {stage} did not change "
+                            "(dvc repro would say the stage is cached and restore the old outputs)"
+                        )
                 else:
                     run_cache_skipped.append(stage)
             finally:
@@ -389,13 +414,21 @@ def faces_with_negative_crop_size(tmp_path_factory: pytest.TempPathFactory) -> t
     data["faces"]["crop_size"] = -1
     (folder / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'm.db'}"}
-    proc = subprocess.run([sys.executable, "-m", "stages.faces"], check=False, cwd=folder, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.faces"],
+        check=False,
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return folder, proc
 
 
 def test_faces_with_a_negative_crop_size_fails_on_params_before_any_data(
-        faces_with_negative_crop_size: tuple[Path, subprocess.CompletedProcess]) -> None:
+    faces_with_negative_crop_size: tuple[Path, subprocess.CompletedProcess],
+) -> None:
     """Before the rename, `faces.size: -1` exited 0: DVC restored the cached run and never ran the stage."""
     folder, proc = faces_with_negative_crop_size
     assert proc.returncode != 0
@@ -406,7 +439,8 @@ def test_faces_with_a_negative_crop_size_fails_on_params_before_any_data(
 
 
 def test_faces_params_error_is_one_line(
-        faces_with_negative_crop_size: tuple[Path, subprocess.CompletedProcess]) -> None:
+    faces_with_negative_crop_size: tuple[Path, subprocess.CompletedProcess],
+) -> None:
     _, proc = faces_with_negative_crop_size
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("faces: faces.crop_size"), proc.stderr

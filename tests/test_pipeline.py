@@ -1,4 +1,5 @@
 """End to end: download → faces → split under `dvc repro` and under `snakemake`, in temp copies."""
+
 from __future__ import annotations
 
 import os
@@ -83,8 +84,13 @@ def test_dvc_repro_and_snakemake_build_the_same_data(tmp_path: Path) -> None:
     for stage in DATA_STAGES:
         assert (smk_root / "logs" / f"{stage}.log").exists()
 
-    for table in ("data/raw/manifest.csv", "data/faces/manifest.csv",
-                  "data/splits/train.csv", "data/splits/val.csv", "data/splits/test.csv"):
+    for table in (
+        "data/raw/manifest.csv",
+        "data/faces/manifest.csv",
+        "data/splits/train.csv",
+        "data/splits/val.csv",
+        "data/splits/test.csv",
+    ):
         a, b = pd.read_csv(dvc_root / table), pd.read_csv(smk_root / table)
         pd.testing.assert_frame_equal(a, b, obj=table)
     faces = pd.read_csv(dvc_root / "data/faces/manifest.csv")
@@ -110,8 +116,10 @@ def test_data_stages_on_hardfakevsreal(tmp_path: Path) -> None:
     faces = pd.read_csv(root / "data/faces/manifest.csv")
     real = faces[faces["label"] == "real"]
     rate = float((real["status"] == "ok").mean())
-    print(f"\nMTCNN detection rate on hardfakevsreal real photos: {rate:.3f} ({len(real)} images); "
-          f"faces metrics: {metrics}")
+    print(
+        f"\nMTCNN detection rate on hardfakevsreal real photos: {rate:.3f} ({len(real)} images); "
+        f"faces metrics: {metrics}"
+    )
     assert len(real) == 409
     assert rate >= 0.90
     summary = json.loads((root / "data/splits/summary.json").read_text())

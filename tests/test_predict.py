@@ -1,4 +1,5 @@
 """predict CLI: per-file status, scores with the checkpoint's calibration, faces params of training."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,16 +45,30 @@ class CentreBoxDetector:
         return boxes, probs
 
 
-def write_checkpoint(path: Path, faces: FacesParams, threshold: float = 0.5, temperature: float = 1.5,
-                     min_side: int | None = None) -> None:
+def write_checkpoint(
+    path: Path, faces: FacesParams, threshold: float = 0.5, temperature: float = 1.5, min_side: int | None = None
+) -> None:
     """A small checkpoint; ``min_side`` None: one from before data.min_side was recorded."""
     torch.manual_seed(0)
     spec = ArchSpec("cnn", 0.0, 1, 4, "plain")
     model = build_classifier(spec)
     torch.nn.init.normal_(model.head[1].weight, std=1.0)
     info = {} if min_side is None else {"min_side": min_side}
-    save_checkpoint(path, ClassifierCheckpoint(model.state_dict(), spec.to_dict(), temperature, threshold, "youden",
-                                               [0.5] * 3, [0.5] * 3, 32, as_dict(faces), info))
+    save_checkpoint(
+        path,
+        ClassifierCheckpoint(
+            model.state_dict(),
+            spec.to_dict(),
+            temperature,
+            threshold,
+            "youden",
+            [0.5] * 3,
+            [0.5] * 3,
+            32,
+            as_dict(faces),
+            info,
+        ),
+    )
 
 
 def image_folder(root: Path) -> Path:
@@ -75,8 +90,15 @@ def test_collect_files_recurses_and_ignores_non_images(tmp_path: Path) -> None:
     folder = image_folder(tmp_path)
     files, ignored = collect_files([folder, folder / "a_real.png", tmp_path / "missing.png"])
     names = [f.name for f in files]
-    assert names == ["a_real.png", "b_fake.jpg", "d_black.png", "e_corrupt.jpg", "f_truncated.png", "c.webp",
-                     "missing.png"]
+    assert names == [
+        "a_real.png",
+        "b_fake.jpg",
+        "d_black.png",
+        "e_corrupt.jpg",
+        "f_truncated.png",
+        "c.webp",
+        "missing.png",
+    ]
     assert ignored == 1
 
 
@@ -88,8 +110,14 @@ def test_predict_folder_reports_corrupt_files_and_scores_the_rest(tmp_path: Path
     files, _ = collect_files([image_folder(tmp_path), tmp_path / "missing.png"])
     preds = {Path(p.file).name: p for p in predict_files(files, model, ckpt, cropper, CPU, batch_size=3)}
     assert {n: p.status for n, p in preds.items()} == {
-        "a_real.png": "ok", "b_fake.jpg": "ok", "c.webp": "ok", "d_black.png": "no_face",
-        "e_corrupt.jpg": "unreadable", "f_truncated.png": "unreadable", "missing.png": "unreadable"}
+        "a_real.png": "ok",
+        "b_fake.jpg": "ok",
+        "c.webp": "ok",
+        "d_black.png": "no_face",
+        "e_corrupt.jpg": "unreadable",
+        "f_truncated.png": "unreadable",
+        "missing.png": "unreadable",
+    }
     assert "not an image" in preds["e_corrupt.jpg"].reason
     assert "corrupt or truncated" in preds["f_truncated.png"].reason
     assert preds["missing.png"].reason == "no such file"
@@ -152,8 +180,10 @@ def test_images_smaller_than_min_side_are_not_scored(tmp_path: Path) -> None:
     Image.fromarray(synthetic_face(rng, False, 80)).save(tmp_path / "fine.png")
     files = [tmp_path / "tiny.png", tmp_path / "small.png", tmp_path / "fine.png"]
     cropper = FaceCropper(faces, device=CPU, detector=CentreBoxDetector())
-    for min_side, expected in ((40, {"tiny.png": "too_small", "small.png": "ok", "fine.png": "ok"}),
-                               (None, {"tiny.png": "too_small", "small.png": "too_small", "fine.png": "ok"})):
+    for min_side, expected in (
+        (40, {"tiny.png": "too_small", "small.png": "ok", "fine.png": "ok"}),
+        (None, {"tiny.png": "too_small", "small.png": "too_small", "fine.png": "ok"}),
+    ):
         write_checkpoint(tmp_path / "model.pt", faces, min_side=min_side)  # None: the params default, 64
         model, ckpt = load_model(tmp_path / "model.pt")
         preds = {Path(p.file).name: p for p in predict_files(files, model, ckpt, cropper, CPU)}

@@ -1,4 +1,5 @@
 """The report stage on synthetic MLflow history: iteration tables, diffs, deltas, self-contained HTML."""
+
 from __future__ import annotations
 
 import base64
@@ -32,28 +33,92 @@ CLASSIFIER_BASE = {"arch": "cnn", "pretrained": "none", "lr": 0.001, "dropout": 
 # (exp name, note, classifier changes, split seed, test metrics, train-loss scale)
 CLASSIFIER_ITERATIONS = [
     ("exp-a", "baseline cnn", {}, 0, {"roc_auc": 0.80, "f1": 0.70, "ece": 0.10, "accuracy": 0.75}, 1.0),
-    ("exp-b", "lower the learning rate", {"lr": 0.0003}, 0, {"roc_auc": 0.90, "f1": 0.80, "ece": 0.05,
-                                                            "accuracy": 0.85}, 0.8),
-    ("exp-c", "more dropout, other split seed", {"lr": 0.0003, "dropout": 0.5}, 1,
-     {"roc_auc": 0.85, "f1": 0.82, "ece": 0.08}, 0.9),
+    (
+        "exp-b",
+        "lower the learning rate",
+        {"lr": 0.0003},
+        0,
+        {"roc_auc": 0.90, "f1": 0.80, "ece": 0.05, "accuracy": 0.85},
+        0.8,
+    ),
+    (
+        "exp-c",
+        "more dropout, other split seed",
+        {"lr": 0.0003, "dropout": 0.5},
+        1,
+        {"roc_auc": 0.85, "f1": 0.82, "ece": 0.08},
+        0.9,
+    ),
 ]
 # the shortcut checks in the latest evaluation's metrics.json (shortcuts.audit + the counterfactual probes)
 SHORTCUT_WARNING = "border_constant (crop feature) alone separates real from fake: test ROC-AUC 0.990 overall"
 SHORTCUT_METRICS = {
-    "shortcut_audit": {"metadata_roc_auc": 0.6, "crop_features": {
-        "warn_auc": 0.75, "n_train": 14, "n_test": 4, "warnings": [SHORTCUT_WARNING], "n_warnings": 1,
-        "features": {"border_constant": {"kind": "crop", "test_auc": 0.99, "train_auc": 0.97, "direction": "higher = fake",
-                                         "per_generator": {"sd": {"test_auc": 0.99}, "swap": {"test_auc": 0.98}}},
-                     "jpeg_quality": {"kind": "source", "test_auc": 0.52, "train_auc": 0.55, "direction": "lower = fake",
-                                      "per_generator": {"sd": {"test_auc": 0.6}}}},
-        "combined": {"test_auc": 0.97, "per_generator": {}}, "skipped": {"margin_used": "no margin_used column"}}},
-    "counterfactual": {"threshold": 0.5, "flagged": ["tighter_framing"], "max_auc_drop": 0.3, "probes": {
-        "tighter_framing": {"description": "the face box with half the margin", "n": 4, "n_scored": 4, "n_no_face": 0,
-                            "roc_auc": 0.6, "tpr": 0.5, "tnr": 0.5, "clean_roc_auc": 0.9, "clean_tpr": 1.0,
-                            "clean_tnr": 1.0, "auc_drop": 0.3, "tpr_drop": 0.5, "flag": True},
-        "jpeg_q75": {"description": "raw re-encoded as JPEG q75", "n": 4, "n_scored": 3, "n_no_face": 1,
-                     "roc_auc": None, "tpr": 1.0, "tnr": None, "clean_roc_auc": 0.9, "clean_tpr": 1.0,
-                     "clean_tnr": 1.0, "auc_drop": None, "tpr_drop": 0.0, "flag": False}}}}
+    "shortcut_audit": {
+        "metadata_roc_auc": 0.6,
+        "crop_features": {
+            "warn_auc": 0.75,
+            "n_train": 14,
+            "n_test": 4,
+            "warnings": [SHORTCUT_WARNING],
+            "n_warnings": 1,
+            "features": {
+                "border_constant": {
+                    "kind": "crop",
+                    "test_auc": 0.99,
+                    "train_auc": 0.97,
+                    "direction": "higher = fake",
+                    "per_generator": {"sd": {"test_auc": 0.99}, "swap": {"test_auc": 0.98}},
+                },
+                "jpeg_quality": {
+                    "kind": "source",
+                    "test_auc": 0.52,
+                    "train_auc": 0.55,
+                    "direction": "lower = fake",
+                    "per_generator": {"sd": {"test_auc": 0.6}},
+                },
+            },
+            "combined": {"test_auc": 0.97, "per_generator": {}},
+            "skipped": {"margin_used": "no margin_used column"},
+        },
+    },
+    "counterfactual": {
+        "threshold": 0.5,
+        "flagged": ["tighter_framing"],
+        "max_auc_drop": 0.3,
+        "probes": {
+            "tighter_framing": {
+                "description": "the face box with half the margin",
+                "n": 4,
+                "n_scored": 4,
+                "n_no_face": 0,
+                "roc_auc": 0.6,
+                "tpr": 0.5,
+                "tnr": 0.5,
+                "clean_roc_auc": 0.9,
+                "clean_tpr": 1.0,
+                "clean_tnr": 1.0,
+                "auc_drop": 0.3,
+                "tpr_drop": 0.5,
+                "flag": True,
+            },
+            "jpeg_q75": {
+                "description": "raw re-encoded as JPEG q75",
+                "n": 4,
+                "n_scored": 3,
+                "n_no_face": 1,
+                "roc_auc": None,
+                "tpr": 1.0,
+                "tnr": None,
+                "clean_roc_auc": 0.9,
+                "clean_tpr": 1.0,
+                "clean_tnr": 1.0,
+                "auc_drop": None,
+                "tpr_drop": 0.0,
+                "flag": False,
+            },
+        },
+    },
+}
 # as stages.fid logs them when the Inception weights are absent: no fid / kid, fd_mobilenet only
 GENERATOR_ITERATIONS = [
     ("gen-a", "dcgan baseline", {"model": "dcgan", "epochs": 3}, {"generator.fd_mobilenet": 30.0}),
@@ -68,9 +133,17 @@ def _png(path: Path, seed: int, side: int = 24) -> Path:
     return path
 
 
-def _log_run(mp: pytest.MonkeyPatch, stage: str, block: str, params: dict[str, Any], note: str = "", exp: str = "",
-             metrics: dict[str, float] | None = None, history: dict[str, list[float]] | None = None,
-             artifacts: list[tuple[Path, str | None]] | None = None) -> str:
+def _log_run(
+    mp: pytest.MonkeyPatch,
+    stage: str,
+    block: str,
+    params: dict[str, Any],
+    note: str = "",
+    exp: str = "",
+    metrics: dict[str, float] | None = None,
+    history: dict[str, list[float]] | None = None,
+    artifacts: list[tuple[Path, str | None]] | None = None,
+) -> str:
     """One run through the real tracking helper (tags note / dvc_exp_name / stage, params <block>.<key>)."""
     set_params(Path("params.yaml"), "tracking", note=note)
     mp.setenv("DVC_EXP_NAME", exp)
@@ -86,15 +159,30 @@ def _log_run(mp: pytest.MonkeyPatch, stage: str, block: str, params: dict[str, A
 
 
 def _write_setup_files() -> None:
-    write_json(Path("data/splits/summary.json"), {
-        "protocol": "random", "seed": 0, "groups": {"train": 7, "val": 2, "test": 2}, "groups_crossing_splits": 0,
-        "total": {"train": 14, "val": 4, "test": 4},
-        "counts": {"train": {"real": {"real": 7}, "fake": {"sd": 4, "swap": 3}},
-                   "val": {"real": {"real": 2}, "fake": {"sd": 1, "swap": 1}},
-                   "test": {"real": {"real": 2}, "fake": {"sd": 1, "swap": 1}}}})
+    write_json(
+        Path("data/splits/summary.json"),
+        {
+            "protocol": "random",
+            "seed": 0,
+            "groups": {"train": 7, "val": 2, "test": 2},
+            "groups_crossing_splits": 0,
+            "total": {"train": 14, "val": 4, "test": 4},
+            "counts": {
+                "train": {"real": {"real": 7}, "fake": {"sd": 4, "swap": 3}},
+                "val": {"real": {"real": 2}, "fake": {"sd": 1, "swap": 1}},
+                "test": {"real": {"real": 2}, "fake": {"sd": 1, "swap": 1}},
+            },
+        },
+    )
     group = {"inputs": 10, "kept": 9, "dropped": 1, "drop_rate": 0.1, "detection_rate": 0.9}
-    write_json(Path("data/faces/metrics.json"), {"overall": {**group, "inputs": 30, "kept": 27, "dropped": 3},
-                                                 "label": {}, "generator": {"real": group, "sd": group, "swap": group}})
+    write_json(
+        Path("data/faces/metrics.json"),
+        {
+            "overall": {**group, "inputs": 30, "kept": 27, "dropped": 3},
+            "label": {},
+            "generator": {"real": group, "sd": group, "swap": group},
+        },
+    )
 
 
 def make_history(mp: pytest.MonkeyPatch, work: Path) -> dict[str, list[str]]:
@@ -104,29 +192,58 @@ def make_history(mp: pytest.MonkeyPatch, work: Path) -> dict[str, list[str]]:
     _log_run(mp, "faces", "faces", {"crop_size": 64, "margin": 0.25, "min_prob": 0.9, "on_miss": "center"})
     for k, (exp, note, changes, split_seed, test, scale) in enumerate(CLASSIFIER_ITERATIONS):
         _log_run(mp, "split", "split", {"protocol": "random", "seed": split_seed}, note, exp)
-        history = {"train_loss": [scale * v for v in (0.7, 0.5, 0.4)],
-                   "val_loss": [scale * v for v in (0.72, 0.6, 0.55)],
-                   "val_roc_auc": [0.6, 0.7, test["roc_auc"]], "lr": [1e-3, 5e-4, 1e-4]}
-        ids["train"].append(_log_run(mp, "train_classifier", "classifier", {**CLASSIFIER_BASE, **changes}, note, exp,
-                                     history=history))
+        history = {
+            "train_loss": [scale * v for v in (0.7, 0.5, 0.4)],
+            "val_loss": [scale * v for v in (0.72, 0.6, 0.55)],
+            "val_roc_auc": [0.6, 0.7, test["roc_auc"]],
+            "lr": [1e-3, 5e-4, 1e-4],
+        }
+        ids["train"].append(
+            _log_run(mp, "train_classifier", "classifier", {**CLASSIFIER_BASE, **changes}, note, exp, history=history)
+        )
         fpr = np.linspace(0, 1, 21)
         roc = work / f"roc{k}" / "roc.csv"
         roc.parent.mkdir(parents=True)
         roc.write_text("fpr,tpr\n" + "\n".join(f"{x:.3f},{x ** (1 / (2 + k)):.4f}" for x in fpr) + "\n")
-        arts = [(roc, "plots"), (_png(work / f"c{k}" / "confusion.png", k), "figures"),
-                (_png(work / f"m{k}" / "worst_misclassified.png", 10 + k), "figures"),
-                (_png(work / f"r{k}" / "roc.png", 20 + k), "figures")]
+        arts = [
+            (roc, "plots"),
+            (_png(work / f"c{k}" / "confusion.png", k), "figures"),
+            (_png(work / f"m{k}" / "worst_misclassified.png", 10 + k), "figures"),
+            (_png(work / f"r{k}" / "roc.png", 20 + k), "figures"),
+        ]
         if k == len(CLASSIFIER_ITERATIONS) - 1:  # only the latest evaluation recorded the shortcut checks
             write_json(work / "s" / "metrics.json", SHORTCUT_METRICS)
             arts.append((work / "s" / "metrics.json", None))
         # as stages.evaluate logs them: test.<metric>
-        ids["eval"].append(_log_run(mp, "evaluate", "evaluate", {"ece_bins": 15}, note, exp,
-                                    metrics={f"test.{m}": v for m, v in test.items()}, artifacts=arts))
+        ids["eval"].append(
+            _log_run(
+                mp,
+                "evaluate",
+                "evaluate",
+                {"ece_bins": 15},
+                note,
+                exp,
+                metrics={f"test.{m}": v for m, v in test.items()},
+                artifacts=arts,
+            )
+        )
     for k, (exp, note, gparams, scores) in enumerate(GENERATOR_ITERATIONS):
         arts = [(_png(work / f"g{k}" / f"epoch_{e:03d}.png", 100 * k + e), "samples") for e in (1, 2, 3)]
-        _log_run(mp, "train_generator", "generator", gparams, note, exp, artifacts=arts,
-                 history={"g_loss": [2.0, 1.5, 1.2], "d_loss": [0.7, 0.6, 0.65], "lr_g": [2e-4] * 3,
-                          "fd_mobilenet": [60.0, 45.0, scores["generator.fd_mobilenet"]]})
+        _log_run(
+            mp,
+            "train_generator",
+            "generator",
+            gparams,
+            note,
+            exp,
+            artifacts=arts,
+            history={
+                "g_loss": [2.0, 1.5, 1.2],
+                "d_loss": [0.7, 0.6, 0.65],
+                "lr_g": [2e-4] * 3,
+                "fd_mobilenet": [60.0, 45.0, scores["generator.fd_mobilenet"]],
+            },
+        )
         _log_run(mp, "fid", "fid", {"n_samples": 500}, note, exp, metrics=scores)
     return ids
 
@@ -170,8 +287,10 @@ def test_classifier_iterations_pair_runs_and_diff_params(built: tuple[Path, dict
     assert rows[0]["changes"] == []
     assert rows[1]["changes"] == [{"key": "classifier.lr", "old": "0.001", "new": "0.0003"}]
     # the track's own block first, then the upstream split parameter
-    assert rows[2]["changes"] == [{"key": "classifier.dropout", "old": "0.2", "new": "0.5"},
-                                  {"key": "split.seed", "old": "0", "new": "1"}]
+    assert rows[2]["changes"] == [
+        {"key": "classifier.dropout", "old": "0.2", "new": "0.5"},
+        {"key": "split.seed", "old": "0", "new": "1"},
+    ]
     assert clf["best"] == 2
 
 
@@ -207,11 +326,11 @@ def test_html_table_shows_changes_notes_and_coloured_deltas(built: tuple[Path, d
     assert "<code>split.seed</code>: 0 → 1" in body_rows[2]
     for row, (_, note, *_rest) in zip(body_rows, CLASSIFIER_ITERATIONS):
         assert note in row
-    assert '<span class="good"> (+0.1)</span>' in body_rows[1]     # roc_auc up
-    assert '<span class="good"> (-0.05)</span>' in body_rows[1]    # ece down: better
-    assert '<span class="bad"> (-0.05)</span>' in body_rows[2]     # roc_auc down
-    assert '<span class="bad"> (+0.03)</span>' in body_rows[2]     # ece up: worse
-    assert '<span class="muted">—</span>' in body_rows[2]          # accuracy missing
+    assert '<span class="good"> (+0.1)</span>' in body_rows[1]  # roc_auc up
+    assert '<span class="good"> (-0.05)</span>' in body_rows[1]  # ece down: better
+    assert '<span class="bad"> (-0.05)</span>' in body_rows[2]  # roc_auc down
+    assert '<span class="bad"> (+0.03)</span>' in body_rows[2]  # ece up: worse
+    assert '<span class="muted">—</span>' in body_rows[2]  # accuracy missing
     assert "★ best" in body_rows[1] and "★ best" not in body_rows[0] + body_rows[2]
 
 
@@ -260,8 +379,10 @@ def test_shortcuts_part_shows_the_crop_audit_and_the_probes(built: tuple[Path, d
     probes = _table(page, "Counterfactual probes")
     assert "<code>tighter_framing</code>" in probes and "0.900 → 0.600" in probes and "⚠ flagged" in probes
     assert "0.900 → —" in probes and "3 / 4 (1 no face)" in probes  # jpeg_q75: no AUC recorded
-    assert "<strong>Shortcut warning</strong>: 1 crop-audit warning (<code>border_constant</code>) and flagged " \
-           "probe <code>tighter_framing</code>" in page
+    assert (
+        "<strong>Shortcut warning</strong>: 1 crop-audit warning (<code>border_constant</code>) and flagged "
+        "probe <code>tighter_framing</code>" in page
+    )
     assert "Iteration #2 (best)" in page and "Shortcut checks not recorded" in page  # #2 predates the audit
     rows = re.findall(r"<tr[^>]*>(.*?)</tr>", _table(page, "Classifier iterations").split("<tbody>")[1], re.DOTALL)
     assert '<span class="bad">1 feature + 1 probe</span>' in rows[2] and "feature" not in rows[0] + rows[1]
@@ -289,8 +410,9 @@ def test_text_from_mlflow_is_escaped_in_the_html(in_tmp_project: Path, monkeypat
 
     set_params(in_tmp_project / "params.yaml", "report", dvc_exp_show=False)
     _log_run(monkeypatch, "train_classifier", "classifier", CLASSIFIER_BASE, HOSTILE, "exp-<script>")
-    _log_run(monkeypatch, "evaluate", "evaluate", {"ece_bins": 15}, HOSTILE, "exp-<script>",
-             metrics={"test.roc_auc": 0.9})
+    _log_run(
+        monkeypatch, "evaluate", "evaluate", {"ece_bins": 15}, HOSTILE, "exp-<script>", metrics={"test.roc_auc": 0.9}
+    )
     monkeypatch.setenv("DVC_EXP_NAME", "")
     report.main()
     page = (in_tmp_project / "results/report/index.html").read_text()
@@ -303,10 +425,13 @@ def test_text_from_mlflow_is_escaped_in_the_html(in_tmp_project: Path, monkeypat
 def test_every_block_kind_escapes_its_text() -> None:
     png = b"\x89PNG any bytes"
     spans = [Span(HOSTILE, kind) for kind in ("", "code", "strong", "muted")]
-    doc: list[Block] = [Heading(1, HOSTILE), Heading(2, HOSTILE, 'a"><script>'),
-                        Para(f"`{HOSTILE}` **{HOSTILE}** *x<y*"),
-                        Table(HOSTILE, [HOSTILE], [[Cell([spans])]], ['x"><script>']),
-                        Figure("f.png", png, HOSTILE)]
+    doc: list[Block] = [
+        Heading(1, HOSTILE),
+        Heading(2, HOSTILE, 'a"><script>'),
+        Para(f"`{HOSTILE}` **{HOSTILE}** *x<y*"),
+        Table(HOSTILE, [HOSTILE], [[Cell([spans])]], ['x"><script>']),
+        Figure("f.png", png, HOSTILE),
+    ]
     page = to_html(doc)
     assert "<script" not in page.lower() and "<b>" not in page
     escaped = "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;"
@@ -352,11 +477,21 @@ def test_pairing_by_experiment_name_then_time() -> None:
 def test_evaluation_rerun_is_its_own_iteration_reusing_the_training() -> None:
     train = RunInfo("t1", "train_classifier", "FINISHED", 0, 1, {"classifier.lr": "0.001"}, {}, {"note": "base"})
     ev1 = RunInfo("e1", "evaluate", "FINISHED", 2, 3, {"evaluate.ece_bins": "15"}, {"test_ece": 0.10}, {})
-    ev2 = RunInfo("e2", "evaluate", "FINISHED", 4, 5, {"evaluate.ece_bins": "10"}, {"test_ece": 0.12},
-                  {"note": "coarser ECE bins"})
+    ev2 = RunInfo(
+        "e2",
+        "evaluate",
+        "FINISHED",
+        4,
+        5,
+        {"evaluate.ece_bins": "10"},
+        {"test_ece": 0.12},
+        {"note": "coarser ECE bins"},
+    )
     its = build_iterations(CLASSIFIER, [train, ev1, ev2], ["ece", "roc_auc"], frozenset({"ece"}))
-    assert [(it.train.run_id, it.eval.run_id, it.reused_train_of) for it in its] == [("t1", "e1", None),
-                                                                                      ("t1", "e2", 1)]
+    assert [(it.train.run_id, it.eval.run_id, it.reused_train_of) for it in its] == [
+        ("t1", "e1", None),
+        ("t1", "e2", 1),
+    ]
     assert its[1].note == "coarser ECE bins" and its[0].note == "base"
     assert [(c.key, c.old, c.new) for c in its[1].changes] == [("evaluate.ece_bins", "15", "10")]
     assert its[1].metric_keys["ece"] == "test_ece" and its[1].better["ece"] is False
@@ -367,10 +502,12 @@ def test_setup_lists_each_stage_latest_device_and_data_parallel_processes() -> N
     def run(stage: str, start: int, **tags: str) -> RunInfo:
         return RunInfo(f"{stage}{start}", stage, "FINISHED", start, start + 1, {}, {}, tags)
 
-    runs = [run("train_classifier", 0, **{"classifier.device": "cpu", "classifier.world_size": "2"}),
-            run("train_generator", 1, **{"generator.device": "cuda:0", "generator.world_size": "4"}),
-            run("train_generator", 2, **{"generator.device": "cuda:0", "generator.world_size": "1"}),
-            run("split", 3)]
+    runs = [
+        run("train_classifier", 0, **{"classifier.device": "cpu", "classifier.world_size": "2"}),
+        run("train_generator", 1, **{"generator.device": "cuda:0", "generator.world_size": "4"}),
+        run("train_generator", 2, **{"generator.device": "cuda:0", "generator.world_size": "1"}),
+        run("split", 3),
+    ]
     assert devices(runs) == {"train_classifier": "cpu × 2 processes", "train_generator": "cuda:0"}
 
 
@@ -379,8 +516,11 @@ def test_metric_lookup_and_helpers() -> None:
     assert resolve_metric({"roc_auc": 0.9, "test_roc_auc": 0.8}, "roc_auc") == "roc_auc"
     assert resolve_metric({"kid_mean": 0.1, "kid_std": 0.01}, "kid") == "kid_mean"
     assert resolve_metric({"val_roc_auc": 0.8}, "roc_auc") is None
-    changes = params_diff({"split.seed": "0", "classifier.lr": "1"}, {"split.seed": "1", "classifier.lr": "2",
-                                                                       "classifier.new": "x"}, ["classifier"])
+    changes = params_diff(
+        {"split.seed": "0", "classifier.lr": "1"},
+        {"split.seed": "1", "classifier.lr": "2", "classifier.new": "x"},
+        ["classifier"],
+    )
     assert [c.key for c in changes] == ["classifier.lr", "classifier.new", "split.seed"]
     assert changes[1].old is None
     assert spread(list(range(10)), 4) == [0, 3, 6, 9]
@@ -395,18 +535,31 @@ def test_chromium_renders_the_report(built: tuple[Path, dict[str, list[str]]], t
     root, _ = built
     page = (root / "results/report/index.html").resolve()
     shot = tmp_path / "shot.png"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    subprocess.run([str(CHROMIUM), *flags, f"--screenshot={shot}", "--window-size=1280,2000", page.as_uri()],
-                   capture_output=True, timeout=180, check=False)
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    subprocess.run(
+        [str(CHROMIUM), *flags, f"--screenshot={shot}", "--window-size=1280,2000", page.as_uri()],
+        capture_output=True,
+        timeout=180,
+        check=False,
+    )
     assert shot.exists(), "chromium wrote no screenshot"
     with Image.open(shot) as img:
         pixels = np.asarray(img.convert("L"), dtype=np.float64)
     assert pixels.shape == (2000, 1280)
     assert pixels.std() > 10, "the screenshot is blank"
-    dom = subprocess.run([str(CHROMIUM), *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
-                         timeout=180, check=False).stdout
+    dom = subprocess.run(
+        [str(CHROMIUM), *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180, check=False
+    ).stdout
     assert "Classifier iterations" in dom and "lower the learning rate" in dom
     assert dom.count('src="data:image/png;base64,') == 9
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)

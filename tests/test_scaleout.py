@@ -1,4 +1,5 @@
 """Scale-out files: the Snakefile lints clean and the SLURM profile plans every rule."""
+
 from __future__ import annotations
 
 import sys
@@ -19,6 +20,7 @@ def test_snakemake_lint_is_clean(tmp_path: Path) -> None:
     assert "Lints for" not in output, output
     assert "in a good condition" in output
 
+
 def test_slurm_profile_names_real_rules_and_gives_training_a_gpu() -> None:
     profile = yaml.safe_load((PROJECT_ROOT / "profiles/slurm/config.yaml").read_text())
     rules = set(snakemake_rules())
@@ -38,4 +40,3 @@ def test_slurm_profile_dry_run_plans_the_whole_dag(tmp_path: Path) -> None:
     planned = proc.stdout + proc.stderr
     for rule in set(snakemake_rules()) - {"all"}:
         assert f"rule {rule}:" in planned or f"localrule {rule}:" in planned, rule
-

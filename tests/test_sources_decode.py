@@ -1,4 +1,5 @@
 """decode_rgb on high-bit-depth images: 16-bit / 32-bit / float greyscale is scaled to 8 bits, not clipped."""
+
 from __future__ import annotations
 
 import io
@@ -40,8 +41,7 @@ def png16(pixels: np.ndarray) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
-            + chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
 def _cases() -> dict[str, tuple[bytes, str]]:
@@ -99,8 +99,11 @@ def test_folder_source_keeps_a_16_bit_png_as_converted(tmp_path: Path) -> None:
     (col / "fake" / "g").mkdir(parents=True)
     (col / "real" / "deep.png").write_bytes(_cases()["png_I;16"][0])
     (col / "fake" / "g" / "deep16.tif").write_bytes(_cases()["tiff_I;16B"][0])
-    rows = pd.DataFrame(source_folder.collect(DataParams(source=f"folder:{col}", per_source="all"),
-                                              tmp_path / "images"))
+    rows = pd.DataFrame(
+        source_folder.collect(DataParams(source=f"folder:{col}", per_source="all"), tmp_path / "images")
+    )
     assert (rows["status"] == "converted").all()
-    assert set(rows["reason"]) == {"I;16->RGB (16-bit scaled to 8 bits) at decode",
-                                   "I;16B->RGB (16-bit scaled to 8 bits) at decode"}
+    assert set(rows["reason"]) == {
+        "I;16->RGB (16-bit scaled to 8 bits) at decode",
+        "I;16B->RGB (16-bit scaled to 8 bits) at decode",
+    }

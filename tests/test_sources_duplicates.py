@@ -1,4 +1,5 @@
 """Identical bytes: one group across every copy (transitively); conflicting labels skip every copy."""
+
 from __future__ import annotations
 
 import json
@@ -14,19 +15,35 @@ from tests.helpers import noise_jpeg, set_params, write_file
 
 
 def _row(name: str, label: str, group: str, sha1: str, status: str = "ok") -> dict[str, Any]:
-    return {"id": name, "path": f"data/raw/images/{name}.jpg" if status != "skipped" else "", "label": label,
-            "generator": "real" if label == "real" else "g", "source": "s", "group": group,
-            "predefined_split": "", "width": 80, "height": 80, "bytes": 10, "sha1": sha1, "mode": "RGB",
-            "status": status, "reason": "", "origin": f"col/{name}.jpg"}
+    return {
+        "id": name,
+        "path": f"data/raw/images/{name}.jpg" if status != "skipped" else "",
+        "label": label,
+        "generator": "real" if label == "real" else "g",
+        "source": "s",
+        "group": group,
+        "predefined_split": "",
+        "width": 80,
+        "height": 80,
+        "bytes": 10,
+        "sha1": sha1,
+        "mode": "RGB",
+        "status": status,
+        "reason": "",
+        "origin": f"col/{name}.jpg",
+    }
 
 
 def test_merge_is_transitive_order_independent_and_skips_conflicts(tmp_path: Path) -> None:
     rows = [
-        _row("a", "real", "G5", "s1"), _row("b", "real", "G2", "s1"),   # a = b: G5 + G2
-        _row("c", "real", "G2", "s2"), _row("d", "real", "G9", "s2"),   # c = d: G2 + G9 -> a, b, c, d one group
-        _row("e", "real", "G7", "s3"), _row("f", "fake", "G8", "s3"),   # e = f, real vs fake: both skipped
-        _row("g", "fake", "G3", "s4"),                                   # unique: untouched
-        _row("h", "fake", "G4", "s5", status="skipped"),                 # skipped rows never merge
+        _row("a", "real", "G5", "s1"),
+        _row("b", "real", "G2", "s1"),  # a = b: G5 + G2
+        _row("c", "real", "G2", "s2"),
+        _row("d", "real", "G9", "s2"),  # c = d: G2 + G9 -> a, b, c, d one group
+        _row("e", "real", "G7", "s3"),
+        _row("f", "fake", "G8", "s3"),  # e = f, real vs fake: both skipped
+        _row("g", "fake", "G3", "s4"),  # unique: untouched
+        _row("h", "fake", "G4", "s5", status="skipped"),  # skipped rows never merge
         _row("i", "fake", "G6", "s5"),
     ]
     images = tmp_path / "images"
@@ -66,14 +83,15 @@ def test_download_stage_merges_duplicate_groups_and_counts_them(in_tmp_project: 
     col = in_tmp_project / "col"
     same, clash = noise_jpeg(1), noise_jpeg(2)
     write_file(col / "real" / "a.jpg", same)
-    write_file(col / "real" / "copies" / "a_again.jpg", same)   # same label: kept, one group
+    write_file(col / "real" / "copies" / "a_again.jpg", same)  # same label: kept, one group
     write_file(col / "fake" / "g" / "b.jpg", noise_jpeg(3))
-    write_file(col / "fake" / "g" / "b_near.jpg", noise_jpeg(4))       # a near-duplicate of b (manifest group)
+    write_file(col / "fake" / "g" / "b_near.jpg", noise_jpeg(4))  # a near-duplicate of b (manifest group)
     write_file(col / "real" / "b_near_copy.jpg", noise_jpeg(4))
-    write_file(col / "real" / "clash.jpg", clash)                 # real here ...
-    write_file(col / "fake" / "g" / "clash.jpg", clash)           # ... fake there: both skipped
+    write_file(col / "real" / "clash.jpg", clash)  # real here ...
+    write_file(col / "fake" / "g" / "clash.jpg", clash)  # ... fake there: both skipped
     pd.DataFrame({"file": ["fake/g/b.jpg", "fake/g/b_near.jpg"], "near_dup_group": ["NB", "NB"]}).to_csv(
-        col / "manifest.csv", index=False)
+        col / "manifest.csv", index=False
+    )
     set_params(in_tmp_project / "params.yaml", "data", source="folder:col", per_source="all")
 
     download.main()

@@ -1,4 +1,5 @@
 """folder: sources — nothing on disk is silently absent (links, loops, unreadable folders, special files)."""
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,7 @@ def test_links_loops_and_special_files_are_recorded(tmp_path: Path) -> None:
     write_file(tmp_path / "outside_dir" / "d.jpg", noise_jpeg(4))
     (col / "real" / "link_to_file.jpg").symlink_to(tmp_path / "elsewhere" / "c.jpg")
     (col / "real" / "broken.jpg").symlink_to(tmp_path / "nowhere.jpg")
-    (col / "real" / "loop_up").symlink_to(col / "real")                 # a folder link back to an ancestor
+    (col / "real" / "loop_up").symlink_to(col / "real")  # a folder link back to an ancestor
     (col / "real" / "self.jpg").symlink_to(col / "real" / "self.jpg")  # resolves to itself
     (col / "fake" / "g" / "linked_dir").symlink_to(tmp_path / "outside_dir")  # followed: d.jpg is listed
     (col / "fake" / "g" / "z_again").symlink_to(tmp_path / "outside_dir")  # the same folder, second in name order
@@ -90,8 +91,10 @@ def test_unreadable_folder_is_recorded_chmod(tmp_path: Path) -> None:
         except PermissionError:
             pass
         else:
-            pytest.skip("chmod 000 does not block reading here (running as root); "
-                        "test_unreadable_folder_is_recorded_simulated covers this case")
+            pytest.skip(
+                "chmod 000 does not block reading here (running as root); "
+                "test_unreadable_folder_is_recorded_simulated covers this case"
+            )
         rows = _collect(col, tmp_path / "images")
     finally:
         locked.chmod(0o755)

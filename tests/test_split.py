@@ -1,4 +1,5 @@
 """Split protocols: groups never cross splits, strata follow the fractions, params are honoured."""
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,18 @@ def faces_frame(n_groups: int = 60, seed: int = 0, predefined: bool = False) -> 
             members.append(("real", "real"))
         given = ["train", "valid", "test"][g % 3] if predefined else ""
         for i, (label, gen) in enumerate(members):
-            rows.append({c: "" for c in FACE_COLUMNS} | {
-                "id": f"g{g}-{i}", "path": f"data/faces/images/g{g}-{i}.png", "label": label,
-                "generator": gen, "group": f"grp{g}", "predefined_split": given, "status": "ok"})
+            rows.append(
+                {c: "" for c in FACE_COLUMNS}
+                | {
+                    "id": f"g{g}-{i}",
+                    "path": f"data/faces/images/g{g}-{i}.png",
+                    "label": label,
+                    "generator": gen,
+                    "group": f"grp{g}",
+                    "predefined_split": given,
+                    "status": "ok",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -36,11 +46,14 @@ def groups_crossing(frame: pd.DataFrame) -> int:
     return int((frame.groupby("group")["split"].nunique() > 1).sum())
 
 
-@pytest.mark.parametrize("protocol,extra", [
-    ("random", {}),
-    ("predefined", {}),
-    ("leave_one_generator_out", {"holdout_generator": "gen_b"}),
-])
+@pytest.mark.parametrize(
+    "protocol,extra",
+    [
+        ("random", {}),
+        ("predefined", {}),
+        ("leave_one_generator_out", {"holdout_generator": "gen_b"}),
+    ],
+)
 def test_every_protocol_keeps_groups_whole(protocol: str, extra: dict) -> None:
     frame = faces_frame(predefined=True)
     # a group that the dataset itself spread over two splits must still end up in one
@@ -115,4 +128,4 @@ def test_split_stage_writes_lists_and_summary(in_tmp_project) -> None:
     summary = json.loads((in_tmp_project / "data/splits/summary.json").read_text())
     assert summary["groups_crossing_splits"] == 0
     assert sum(summary["total"].values()) == len(ids)
-    assert summary["counts"]["test"]["fake"]["gen_a"] == int(((parts["test"]["generator"] == "gen_a")).sum())
+    assert summary["counts"]["test"]["fake"]["gen_a"] == int((parts["test"]["generator"] == "gen_a").sum())

@@ -1,4 +1,5 @@
 """Synthetic source: deterministic, one group per identity, faces MTCNN finds."""
+
 from __future__ import annotations
 
 import io
@@ -48,8 +49,8 @@ def test_fakes_differ_from_their_real_mostly_in_the_face() -> None:
         fake = np.asarray(Image.open(io.BytesIO(images[name])).convert("RGB")).astype(float)
         diff = np.abs(fake - real).mean(axis=2)
         h, w = diff.shape
-        centre = diff[h // 3: 2 * h // 3, w // 3: 2 * w // 3].mean()
-        corners = np.concatenate([diff[:h // 8, :w // 8].ravel(), diff[:h // 8, -w // 8:].ravel()]).mean()
+        centre = diff[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3].mean()
+        corners = np.concatenate([diff[: h // 8, : w // 8].ravel(), diff[: h // 8, -w // 8 :].ravel()]).mean()
         assert centre > 1.0 and centre > 3 * corners, name
 
 
@@ -59,8 +60,9 @@ def test_mtcnn_finds_a_face_in_at_least_90_percent() -> None:
     detector = MTCNN(keep_all=False, device="cpu")
     probs = []
     for identity in range(3):  # 3 identities x (1 real + 3 fakes) = 12 images; one batch per identity
-        batch = [Image.open(io.BytesIO(data)).convert("RGB")
-                 for data in synthetic.identity_images(0, identity).values()]  # same size within an identity
+        batch = [
+            Image.open(io.BytesIO(data)).convert("RGB") for data in synthetic.identity_images(0, identity).values()
+        ]  # same size within an identity
         _, batch_probs = detector.detect(batch)
         probs += [0.0 if p is None or p[0] is None else float(p[0]) for p in batch_probs]
     assert len(probs) == 12
