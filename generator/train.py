@@ -211,7 +211,8 @@ def fd_mobilenet_hook(
     """Per-epoch ``fd_mobilenet`` of ``n_samples`` EMA samples vs ``reals`` every ``every_epochs`` (None if off)."""
     if every_epochs <= 0:
         return None
-    from generator.fidelity import MOBILENET, MOBILENET_LAYER, Features, frechet_distance, mobilenet_weights
+    from generator.extractors import MOBILENET, MOBILENET_LAYER, mobilenet_weights
+    from generator.fidelity import Features, frechet_distance
 
     weights = mobilenet_weights()
     if not weights.available:

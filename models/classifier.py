@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from core.params import CLASSIFIER_ARCHS, ClassifierParams
+from core.pretrained import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
 
 

@@ -18,15 +18,14 @@ from core.io import read_csv, write_json
 from core.params import FidParams, load_block
 from core.tracking import stage_run
 from generator.data import load_image_cache
+from generator.extractors import mobilenet_weights, resolve_inception_weights
 from generator.fidelity import (
     ImageSet,
     MetricConfig,
     build_extractors,
     extract_all,
     flat_metrics,
-    mobilenet_weights,
     report_rows,
-    resolve_inception_weights,
 )
 from generator.sampling import generate, load_generator
 

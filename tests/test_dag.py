@@ -7,10 +7,11 @@ from typing import Any
 
 import yaml
 
+from tests.code_deps import code_packages, is_code_dep, local_imports
 from tests.conftest import PROJECT_ROOT
 
 # Top-level folders that hold the project's Python code (a stage's code deps live in these).
-CODE_PACKAGES = ("stages", "models", "core", "sources", "faces", "classifier", "shortcuts", "generator", "report")
+CODE_PACKAGES = code_packages()
 # Modules that define a training loop, and the entry points that only run trained models: those must not
 # import these (so editing a loop reruns training, never evaluate or fid).
 TRAINING_LOOPS = ("classifier/train.py", "generator/train.py", "generator/trainers.py")
@@ -92,36 +93,15 @@ def test_stage_params_blocks_exist() -> None:
     assert Path(PROJECT_ROOT / "Snakefile").exists()
 
 
-def local_imports(module: str) -> set[str]:
-    """Files of this project that ``python -m <module>`` imports, transitively."""
-    import ast
-
-    seen: set[str] = set()
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        path = PROJECT_ROOT / (name.replace(".", "/") + ".py")
-        if not path.exists() or str(path.relative_to(PROJECT_ROOT)) in seen:
-            continue
-        seen.add(str(path.relative_to(PROJECT_ROOT)))
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                todo.append(node.module)
-                todo += [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                todo += [a.name for a in node.names]
-    return {f for f in seen if not f.endswith("__init__.py")}
-
-
 def test_code_deps_are_exactly_what_each_stage_imports() -> None:
     """A stage reruns when code it runs changes, and only then."""
     for name, stage in dvc_stages().items():
         module = stage["cmd"].split("python -m ", 1)[1].split()[0]
-        code_deps = {d for d in stage["deps"] if d.split("/", 1)[0] in CODE_PACKAGES}
+        code_deps = {d for d in stage["deps"] if is_code_dep(d, CODE_PACKAGES)}
         imported = local_imports(module)
         assert code_deps == imported, (
-            f"{name}: dvc.yaml code deps differ from its imports: missing "
-            f"{sorted(imported - code_deps)}, not imported {sorted(code_deps - imported)}"
+            f"{name}: dvc.yaml code deps differ from its imports (python -m tests.code_deps fixes it): "
+            f"missing {sorted(imported - code_deps)}, not imported {sorted(code_deps - imported)}"
         )
 
 

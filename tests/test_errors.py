@@ -24,6 +24,7 @@ import yaml
 from core.errors import InputError, MissingInputError, PipelineError, one_line
 from core.params import ParamsError
 from core.schema import FACE_COLUMNS
+from generator import extractors as ex
 from generator import fidelity as fd
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import noise_jpeg, write_file
@@ -354,22 +355,22 @@ def test_the_payload_would_run_if_unpickled(tmp_path: Path) -> None:
 
 
 def test_tampered_inception_weights_are_never_unpickled(tmp_path: Path) -> None:
-    no_mobilenet = fd.WeightsStatus(None, "", "", False, "off", "")
+    no_mobilenet = ex.WeightsStatus(None, "", "", False, "off", "")
     marker = tmp_path / "ran"
 
     # a file set in fid.inception_weights: read as plain tensors only, refused with one line
-    configured = fd.resolve_inception_weights(str(tampered_weights(tmp_path / "mine.pth", marker)))
+    configured = ex.resolve_inception_weights(str(tampered_weights(tmp_path / "mine.pth", marker)))
     with pytest.raises(InputError, match="not torch-fidelity's Inception weights") as info:
         fd.build_extractors(configured, no_mobilenet, batch_size=2, cuda=False)
     assert " — download " in info.value.line("fid")
     with pytest.raises(InputError):
-        fd.Features(fd.INCEPTION, fd.INCEPTION_LAYER, configured.path, cuda=False)
+        fd.Features(ex.INCEPTION, ex.INCEPTION_LAYER, configured.path, cuda=False)
     assert not marker.exists()
 
     # the official file name in the torch hub cache, but not its bytes: refused before any load
     hub = tmp_path / "hub"
-    tampered_weights(fd.inception_hub_path(hub), marker)
-    found = fd.resolve_inception_weights("", hub_dir=hub)
+    tampered_weights(ex.inception_hub_path(hub), marker)
+    found = ex.resolve_inception_weights("", hub_dir=hub)
     assert found.origin == "hub-cache" and not found.verified
     with pytest.raises(InputError, match="refusing to load it"):
         fd.build_extractors(found, no_mobilenet, batch_size=2, cuda=False)

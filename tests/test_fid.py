@@ -13,6 +13,7 @@ import torch_fidelity
 from torch_fidelity import feature_extractor_inceptionv3 as inception_module
 
 from core.params import GeneratorParams, parse_block
+from generator import extractors as ex
 from generator import fidelity as fd
 from generator.train import model_payload, save_torch
 from generator.trainers import build_trainer
@@ -43,15 +44,15 @@ def random_inception(tmp_path_factory: pytest.TempPathFactory) -> Path:
         mock.patch.object(inception_module.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None),
     ):
         torch.manual_seed(0)
-        net = inception_module.FeatureExtractorInceptionV3(fd.INCEPTION, [fd.INCEPTION_LAYER])
+        net = inception_module.FeatureExtractorInceptionV3(ex.INCEPTION, [ex.INCEPTION_LAYER])
     state = {k: torch.full_like(v, 0.15) if k.endswith("running_var") else v for k, v in net.state_dict().items()}
     path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
     torch.save(state, path)
     return path
 
 
-def mobilenet_or_skip() -> fd.WeightsStatus:
-    status = fd.mobilenet_weights()
+def mobilenet_or_skip() -> ex.WeightsStatus:
+    status = ex.mobilenet_weights()
     if not status.available:
         pytest.skip(
             f"fd_mobilenet needs the offline MobileNetV2 weights: {status.reason} "
@@ -82,7 +83,7 @@ def test_frechet_distance_equals_torch_fidelity_formula(n: int) -> None:
 def test_fd_mobilenet_is_zero_on_itself_and_grows_with_noise() -> None:
     weights = mobilenet_or_skip()
     assert weights.sha256.startswith("b0353104")
-    features = fd.Features(fd.MOBILENET, fd.MOBILENET_LAYER, weights.path, batch_size=16, cuda=False)
+    features = fd.Features(ex.MOBILENET, ex.MOBILENET_LAYER, weights.path, batch_size=16, cuda=False)
     images = synthetic_images(16)
     base = features(images)
     assert base.shape == (16, 1280)
@@ -93,13 +94,13 @@ def test_fd_mobilenet_is_zero_on_itself_and_grows_with_noise() -> None:
 
 
 def test_mobilenet_extractor_is_registered_with_torch_fidelity() -> None:
-    fd.register_mobilenet_extractor()
-    fd.register_mobilenet_extractor()  # idempotent
+    ex.register_mobilenet_extractor()
+    ex.register_mobilenet_extractor()  # idempotent
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-    assert FEATURE_EXTRACTORS_REGISTRY[fd.MOBILENET] is fd.FeatureExtractorMobileNetV2
+    assert FEATURE_EXTRACTORS_REGISTRY[ex.MOBILENET] is ex.FeatureExtractorMobileNetV2
     with pytest.raises(FileNotFoundError, match="feature_extractor_weights_path"):
-        fd.FeatureExtractorMobileNetV2(fd.MOBILENET, [fd.MOBILENET_LAYER])
+        ex.FeatureExtractorMobileNetV2(ex.MOBILENET, [ex.MOBILENET_LAYER])
 
 
 def test_fid_with_local_inception_weights_matches_calculate_metrics(random_inception: Path) -> None:
@@ -108,13 +109,13 @@ def test_fid_with_local_inception_weights_matches_calculate_metrics(random_incep
     Compared on Inception's 64-d layer: the same weights, loading and extraction code as the 2048-d
     layer the stage uses, but cheap enough for torch-fidelity's own eigendecomposition in a unit test.
     """
-    status = fd.resolve_inception_weights(str(random_inception))
+    status = ex.resolve_inception_weights(str(random_inception))
     assert status.available and status.origin == "params" and not status.verified  # not the official file
     a, b = synthetic_images(6, seed=1), noisy(synthetic_images(6, seed=2), 30.0)
-    features = fd.Features(fd.INCEPTION, "64", status.path, batch_size=6, cuda=False)
+    features = fd.Features(ex.INCEPTION, "64", status.path, batch_size=6, cuda=False)
     fa, fb = features(a), features(b)
     cfg = fd.MetricConfig(kid_subset_size=100, kid_subsets=10, precision_recall=True, prc_neighborhood=3)
-    row = fd.compare({fd.INCEPTION: fa}, {fd.INCEPTION: fb}, cfg, inception_reason="")
+    row = fd.compare({ex.INCEPTION: fa}, {ex.INCEPTION: fb}, cfg, inception_reason="")
     assert row["kid_subset_size"] == 6  # min(configured 100, n)
     assert row["fid"] is not None and row["fid"] > 0
     assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
@@ -140,23 +141,23 @@ def test_fid_with_local_inception_weights_matches_calculate_metrics(random_incep
 
 
 def test_missing_inception_weights_say_what_to_put_where(tmp_path: Path) -> None:
-    hub = fd.resolve_inception_weights("", hub_dir=tmp_path / "hub")
+    hub = ex.resolve_inception_weights("", hub_dir=tmp_path / "hub")
     assert not hub.available and hub.path is None
     target = tmp_path / "hub" / "weights-inception-2015-12-05-6726825d.pth"
     assert inception_module.URL_INCEPTION_V3 in hub.instructions and str(target) in hub.instructions
-    configured = fd.resolve_inception_weights(str(tmp_path / "w.pth"))
+    configured = ex.resolve_inception_weights(str(tmp_path / "w.pth"))
     (tmp_path / "bad.pth").write_bytes(b"not weights")
     with pytest.raises(ValueError, match="bad.pth: not torch-fidelity's Inception weights"):
         fd.build_extractors(
-            fd.resolve_inception_weights(str(tmp_path / "bad.pth")),
-            fd.WeightsStatus(None, "", "", False, "off", ""),
+            ex.resolve_inception_weights(str(tmp_path / "bad.pth")),
+            ex.WeightsStatus(None, "", "", False, "off", ""),
             batch_size=4,
             cuda=False,
         )
     assert str(tmp_path / "w.pth") in configured.instructions and "fid.inception_weights" in configured.instructions
     row = fd.compare(
-        {fd.MOBILENET: torch.randn(5, 4)},
-        {fd.MOBILENET: torch.randn(6, 4)},
+        {ex.MOBILENET: torch.randn(5, 4)},
+        {ex.MOBILENET: torch.randn(6, 4)},
         fd.MetricConfig(),
         inception_reason=hub.reason,
     )

