@@ -78,8 +78,10 @@ def run_stage(paths: list[Path], params: FacesParams) -> tuple[Timing, Found]:
         found: list[tuple[Box, float] | None] = []
         for key in todo:
             entry = cache.load(key)
-            ok = entry is not None and entry.status == "ok" and entry.box is not None
-            found.append((Box(*entry.box), entry.prob) if ok else None)
+            if entry is not None and entry.status == "ok" and entry.box is not None:
+                found.append((Box(*entry.box), entry.prob))
+            else:
+                found.append(None)
     return timing, found
 
 

@@ -34,7 +34,7 @@ from generator.trainers import build_trainer
 OUT = Path("bench/out/generator.json")
 
 
-def train_throughput(model: str, size: int, n: int, epochs: int, base: GeneratorParams) -> dict[str, float]:
+def train_throughput(model: str, size: int, n: int, epochs: int, base: GeneratorParams) -> dict[str, float | str]:
     raw = as_dict(base) | {"model": model, "image_size": size, "device": "auto", "n_critic": "auto"}
     p = parse_block("generator", GeneratorParams, raw)
     device = pick_device(p.device)
@@ -71,7 +71,7 @@ def fid_timings(n: int, size: int, batch_size: int, inception_weights: str, tmp:
     b = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
     out: dict[str, object] = {"n": n, "image_size": size}
     mobilenet = ex.mobilenet_weights()
-    if mobilenet.available:
+    if mobilenet.path is not None:
         t0 = time.perf_counter()
         feats = fd.Features(ex.MOBILENET, ex.MOBILENET_LAYER, mobilenet.path, batch_size)
         fa, fb = feats(a), feats(b)
@@ -141,10 +141,12 @@ def main() -> None:
         results["fid"] = t
         print(f"fid stage, {args.n_fid} vs {args.n_fid} images at {args.size}px:")
         for key in ("fd_mobilenet", "inception"):
+            timing = t[key]
+            assert isinstance(timing, dict)
             print(
                 f"  {key:13s} "
-                + ", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in t[key].items())
-            )  # type: ignore[union-attr]
+                + ", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in timing.items())
+            )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2))
     print(f"wrote {OUT}")

@@ -21,7 +21,7 @@ from core.schema import REAL_GENERATOR
 THRESHOLD_RULES = ("youden", "f1", "eer")
 
 
-def sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray | float) -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)
     return np.exp(-np.logaddexp(0.0, -z))
 

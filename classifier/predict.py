@@ -91,9 +91,7 @@ def collect_files(paths: Iterable[Path]) -> tuple[list[Path], int]:
                     ignored += 1
         else:
             files.append(path)  # a missing path is reported as unreadable
-    seen: set[Path] = set()
-    unique = [f for f in files if not (f in seen or seen.add(f))]
-    return unique, ignored
+    return list(dict.fromkeys(files)), ignored  # each file once, in order
 
 
 def faces_params_for(ckpt: ClassifierCheckpoint, params_file: Path = Path("params.yaml")) -> tuple[FacesParams, str]:

@@ -32,10 +32,10 @@ def decode_rgb(source: Path | bytes) -> DecodedImage:
     """
     try:
         fp = io.BytesIO(source) if isinstance(source, bytes) else source
-        with Image.open(fp) as im:
-            im.load()
-            mode = im.mode
-            im = ImageOps.exif_transpose(im)
+        with Image.open(fp) as opened:
+            opened.load()
+            mode = opened.mode
+            im: Image.Image = ImageOps.exif_transpose(opened)
             scaled = ""
             if im.mode in HIGH_DEPTH_MODES:
                 im, scaled = _to_8bit(im)

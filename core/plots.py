@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +111,7 @@ def reliability_figure(tables: dict[str, pd.DataFrame], title: str = "Reliabilit
 
 
 def history_figure(
-    history: pd.DataFrame, x: str, panels: dict[str, Sequence[str]], title: str = "Training history"
+    history: pd.DataFrame, x: str, panels: Mapping[str, Sequence[str]], title: str = "Training history"
 ) -> Figure:
     """One panel per entry of ``panels`` (panel title -> columns of ``history`` plotted against ``x``)."""
     fig = new_figure(4.0 * len(panels), 3.4)

@@ -61,7 +61,7 @@ def git_commit() -> str:
 
 
 def flat_params(params: Any, prefix: str) -> dict[str, Any]:
-    raw = asdict(params) if is_dataclass(params) else dict(params)
+    raw = asdict(params) if is_dataclass(params) and not isinstance(params, type) else dict(params)
     out: dict[str, Any] = {}
     for key, value in raw.items():
         if isinstance(value, dict):

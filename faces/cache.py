@@ -237,7 +237,8 @@ def run_faces(raw: pd.DataFrame, cropper: FaceCropper, cache: FaceCache, root: P
     rows = usable_rows(raw)
     counts = RunCounts()
     keys: list[str | None] = []
-    todo: dict[str, Path] = {}
+    key: str | None
+    todo: dict[str, Job] = {}
     for _, row in rows.iterrows():
         src = root / row["path"]
         if not row["path"] or not src.is_file():
@@ -255,17 +256,19 @@ def run_faces(raw: pd.DataFrame, cropper: FaceCropper, cache: FaceCache, root: P
 
     out_rows, sources = [], {}
     for (_, row), key in zip(rows.iterrows(), keys):
-        entry = cache.load(key) if key else None
+        loaded = cache.load(key) if key else None
         if key is None:
             entry = CacheEntry("error", f"raw file missing: {row['path'] or '(empty path)'}", None, 0.0, "")
-        elif entry is None:
+        elif loaded is None:
             raise RuntimeError(f"faces cache entry for {row['id']} ({key}) vanished during the run")
+        else:
+            entry = loaded
         path = f"data/faces/images/{row['id']}{cache.ext}" if entry.has_crop else ""
-        if path:
+        if path and key:
             sources[path] = cache.crop_path(key)
-        box = entry.box or ["", "", "", ""]
-        region = entry.region or ["", "", "", ""]
-        raw_size = entry.raw_size or ["", ""]
+        box: Sequence[float | str] = entry.box or ["", "", "", ""]
+        region: Sequence[int | str] = entry.region or ["", "", "", ""]
+        raw_size: Sequence[int | str] = entry.raw_size or ["", ""]
         out_rows.append(
             {
                 **{c: row[c] for c in ("id", "label", "generator", "source", "group", "predefined_split")},

@@ -215,7 +215,7 @@ def fd_mobilenet_hook(
     from generator.fidelity import Features, frechet_distance
 
     weights = mobilenet_weights()
-    if not weights.available:
+    if weights.path is None:
         log(f"generator.fd_every_epochs={every_epochs}: per-epoch fd_mobilenet skipped: {weights.instructions}")
         return None
     features = Features(MOBILENET, MOBILENET_LAYER, weights.path, batch_size)

@@ -62,11 +62,17 @@ class ConvBNAct(nn.Sequential):
         super().__init__(*layers)
 
 
+def linear_or_bn_weight(layer: nn.Module) -> torch.Tensor:
+    assert isinstance(layer, nn.BatchNorm2d | nn.Linear), type(layer)
+    return layer.weight
+
+
 class ResidualBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(ConvBNAct(channels, channels), ConvBNAct(channels, channels, act=False))
-        nn.init.zeros_(self.body[1][1].weight)  # start as identity: the last BN's scale is zero
+        last = ConvBNAct(channels, channels, act=False)
+        self.body = nn.Sequential(ConvBNAct(channels, channels), last)
+        nn.init.zeros_(linear_or_bn_weight(last[1]))  # start as identity: the last BN's scale is zero
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,9 +112,10 @@ class DeepfakeClassifier(nn.Module):
     def __init__(self, backbone: nn.Module, n_features: int, dropout: float) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(n_features, 1))
-        nn.init.zeros_(self.head[1].weight)  # start at p = 0.5 for every image: no random overconfidence
-        nn.init.zeros_(self.head[1].bias)
+        linear = nn.Linear(n_features, 1)
+        self.head = nn.Sequential(nn.Dropout(dropout), linear)
+        nn.init.zeros_(linear.weight)  # start at p = 0.5 for every image: no random overconfidence
+        nn.init.zeros_(linear.bias)
         self.backbone_frozen = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,7 +151,7 @@ def _resnet18() -> tuple[nn.Module, Callable[[nn.Module], int]]:
     from torchvision.models import resnet18
 
     def strip(net: nn.Module) -> int:
-        n = net.fc.in_features
+        n = in_features(net.fc)
         net.fc = nn.Identity()
         return n
 
@@ -152,9 +159,16 @@ def _resnet18() -> tuple[nn.Module, Callable[[nn.Module], int]]:
 
 
 def _strip_sequential_head(net: nn.Module) -> int:
-    n = net.classifier[-1].in_features
+    head = net.classifier
+    assert isinstance(head, nn.Sequential), type(head)
+    n = in_features(head[-1])
     net.classifier = nn.Identity()
     return n
+
+
+def in_features(layer: object) -> int:
+    assert isinstance(layer, nn.Linear), type(layer)
+    return layer.in_features
 
 
 TORCHVISION_ARCHS: dict[str, Callable[[], tuple[nn.Module, Callable[[nn.Module], int]]]] = {

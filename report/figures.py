@@ -37,12 +37,12 @@ def metrics_figure(track: TrackData) -> bytes | None:
     best = track.best_iteration
     for k, name in enumerate(names):
         ax = fig.add_subplot(1, len(names), k + 1)
-        ys = [np.nan if it.metrics.get(name) is None else it.metrics[name] for it in track.iterations]
+        ys = [np.nan if (v := it.metrics.get(name)) is None else v for it in track.iterations]
         ax.plot(xs, ys, marker="o", ms=4, lw=1.4, color="#1f5fa8")
-        if best is not None and best.metrics.get(name) is not None:
+        if best is not None and (best_value := best.metrics.get(name)) is not None:
             ax.scatter(
                 [best.number],
-                [best.metrics[name]],
+                [best_value],
                 marker="*",
                 s=220,
                 color="#f2b705",
@@ -103,15 +103,15 @@ def curves_figure(track: TrackData) -> bytes | None:
 
 
 def roc_figure(track: TrackData) -> bytes | None:
-    drawn = [it for it in track.iterations if it.roc is not None and len(it.roc) > 1]
+    drawn = [(it, it.roc) for it in track.iterations if it.roc is not None and len(it.roc) > 1]
     if not drawn:
         return None
     fig = new_figure(5.2, 4.6)
     ax = fig.add_subplot()
     cmap = [tuple(c) for c in colormaps["viridis"](np.linspace(0.05, 0.9, len(drawn)))]
     best = track.best_iteration
-    for colour, it in zip(cmap, drawn):
-        fpr, tpr = it.roc["fpr"].to_numpy(), it.roc["tpr"].to_numpy()
+    for colour, (it, roc) in zip(cmap, drawn):
+        fpr, tpr = roc["fpr"].to_numpy(), roc["tpr"].to_numpy()
         is_best = it is best
         ax.plot(
             fpr,

@@ -213,8 +213,7 @@ def build_iterations(
 
 
 def best_index(iterations: Sequence[Iteration], primary: str, lower: bool) -> int | None:
-    scored = [(k, it.metrics.get(primary)) for k, it in enumerate(iterations)]
-    scored = [(k, v) for k, v in scored if v is not None]
+    scored = [(k, v) for k, it in enumerate(iterations) if (v := it.metrics.get(primary)) is not None]
     if not scored:
         return None
     pick = min if lower else max

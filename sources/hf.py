@@ -23,6 +23,7 @@ The filesystem is a parameter (``RangeFS``, sources.zips): tests run the same ra
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -284,7 +285,7 @@ def hub_filesystem(endpoint: str | None = None, throttle: HubThrottle | None = N
             self,
             path: str,
             mode: str = "rb",
-            block_size: int | None = None,  # type: ignore[override]
+            block_size: int | None = None,
             revision: str | None = None,
             **kwargs: Any,
         ) -> Any:
@@ -363,7 +364,7 @@ def collect(
         local = LocalFileSystem()
         sources = {}
         for name in DFF_ZIPS:
-            path = with_retries(lambda n=name: fetch_zip(n), params.retries, name, sleep, throttle)
+            path = with_retries(functools.partial(fetch_zip, name), params.retries, name, sleep, throttle)
             if path.stat().st_size != remote[name].size:
                 raise DownloadError(
                     f"{path}: {path.stat().st_size:,} bytes on disk, {remote[name].size:,} on "
@@ -380,7 +381,7 @@ def collect(
     for name, src in sources.items():
         try:
             listings[name] = with_retries(
-                lambda s=src, n=name: list_entries(s, zip_dirs[n] / "entries.json"),
+                functools.partial(list_entries, src, zip_dirs[name] / "entries.json"),
                 params.retries,
                 f"the central directory of {name}",
                 sleep,
@@ -408,7 +409,7 @@ def collect(
         p = by_key[item.key]
         assert p.entry is not None
         return with_retries(
-            lambda: cached_read(p.src, p.entry, p.cache_file), params.retries, p.item.origin, sleep, throttle
+            functools.partial(cached_read, p.src, p.entry, p.cache_file), params.retries, p.item.origin, sleep, throttle
         )
 
     rows = store_all(

@@ -286,7 +286,8 @@ def with_retries(
             f"lost the connection while reading {what} ({attempts} attempts: {last}); "
             f"rerun to resume from data/cache/download/"
         ) from last
-    raise FetchError(f"read failed after {attempts} attempts ({type(last).__name__}: {first_line(last)})")
+    detail = f"{type(last).__name__}: {first_line(last)}" if last is not None else "no attempt made"
+    raise FetchError(f"read failed after {attempts} attempts ({detail})")
 
 
 def first_line(exc: BaseException) -> str:

@@ -133,6 +133,7 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
         # chosen on the calibrated val probabilities; midpoint taken between logits (meaningful when separable)
         threshold = choose_threshold_from_logits(val.labels, result.val_logits, temperature, p.threshold_rule)
         val_metrics = binary_metrics(val.labels, p_cal, threshold)
+        val_summary = {**val_metrics, "ece_before_temperature": binary_metrics(val.labels, p_raw, 0.5)["ece"]}
         summary = {
             "best_epoch": result.best_epoch,
             "epochs_run": len(result.history),
@@ -149,7 +150,7 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
             "processes": world.size,
             "n_train_views": len(views) if views else 0,
             "train_images_per_s": float(np.mean([r.train_images_per_s for r in result.history])),
-            "val": {**val_metrics, "ece_before_temperature": binary_metrics(val.labels, p_raw, 0.5)["ece"]},
+            "val": val_summary,
         }
         ckpt = ClassifierCheckpoint(
             state_dict=result.model.state_dict(),
@@ -178,11 +179,7 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
                 "best_epoch": result.best_epoch,
                 "temperature": temperature,
                 "threshold": threshold,
-                **{
-                    f"final_val_{k}": float(v)
-                    for k, v in summary["val"].items()
-                    if isinstance(v, (int, float)) and v is not None
-                },
+                **{f"final_val_{k}": float(v) for k, v in val_summary.items() if isinstance(v, (int, float))},
             }
         )
         mlflow.set_tags({"classifier.stop_reason": result.stop_reason, "classifier.temperature_reason": fit.reason})
