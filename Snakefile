@@ -60,6 +60,7 @@ rule faces:
         "core/images.py",
         "core/io.py",
         "core/params.py",
+        "core/pixels.py",
         "core/schema.py",
         "core/tracking.py",
         "faces/cache.py",
@@ -67,6 +68,8 @@ rule faces:
         "faces/detect.py",
         "faces/grayscale.py",
         "faces/metrics.py",
+        "faces/pipeline.py",
+        "faces/run.py",
         "data/raw/images",
         "data/raw/manifest.csv",
     output:

@@ -7,18 +7,26 @@
 Images are read in place from ../shared/data (never copied). Both paths decode, detect, crop,
 resize and encode each image; they differ only in detection: the stage letterboxes a copy with
 longer side ``detect_side`` into equal canvases and runs MTCNN on ``batch_size`` of them at once;
-the naive loop calls ``MTCNN().detect`` once per full-size image, as notebooks do. A naive
-detection (most probable face, prob >= min_prob) counts as found when the stage also has a face
->= min_prob whose box has IoU >= 0.5 with it.
+the naive loop calls ``MTCNN().detect`` once per full-size image, as notebooks do; the stage spreads
+its batches over ``faces.workers`` processes (one torch thread each). A naive detection (most
+probable face, prob >= min_prob) counts as found when the stage also has a face >= min_prob whose
+box has IoU >= 0.5 with it.
+
+The paths run interleaved (bench/interleave.py: a warm-up round, then ``--rounds`` rounds of every
+path in turn, ``--quick`` for 2); each figure is printed as median [min–max] over the rounds, the
+speed-up as the median of the per-round ratios, with the load average at the start and the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
+import resource
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +38,14 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from bench.interleave import Figures, add_rounds_arguments, interleaved, rounds_from  # noqa: E402
 from core.device import pick_device, set_threads  # noqa: E402
 from core.images import decode_rgb, encode  # noqa: E402
 from core.params import FacesParams, load_block  # noqa: E402
-from faces.cache import FaceCache, Job, process  # noqa: E402
+from faces.cache import FaceCache  # noqa: E402
 from faces.crop import FaceCropper, crop_resize, face_square  # noqa: E402
 from faces.detect import Box, best_detection  # noqa: E402
+from faces.pipeline import Job, process_on_workers, worker_count  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETS = (("hardfakevsreal", 100), ("ciplab_real_and_fake", 100))
@@ -60,7 +70,12 @@ Found = list[tuple[Box, float] | None]
 @dataclass(frozen=True)
 class Timing:
     wall: float  # seconds
-    cpu: float  # process CPU seconds (less sensitive to other load on the machine)
+    cpu: float  # CPU seconds of this process and its finished worker processes
+
+
+def cpu_seconds() -> float:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # worker processes, once the pool has shut down
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def run_stage(paths: list[Path], params: FacesParams) -> tuple[Timing, Found]:
@@ -71,10 +86,12 @@ def run_stage(paths: list[Path], params: FacesParams) -> tuple[Timing, Found]:
     with tempfile.TemporaryDirectory() as tmp:
         cache = FaceCache(Path(tmp), cropper.extension)
         todo = {f"{i:04d}": Job(p) for i, p in enumerate(paths)}
-        with tqdm(total=len(todo), desc=f"stage side={params.detect_side} bs={params.batch_size}") as bar:
-            start, cpu = time.perf_counter(), time.process_time()
-            process(todo, cropper, cache, progress=bar.update)
-            timing = Timing(time.perf_counter() - start, time.process_time() - cpu)
+        workers = worker_count(params.workers)
+        desc = f"stage side={params.detect_side} bs={params.batch_size} workers={workers}"
+        with tqdm(total=len(todo), desc=desc, leave=False) as bar:
+            start, cpu = time.perf_counter(), cpu_seconds()
+            process_on_workers(todo, cropper, cache, workers, progress=bar.update)
+            timing = Timing(time.perf_counter() - start, cpu_seconds() - cpu)
         found: list[tuple[Box, float] | None] = []
         for key in todo:
             entry = cache.load(key)
@@ -93,8 +110,8 @@ def run_naive(paths: list[Path], params: FacesParams, threads: int) -> tuple[Tim
     mtcnn = MTCNN(device=pick_device(params.device))  # library defaults, as in notebooks
     mtcnn.detect(decode_rgb(paths[0]).image)  # warm-up
     found: list[tuple[Box, float] | None] = []
-    start, cpu = time.perf_counter(), time.process_time()
-    for path in tqdm(paths, desc="naive"):
+    start, cpu = time.perf_counter(), cpu_seconds()
+    for path in tqdm(paths, desc="naive", leave=False):
         image = decode_rgb(path).image
         boxes, probs = mtcnn.detect(image)
         det = best_detection(boxes, probs, (1.0, 1.0))
@@ -105,7 +122,7 @@ def run_naive(paths: list[Path], params: FacesParams, threads: int) -> tuple[Tim
             found.append((det.box, det.prob))
         else:
             found.append(None)
-    return Timing(time.perf_counter() - start, time.process_time() - cpu), found
+    return Timing(time.perf_counter() - start, cpu_seconds() - cpu), found
 
 
 def compare(naive: Found, stage: Found) -> tuple[int, int]:
@@ -137,6 +154,7 @@ def main() -> None:
     )
     parser.add_argument("--min-face", type=int)
     parser.add_argument("--threads", type=int, help="torch threads of the stage path (default: faces.threads)")
+    parser.add_argument("--workers", type=int, help="detection processes of the stage path (default: faces.workers)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-naive", action="store_true", help="stage path only (no comparison)")
     parser.add_argument(
@@ -146,45 +164,49 @@ def main() -> None:
         help="torch threads of the naive loop (default: torch's own default, as in notebooks)",
     )
     parser.add_argument("--real-rate", metavar="SET", help="also report the detection rate on SET/real/*.jpg")
+    add_rounds_arguments(parser)
     args = parser.parse_args()
 
     params = load_block("faces", FacesParams)
-    overrides = {k: v for k, v in (("min_face", args.min_face), ("threads", args.threads)) if v is not None}
-    params = dataclasses.replace(params, **overrides)
+    changes = (("min_face", args.min_face), ("threads", args.threads), ("workers", args.workers))
+    params = dataclasses.replace(params, **{k: v for k, v in changes if v is not None})
     configs = parse_configs(args.configs) if args.configs else [(params.detect_side, params.batch_size)]
     paths = pick_images(args.seed)
-    print(
-        f"{len(paths)} images from {SHARED}; torch threads: naive {args.naive_threads}, "
-        f"stage {params.threads or 'all'}; params {params}"
-    )
-
-    naive_t, naive_found = run_naive(paths, params, args.naive_threads) if not args.skip_naive else (None, [])
-    rows = []
-    for side, bs in configs:
-        timing, found = run_stage(paths, dataclasses.replace(params, detect_side=side, batch_size=bs))
-        rows.append((f"stage side={side} batch={bs} threads={params.threads}", timing, found))
-
     n = len(paths)
     print(
-        "\n| path | images | wall s | images/s | CPU s | faces >= min_prob | speed-up (wall / CPU) "
-        "| naive detections found |\n|---|---|---|---|---|---|---|---|"
+        f"{n} images from {SHARED}; torch threads: naive {args.naive_threads}, stage {params.threads or 'all'} "
+        f"x {worker_count(params.workers)} workers; params {params}"
     )
-    if naive_t:
-        print(
-            f"| naive: MTCNN.detect per full-size image, {args.naive_threads} threads | {n} | {naive_t.wall:.1f} "
-            f"| {n / naive_t.wall:.2f} "
-            f"| {naive_t.cpu:.1f} | {sum(1 for f in naive_found if f)} | 1x | - |"
-        )
-    for name, t, found in rows:
-        speed = found_share = "-"
-        if naive_t:
-            hits, total = compare(naive_found, found)
-            speed = f"{naive_t.wall / t.wall:.2f}x / {naive_t.cpu / t.cpu:.2f}x"
-            found_share = f"{hits}/{total} = {hits / total:.2%}" if total else "-"
-        print(
-            f"| {name} | {n} | {t.wall:.1f} | {n / t.wall:.2f} | {t.cpu:.1f} | {sum(1 for f in found if f)} "
-            f"| {speed} | {found_share} |"
-        )
+
+    found: dict[str, Found] = {}
+
+    def timed(name: str, run: Callable[[], tuple[Timing, Found]]) -> Callable[[], Figures]:
+        def figures() -> Figures:
+            timing, found[name] = run()
+            return {"images_per_s": n / timing.wall, "wall_s": timing.wall, "cpu_s": timing.cpu}
+
+        return figures
+
+    runs: dict[str, Callable[[], Figures]] = {}
+    naive = f"naive ({args.naive_threads} threads)"
+    if not args.skip_naive:
+        runs[naive] = timed(naive, lambda: run_naive(paths, params, args.naive_threads))
+    for side, bs in configs:
+        config = dataclasses.replace(params, detect_side=side, batch_size=bs)
+        name = f"stage side={side} batch={bs}"
+        runs[name] = timed(name, functools.partial(run_stage, paths, config))
+    comparison = interleaved(runs, rounds_from(args))
+    baseline = None if args.skip_naive else naive
+
+    print("\n" + comparison.header())
+    print(comparison.table(["images_per_s", "wall_s", "cpu_s"], baseline, "images_per_s" if baseline else None))
+    print("\n| path | faces >= min_prob | naive detections the path also finds (IoU >= 0.5) |\n|---|---|---|")
+    for name in runs:
+        share = "-"
+        if baseline and name != baseline:
+            hits, total = compare(found[baseline], found[name])
+            share = f"{hits}/{total} = {hits / total:.2%}" if total else "-"
+        print(f"| {name} | {sum(1 for f in found[name] if f)} | {share} |")
     if args.real_rate:
         real_rate(args.real_rate, params)
 

@@ -16,7 +16,7 @@ temperature and validation threshold. Every file gets a status:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from classifier.infer import infer_logits
 from classifier.metrics import calibrated
 from core.images import ImageDecodeError, decode_rgb, square_pixels
 from core.params import DataParams, FacesParams, load_block, parse_block
+from core.pixels import chunks
 from core.schema import IMAGE_EXTENSIONS
 from faces.crop import FaceCropper
 from models.classifier import DeepfakeClassifier
@@ -110,11 +111,6 @@ def min_side_for(ckpt: ClassifierCheckpoint) -> tuple[int, str]:
     return DataParams().min_side, "params default"
 
 
-def _chunks(items: list[Path], n: int) -> Iterator[list[Path]]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
-
-
 def predict_files(
     files: list[Path],
     model: DeepfakeClassifier,
@@ -128,7 +124,7 @@ def predict_files(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     min_side, _ = min_side_for(ckpt)
     out: list[Prediction] = []
-    for chunk in tqdm(list(_chunks(files, batch_size)), desc="predict", unit="batch", mininterval=1.0):
+    for chunk in tqdm(list(chunks(files, batch_size)), desc="predict", unit="batch", mininterval=1.0):
         preds = [Prediction(str(f), "unreadable") for f in chunk]
         decoded: list[tuple[int, Any]] = []
         for i, f in enumerate(chunk):

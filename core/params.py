@@ -82,6 +82,7 @@ class FacesParams:
     device: str = choice("auto", "cpu", "cuda", default="auto")
     min_face: int = bounded(20, 8, 4096)
     threads: int = bounded(1, 0, 256)
+    workers: int = bounded(0, 0, 256)
     grayscale: str = choice(*GRAYSCALE_MODES, default="match")
     framing_views: int = bounded(2, 0, 16)
     framing_min: float = bounded(0.6, 0.1, 1.0)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -24,6 +25,8 @@ from tqdm import tqdm
 from core.errors import InputError, MissingInputError
 from core.images import ImageDecodeError, decode_rgb, square_pixels
 from core.io import stable_hash
+
+T = TypeVar("T")
 
 CACHE_DIR = Path("data/cache/pixels")
 CACHE_VERSION = 1
@@ -99,6 +102,12 @@ def cached_pixels(
     if images.shape != (len(paths), 3, size, size):
         raise InputError(f"{target}: shape {images.shape} does not match its {len(paths)} images", "delete it")
     return images
+
+
+def chunks(items: Sequence[T], n: int) -> Iterator[Sequence[T]]:
+    """``items`` in consecutive pieces of ``n`` (the last one shorter)."""
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
 
 
 def batch_indices(

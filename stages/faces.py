@@ -21,10 +21,12 @@ from core.errors import require, run_stage
 from core.io import atomic_output_dir, atomic_write_bytes, link_or_copy, read_csv, write_csv, write_json
 from core.params import FacesParams, as_dict, load_block
 from core.tracking import flatten_numeric, main_worktree, stage_run
-from faces.cache import FaceCache, cache_key, run_faces
+from faces.cache import FaceCache, cache_key
 from faces.crop import FaceCropper
 from faces.grayscale import apply_policy, gray_copy, views_after_policy
 from faces.metrics import face_metrics, view_metrics
+from faces.pipeline import worker_count
+from faces.run import run_faces
 
 RAW_MANIFEST = Path("data/raw/manifest.csv")
 OUT_DIR = Path("data/faces")
@@ -52,7 +54,8 @@ def main() -> None:
 
     # The per-image work runs before the MLflow run opens, so a killed run leaves no dangling run.
     start = time.perf_counter()
-    run = run_faces(raw, cropper, cache)
+    workers = worker_count(params.workers)
+    run = run_faces(raw, cropper, cache, workers=workers)
     faces = apply_policy(run.faces, params.grayscale)
     views = views_after_policy(run.views, faces)
     counts = run.counts
@@ -80,7 +83,14 @@ def main() -> None:
                 "faces.run.images_per_s": counts.computed / seconds if seconds else 0.0,
             }
         )
-        mlflow.set_tags({"faces.device": str(cropper.device), "faces.threads": threads, "faces.cache": str(cache.root)})
+        mlflow.set_tags(
+            {
+                "faces.device": str(cropper.device),
+                "faces.threads": threads,
+                "faces.workers": workers,
+                "faces.cache": str(cache.root),
+            }
+        )
         mlflow.log_artifact(str(OUT_DIR / "metrics.json"))
 
     o = metrics["overall"]

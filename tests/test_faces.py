@@ -20,9 +20,11 @@ from core.device import pick_device
 from core.io import sha1_bytes
 from core.params import FacesParams, ParamsError, parse_block
 from core.schema import FACE_COLUMNS, RAW_COLUMNS
-from faces.cache import FaceCache, Job, cache_key, process, run_faces
+from faces.cache import FaceCache, cache_key
 from faces.crop import FaceCropper
 from faces.detect import Box, build_mtcnn
+from faces.pipeline import Job, process
+from faces.run import run_faces
 from tests.helpers import set_params
 
 # Where the astronaut's face is in skimage.data.astronaut() (512x512), a generous ground-truth region.
