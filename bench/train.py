@@ -9,12 +9,14 @@
 3. ImageFolder: torchvision ``ImageFolder`` + PIL decoding + torchvision v2 transforms with the same
    augmentations (crop, flip, jitter, JPEG, blur, noise) through a ``DataLoader``, same model.
 
-Pure compute is the best of two runs, the real loop the best of epochs 2 and 3 (epoch 1 warms up).
+Every path runs interleaved with the others of its table (bench/interleave.py: a warm-up round, then
+``--rounds`` rounds, ``--quick`` for 2), printed as median [min–max]; the real loop's figure is its
+second epoch (the first warms up).
 
 Data loading alone is timed too (no model): the cache + augmentations against ImageFolder + PIL with
 the same augmentations and with only crop/flip/jitter.
 Face crops come from ``--split`` (a split CSV of the project) or are synthetic PNGs of ``--size``.
-Prints one table; nothing is asserted.
+Prints two tables; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import dataclasses
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from bench.interleave import Figures, add_rounds_arguments, interleaved, rounds_from
 from classifier.augment import AugmentConfig, Augmenter
 from classifier.data import gather, load_split, normalise
 from classifier.infer import prepare_input
@@ -193,7 +197,9 @@ def main() -> None:
     ap.add_argument("--split", type=Path, default=None, help="use this split CSV's face crops")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="auto")
+    add_rounds_arguments(ap)
     args = ap.parse_args()
+    rounds = rounds_from(args)
     threads = set_threads(args.threads)
     device = pick_device(args.device)
     params = dataclasses.replace(defaults, arch=args.arch, pretrained="none")  # the networks start from scratch here
@@ -213,30 +219,24 @@ def main() -> None:
         data = load_split(csv, args.size, cache_dir=tmp_path / "cache")
         cache_s = time.perf_counter() - t0
         n = len(data)
-        rows: list[tuple[str, float]] = []
 
-        # data only
-        rows.append(
-            (
-                "data only: uint8 cache + tensor augmentations",
-                loader_only_cache(data.images, aug, args.batch_size, device),
-            )
-        )
+        def folder_loader(workers: int, same_augmentations: bool) -> Callable[[], Figures]:
+            return lambda: {
+                "images_per_s": loader_only_imagefolder(
+                    imagefolder_loader(folder, args.size, args.batch_size, workers, aug if same_augmentations else None)
+                )
+            }
+
+        data_paths: dict[str, Callable[[], Figures]] = {
+            "uint8 cache + tensor augmentations": lambda: {
+                "images_per_s": loader_only_cache(data.images, aug, args.batch_size, device)
+            }
+        }
         for w in args.workers:
-            rows.append(
-                (
-                    f"data only: ImageFolder + PIL, crop/flip/jitter, {w} workers",
-                    loader_only_imagefolder(imagefolder_loader(folder, args.size, args.batch_size, w)),
-                )
-            )
-            rows.append(
-                (
-                    f"data only: ImageFolder + PIL, same augmentations, {w} workers",
-                    loader_only_imagefolder(imagefolder_loader(folder, args.size, args.batch_size, w, aug)),
-                )
-            )
+            data_paths[f"ImageFolder + PIL, crop/flip/jitter, {w} workers"] = folder_loader(w, False)
+            data_paths[f"ImageFolder + PIL, same augmentations, {w} workers"] = folder_loader(w, True)
+        data_only = interleaved(data_paths, rounds)
 
-        # training
         torch.manual_seed(0)
         x = torch.from_numpy(np.array(data.images[: args.batch_size * 2]))
         batches = [
@@ -246,60 +246,50 @@ def main() -> None:
         labels = [
             torch.from_numpy(data.labels[i : i + args.batch_size]).to(device) for i in range(0, len(x), args.batch_size)
         ]
-        compute = max(
-            pure_compute(build_classifier(spec).to(device), batches, labels, device, args.steps) for _ in range(2)
-        )
-        rows.append(("train: pure compute (in-memory tensors)", compute))
-        # params defaults, 3 whole epochs, every layer trained (no frozen warm-up, no early stop, no budget)
+        # params defaults, 2 whole epochs, every layer trained (no frozen warm-up, no early stop, no budget)
         loop = dataclasses.replace(
             params,
-            epochs=3,
+            epochs=2,
             batch_size=args.batch_size,
             freeze_backbone_epochs=0,
             early_stopping_patience=0,
             max_minutes=0,
         )
         val_idx = np.linspace(0, n - 1, min(n, 2 * args.batch_size)).astype(int)  # both classes
-        result = train_loop(
-            build_classifier(spec),
-            data.images,
-            data.labels,
-            data.images[val_idx],
-            data.labels[val_idx],
-            loop,
-            device,
-            mean,
-            std,
-            progress=False,
-        )
-        real = max(h.train_images_per_s for h in result.history[1:])
-        rows.append(("train: real loop (cache + augmentations), best of epochs 2-3", real))
+
+        def real_loop() -> Figures:
+            model = build_classifier(spec)
+            val_x, val_y = data.images[val_idx], data.labels[val_idx]
+            result = train_loop(model, data.images, data.labels, val_x, val_y, loop, device, mean, std, progress=False)
+            return {"images_per_s": result.history[-1].train_images_per_s}  # epoch 2: epoch 1 warms up
+
+        def folder_train(workers: int) -> Callable[[], Figures]:
+            loader = imagefolder_loader(folder, args.size, args.batch_size, workers, aug)
+            return lambda: {
+                "images_per_s": imagefolder_train(build_classifier(spec).to(device), loader, device, args.steps)
+            }
+
+        train_paths: dict[str, Callable[[], Figures]] = {
+            "pure compute (in-memory tensors)": lambda: {
+                "images_per_s": pure_compute(build_classifier(spec).to(device), batches, labels, device, args.steps)
+            },
+            "real loop (cache + augmentations), epoch 2": real_loop,
+        }
         for w in args.workers:
-            loader = imagefolder_loader(folder, args.size, args.batch_size, w, aug)
-            rows.append(
-                (
-                    f"train: ImageFolder + PIL, same augmentations, {w} workers",
-                    imagefolder_train(build_classifier(spec).to(device), loader, device, args.steps),
-                )
-            )
+            train_paths[f"ImageFolder + PIL, same augmentations, {w} workers"] = folder_train(w)
+        training = interleaved(train_paths, rounds)
 
     print(
         f"\nbench.train: arch {args.arch}, {args.size}px, batch {args.batch_size}, {n} images, device {device}, "
         f"torch threads {threads}; cache built in {cache_s:.1f}s ({n / cache_s:.0f} img/s)"
     )
-    width = max(len(r[0]) for r in rows)
-    print(f"{'measurement':<{width}}  images/s")
-    for name, value in rows:
-        print(f"{name:<{width}}  {value:8.1f}")
-    same = max(v for k, v in rows if k.startswith("data only: ImageFolder") and "same" in k)
-    minimal = max(v for k, v in rows if k.startswith("data only: ImageFolder") and "same" not in k)
-    fastest_folder_train = max(v for k, v in rows if k.startswith("train: ImageFolder"))
-    print(f"real loop / pure compute: {real / compute:.2f} (target >= 1/1.2 = 0.83)")
-    print(
-        f"data: cache+aug / best ImageFolder loader with the same augmentations: {rows[0][1] / same:.1f}x, "
-        f"with only crop/flip/jitter: {rows[0][1] / minimal:.1f}x (target >= 5x)"
-    )
-    print(f"train: real loop / best ImageFolder training loop: {real / fastest_folder_train:.2f}x")
+    cache_path = next(iter(data_paths))
+    print(f"\ndata only (no model); {data_only.header()}")
+    print(data_only.table(["images_per_s"], cache_path, "images_per_s"))
+    print("(target: the cache path >= 5x the ImageFolder loaders, i.e. their ratio <= 0.2x)")
+    print(f"\ntraining; {training.header()}")
+    print(training.table(["images_per_s"], next(iter(train_paths)), "images_per_s"))
+    print("(target: the real loop >= 1/1.2 = 0.83x of pure compute)")
 
 
 if __name__ == "__main__":
