@@ -258,3 +258,30 @@ def test_predict_gives_uncertainty_and_the_calibrated_set(tmp_path: Path) -> Non
     assert all(p.prediction_set == "real|fake" for p in preds)  # alpha 0: every label, never empty
     assert all(p.uncertainty is not None and 0 <= p.uncertainty <= 1 for p in preds)
     assert scorer.passes == 5
+
+
+def test_report_compares_uncertainty_across_iterations() -> None:
+    from report.document import Heading, Table
+    from report.iterations import CLASSIFIER, Iteration, TrackData
+    from report.runs import RunInfo
+    from report.uncertainty import uncertainty_blocks
+
+    def ev(start: int, coverage: float, passes: str) -> RunInfo:
+        metrics = {
+            "uncertainty.coverage": coverage,
+            "uncertainty.aurc": 0.05,
+            "uncertainty.per_generator.gan_a.coverage": 0.5,
+        }
+        params = {"evaluate.alpha": "0.1", "evaluate.mc_dropout_passes": passes}
+        return RunInfo(f"e{start}", "evaluate", "FINISHED", start, start + 1, params, metrics, {})
+
+    train = RunInfo("t", "train_classifier", "FINISHED", 0, 1, {"classifier.ensemble": "2"}, {}, {})
+    its = [Iteration(1, train, ev(2, 0.91, "0")), Iteration(2, train, ev(4, 0.70, "20")), Iteration(3, None, None)]
+    blocks = uncertainty_blocks(TrackData(CLASSIFIER, [], "roc_auc", frozenset(), its))
+    assert isinstance(blocks[0], Heading) and blocks[0].text == "Uncertainty"
+    (table,) = [b for b in blocks if isinstance(b, Table)]
+    assert len(table.rows) == 2  # iterations with an evaluation run
+    first, second = table.rows
+    assert first[1].lines[0][0].text == "N=2, T=0, alpha=0.1" and second[1].lines[0][0].text.endswith("T=20, alpha=0.1")
+    assert first[2].lines[0][0].kind == "good" and second[2].lines[0][0].kind == "bad"  # 0.70 is far from 0.90
+    assert first[-1].lines[0][0].text == "gan_a 0.50"
