@@ -16,6 +16,7 @@ coverage is only guaranteed for images exchangeable with the calibration split, 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -145,13 +146,19 @@ def evaluate_uncertainty(
 ) -> UncertaintyResult:
     """Every method on the test split; conformal sets, per-generator figures and the primary method's report."""
     methods = method_passes(n_members, s.passes, s.dropout)
-    preds = {name: scoring.predictive(test_images, passes, members) for name, (passes, members) in methods.items()}
+    preds: dict[str, Predictive] = {}
+    seconds: dict[str, float] = {}
+    for name, (passes, members) in methods.items():
+        t0 = time.perf_counter()
+        preds[name] = scoring.predictive(test_images, passes, members)
+        seconds[name] = time.perf_counter() - t0
     primary = list(methods)[-1]
     conformal, skipped = calibrate(scoring, calib, *methods[primary], s)
     by_method: dict[str, Any] = {}
     for name, (passes, members) in methods.items():
         cc = conformal if name == primary else calibrate(scoring, calib, passes, members, s)[0]
         by_method[name] = group_metrics(preds[name], y, s.threshold, _sets(cc, preds[name], s.alpha), s.bins)
+        by_method[name]["test_seconds"] = seconds[name]  # wall time of the method's samples of the test split
     pred = preds[primary]
     sets = _sets(conformal, pred, s.alpha)
     gens = np.asarray(generators, dtype=str)
