@@ -248,7 +248,7 @@ def main() -> None:
             train_frame, test.frame, warn_auc=p.audit_warn_auc
         )
         scoring = Scoring(model, temperature, mean, std, device, p.batch_size, p.seed)
-        unc_settings = Settings(p.alpha, p.conformal, p.mc_dropout_passes, ckpt.spec.dropout, p.ece_bins, threshold)
+        unc_settings = Settings(p.alpha, p.conformal, p.mc_dropout_passes, p.ece_bins, threshold)
         unc = evaluate_uncertainty(
             scoring,
             test.images,

@@ -23,7 +23,7 @@ from tests.helpers import set_params
 from tests.test_predict import CentreBoxDetector
 from tests.test_split import faces_frame
 from uncertainty.conformal import ConformalSets, set_metrics, set_names
-from uncertainty.predictive import Predictive, predictive_samples
+from uncertainty.predictive import Predictive, head_samples, method_samples, predictive_samples
 from uncertainty.score import load_scorer
 from uncertainty.selective import accuracy_at_coverage, aurc, error_detection_auc
 
@@ -133,16 +133,25 @@ def pixels(n: int = 6, size: int = 32) -> np.ndarray:
 def test_mc_dropout_passes_differ_only_with_dropout_on() -> None:
     mean, std = (0.5,) * 3, (0.5,) * 3
     on = predictive_samples(small_net(0.5), pixels(), 1.0, 8, 4, CPU, mean, std, seed=0, progress=False)
-    off = predictive_samples(small_net(0.0), pixels(), 1.0, 8, 4, CPU, mean, std, seed=0, progress=False)
     assert on.shape == (8, 6) and np.ptp(on, axis=0).min() > 0
-    assert np.ptp(off, axis=0).max() == 0
     again = predictive_samples(small_net(0.5), pixels(), 1.0, 8, 4, CPU, mean, std, seed=0, progress=False)
     assert np.array_equal(on, again)  # seeded masks
-    # no passes: dropout off, the network's own eval-mode probability
+    features = torch.rand(6, small_net(0.0).head[1].in_features)
+    g = torch.Generator().manual_seed(0)
+    off = head_samples(small_net(0.0), features, 8, g)  # the head's dropout at 0: every pass the same
+    assert off.shape == (8, 6) and torch.equal(off, off[:1].expand(8, -1))
+    assert head_samples(small_net(0.5), features, 8, g).std(0).min() > 0
+    # dropout off (no passes, or a model without dropout): one sample per member, the eval-mode probability
     net = small_net(0.5)
-    plain = predictive_samples(net, pixels(), 2.0, 0, 4, CPU, mean, std, progress=False)
+    methods = method_samples(net, pixels(), 2.0, 0, 4, CPU, mean, std, progress=False)
+    assert list(methods) == ["single"] and methods["single"].shape == (1, 6)
     x = (torch.from_numpy(pixels()).float() / 255 - 0.5) / 0.5
-    assert np.allclose(plain[0], torch.sigmoid(net(x) / 2.0).detach().numpy(), atol=1e-5)
+    assert np.allclose(methods["single"][0], torch.sigmoid(net(x) / 2.0).detach().numpy(), atol=1e-5)
+    assert list(method_samples(small_net(0.0), pixels(), 1.0, 8, 4, CPU, mean, std, progress=False)) == ["single"]
+    ens = DeepfakeEnsemble([small_net(0.5, 0), small_net(0.5, 1)], 1.0)
+    both = method_samples(ens, pixels(), 1.0, 3, 4, CPU, mean, std, progress=False)
+    assert list(both) == ["single", "ensemble", "mc_dropout"] and both["mc_dropout"].shape == (6, 6)
+    assert np.array_equal(both["single"][0], both["ensemble"][0])
 
 
 def test_ensemble_logit_is_the_members_mean_probability() -> None:

@@ -26,7 +26,7 @@ import torch
 
 from classifier.metrics import binary_metrics
 from uncertainty.conformal import ConformalSets, set_metrics
-from uncertainty.predictive import Predictive, predictive_samples
+from uncertainty.predictive import Predictive, method_samples
 from uncertainty.selective import selective_metrics
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -44,10 +44,9 @@ class Scoring:
     batch_size: int
     seed: int
 
-    def predictive(
-        self, images: np.ndarray, passes: int, members: int | None = None, transform: Transform | None = None
-    ) -> Predictive:
-        samples = predictive_samples(
+    def methods(self, images: np.ndarray, passes: int, transform: Transform | None = None) -> dict[str, Predictive]:
+        """Every method's predictive samples (uncertainty.predictive.method_samples); the last is the primary."""
+        samples = method_samples(
             self.model,
             images,
             self.temperature,
@@ -60,19 +59,11 @@ class Scoring:
             transform,
             progress=False,
         )
-        if members is not None:  # the first ``members`` members' samples
-            samples = samples[: members * max(passes, 1)]
-        return Predictive.from_samples(samples)
+        return {name: Predictive.from_samples(v) for name, v in samples.items()}
 
-
-def method_passes(n_members: int, passes: int, dropout: float) -> dict[str, tuple[int, int | None]]:
-    """Method name -> (MC dropout passes, members used or None for all); the last is the primary method."""
-    out: dict[str, tuple[int, int | None]] = {"single": (0, 1)}
-    if n_members > 1:
-        out["ensemble"] = (0, None)
-    if passes > 0 and dropout > 0:
-        out["mc_dropout"] = (passes, None)
-    return out
+    def predictive(self, images: np.ndarray, passes: int, transform: Transform | None = None) -> Predictive:
+        """The primary (richest) method's samples."""
+        return list(self.methods(images, passes, transform).values())[-1]
 
 
 def group_metrics(
@@ -116,22 +107,20 @@ class Settings:
     alpha: float
     mode: str  # evaluate.conformal
     passes: int
-    dropout: float
     bins: int
     threshold: float
 
 
 def calibrate(
-    scoring: Scoring, calib: tuple[np.ndarray, np.ndarray] | None, passes: int, members: int | None, s: Settings
-) -> tuple[ConformalSets | None, str]:
-    """The conformal classifier of the calibration images (None and why when there are none)."""
-    if calib is None:
-        return None, "no calibration split (split.calib is 0, or the splits predate it): no prediction sets"
-    images, labels = calib
+    preds: dict[str, Predictive] | None, labels: np.ndarray | None, s: Settings
+) -> tuple[dict[str, ConformalSets], str]:
+    """Per method, the conformal classifier of the calibration images (none, and why, when there are none)."""
+    if preds is None or labels is None:
+        return {}, "no calibration split (split.calib is 0, or the splits predate it): no prediction sets"
     try:
-        return ConformalSets.fit(scoring.predictive(images, passes, members).prob, labels, s.mode), ""
+        return {name: ConformalSets.fit(pred.prob, labels, s.mode) for name, pred in preds.items()}, ""
     except ValueError as e:
-        return None, f"conformal calibration skipped: {e}"
+        return {}, f"conformal calibration skipped: {e}"
 
 
 def evaluate_uncertainty(
@@ -145,22 +134,18 @@ def evaluate_uncertainty(
     n_members: int,
 ) -> UncertaintyResult:
     """Every method on the test split; conformal sets, per-generator figures and the primary method's report."""
-    methods = method_passes(n_members, s.passes, s.dropout)
-    preds: dict[str, Predictive] = {}
-    seconds: dict[str, float] = {}
-    for name, (passes, members) in methods.items():
-        t0 = time.perf_counter()
-        preds[name] = scoring.predictive(test_images, passes, members)
-        seconds[name] = time.perf_counter() - t0
-    primary = list(methods)[-1]
-    conformal, skipped = calibrate(scoring, calib, *methods[primary], s)
-    by_method: dict[str, Any] = {}
-    for name, (passes, members) in methods.items():
-        cc = conformal if name == primary else calibrate(scoring, calib, passes, members, s)[0]
-        by_method[name] = group_metrics(preds[name], y, s.threshold, _sets(cc, preds[name], s.alpha), s.bins)
-        by_method[name]["test_seconds"] = seconds[name]  # wall time of the method's samples of the test split
+    t0 = time.perf_counter()
+    preds = scoring.methods(test_images, s.passes)
+    test_seconds = time.perf_counter() - t0
+    primary = list(preds)[-1]
+    calib_preds = scoring.methods(calib[0], s.passes) if calib is not None else None
+    conformal, skipped = calibrate(calib_preds, calib[1] if calib is not None else None, s)
+    by_method = {
+        name: group_metrics(pred, y, s.threshold, _sets(conformal.get(name), pred, s.alpha), s.bins)
+        for name, pred in preds.items()
+    }
     pred = preds[primary]
-    sets = _sets(conformal, pred, s.alpha)
+    sets = _sets(conformal.get(primary), pred, s.alpha)
     gens = np.asarray(generators, dtype=str)
     per_generator = {
         g: group_metrics(pred.take(gens == g), y[gens == g], s.threshold, _rows(sets, gens == g), s.bins)
@@ -169,19 +154,20 @@ def evaluate_uncertainty(
     report: dict[str, Any] = {
         "method": primary,
         "ensemble": n_members,
-        "mc_dropout_passes": methods[primary][0],
+        "mc_dropout_passes": s.passes if primary == "mc_dropout" else 0,
         "alpha": s.alpha,
         "target_coverage": 1.0 - s.alpha,
         "conformal": s.mode,
         "conformal_skipped": skipped,
         "n_calib": 0 if calib is None else int(len(calib[1])),
         "uncertainty_score": "total predictive entropy H(mean p) in bits (higher = less certain)",
+        "test_seconds": test_seconds,  # every method's samples of the test split (one backbone pass per member)
         **by_method[primary],
         "per_generator": per_generator,
         "methods": by_method,
         "exchangeability": exchangeability(per_generator, unseen, s.alpha),
     }
-    return UncertaintyResult(report, preds, sets, conformal)
+    return UncertaintyResult(report, preds, sets, conformal.get(primary))
 
 
 def shift_metrics(
@@ -193,8 +179,7 @@ def shift_metrics(
     transform: Transform | None = None,
 ) -> dict[str, Any]:
     """The primary method's figures on changed images (a robustness distortion or a counterfactual probe)."""
-    passes = s.passes if s.passes > 0 and s.dropout > 0 else 0
-    pred = scoring.predictive(images, passes, None, transform)
+    pred = scoring.predictive(images, s.passes, transform)
     return group_metrics(pred, y, s.threshold, _sets(conformal, pred, s.alpha), s.bins)
 
 

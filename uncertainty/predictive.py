@@ -80,7 +80,7 @@ def head_samples(net: DeepfakeClassifier, features: torch.Tensor, passes: int, g
 
 
 @torch.no_grad()
-def predictive_samples(
+def method_samples(
     model: nn.Module,
     images: np.ndarray,
     temperature: float,
@@ -93,14 +93,16 @@ def predictive_samples(
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: bool = True,
     desc: str = "uncertainty",
-) -> np.ndarray:
-    """(members x max(passes, 1), n) temperature-scaled probabilities of fake for (n, 3, S, S) uint8 images.
-
-    The same seed gives the same dropout masks (the generator lives on ``device``)."""
+) -> dict[str, np.ndarray]:
+    """Temperature-scaled probabilities of fake for (n, 3, S, S) uint8 images, per method, from one backbone
+    pass per member: ``single`` (1, n: member 0, dropout off), ``ensemble`` (members, n; only with several
+    members) and ``mc_dropout`` (members x passes, n; only with passes > 0 and dropout in the head). The
+    last key is the richest method. The same seed gives the same dropout masks (generator on ``device``)."""
     nets = members_of(model)
     g = torch.Generator(device=device).manual_seed(seed)
-    k = max(passes, 1)
-    out = np.empty((len(nets) * k, len(images)), dtype=np.float64)
+    with_mc = passes > 0 and all(_head_parts(net)[0] > 0 for net in nets)
+    det = np.empty((len(nets), len(images)), dtype=np.float64)
+    mc = np.empty((len(nets) * passes if with_mc else 0, len(images)), dtype=np.float64)
     for net in nets:
         net.eval()
     for pos in tqdm(
@@ -110,6 +112,35 @@ def predictive_samples(
         x = transform(batch).to(device) if transform is not None else to_unit(batch.to(device))
         x = prepare_input(x, mean, std, device)
         for m, net in enumerate(nets):
-            logits = head_samples(net, net.backbone(x).float(), passes, g)
-            out[m * k : (m + 1) * k, pos] = torch.sigmoid(logits / temperature).cpu().numpy()
+            features = net.backbone(x).float()
+            det[m, pos] = torch.sigmoid(head_samples(net, features, 0, g)[0] / temperature).cpu().numpy()
+            if with_mc:
+                logits = head_samples(net, features, passes, g)
+                mc[m * passes : (m + 1) * passes, pos] = torch.sigmoid(logits / temperature).cpu().numpy()
+    out = {"single": det[:1]}
+    if len(nets) > 1:
+        out["ensemble"] = det
+    if with_mc:
+        out["mc_dropout"] = mc
     return out
+
+
+def predictive_samples(
+    model: nn.Module,
+    images: np.ndarray,
+    temperature: float,
+    passes: int,
+    batch_size: int,
+    device: torch.device,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    seed: int = 0,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """The richest method's samples: members x passes MC dropout samples when the head has dropout and
+    passes > 0, else one dropout-off sample per member."""
+    samples = method_samples(
+        model, images, temperature, passes, batch_size, device, mean, std, seed, transform, progress
+    )
+    return samples["mc_dropout"] if "mc_dropout" in samples else samples.get("ensemble", samples["single"])
