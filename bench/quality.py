@@ -75,10 +75,12 @@ def run_stages(workdir: Path) -> dict[str, float]:
 def summarise(name: str, workdir: Path, seconds: dict[str, float]) -> dict[str, Any]:
     ev = json.loads((workdir / "results/eval/metrics.json").read_text())
     tr = json.loads((workdir / "results/classifier/metrics.json").read_text())
+    unc_path = workdir / "results/eval/uncertainty.json"
+    unc = json.loads(unc_path.read_text()) if unc_path.exists() else {}
     test = ev["test"]
     return {
         "set": name,
-        "train/val/test": f"{tr['n_train']}/{tr['n_val']}/{test['n']}",
+        "train/val/calib/test": f"{tr['n_train']}/{tr['n_val']}/{unc.get('n_calib', 0)}/{test['n']}",
         "epochs": f"{tr['best_epoch']}/{tr['epochs_run']}",
         "val_auc": tr["val"]["roc_auc"],
         "test_auc": test["roc_auc"],
@@ -89,6 +91,7 @@ def summarise(name: str, workdir: Path, seconds: dict[str, float]) -> dict[str, 
         "meta_auc": ev["shortcut_audit"]["metadata_roc_auc"],
         **counterfactual_columns(ev),
         **audit_columns(ev),
+        **uncertainty_columns(unc),
         "T": tr["temperature"],
         "faces_s": seconds["faces"],
         "train_s": seconds["train_classifier"],
@@ -106,6 +109,27 @@ def counterfactual_columns(ev: dict[str, Any]) -> dict[str, Any]:
     if "counterfactual" in ev:
         out["test_tpr"] = next(iter(ev["counterfactual"]["probes"].values())).get("clean_tpr")
     return out
+
+
+def uncertainty_columns(unc: dict[str, Any]) -> dict[str, Any]:
+    """Conformal sets and selective prediction of the primary uncertainty method (results/eval/uncertainty.json)."""
+    if not unc:
+        return {}
+    per_gen = unc.get("per_generator", {})
+    unseen = unc.get("exchangeability", {}).get("unseen_generators", [])
+    return {
+        "unc_method": f"{unc['method']}(N={unc['ensemble']},T={unc['mc_dropout_passes']})",
+        "coverage": unc.get("coverage"),
+        "set_size": unc.get("mean_set_size"),
+        "abstain": unc.get("abstain_rate"),
+        "aurc": unc.get("aurc"),
+        "acc@80": unc.get("accuracy_at_80"),
+        "err_det_auc": unc.get("error_detection_auc"),
+        "unc_ece": unc.get("ece"),
+        "coverage_per_gen": " ".join(f"{g}={fmt(m.get('coverage'))}" for g, m in per_gen.items()),
+        "err_det_per_gen": " ".join(f"{g}={fmt(m.get('error_detection_auc'))}" for g, m in per_gen.items()),
+        "unseen": ",".join(unseen) or "none",
+    }
 
 
 def audit_columns(ev: dict[str, Any]) -> dict[str, Any]:

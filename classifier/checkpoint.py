@@ -3,7 +3,8 @@
 So it loads with ``torch.load(..., weights_only=True)`` (no pickled classes). It carries everything
 evaluate and predict need: the weights, the architecture, the input normalisation and size, the
 temperature and the decision threshold (both fitted on validation), and the faces params of
-training so predict crops faces the same way.
+training so predict crops faces the same way. A deep ensemble (classifier.ensemble > 1) keeps its first
+member in ``state_dict`` and the others in ``members``; it loads as one models.ensemble.DeepfakeEnsemble.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from core.errors import MissingInputError, PipelineError
 from core.io import atomic_write_bytes
 from models.classifier import ArchSpec, DeepfakeClassifier, build_classifier
+from models.ensemble import DeepfakeEnsemble
 
 FORMAT = "deepfake-classifier/1"
 REQUIRED = (
@@ -53,6 +55,11 @@ class ClassifierCheckpoint:
     image_size: int
     faces: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    members: list[dict[str, torch.Tensor]] = field(default_factory=list)  # ensemble members after the first
+
+    @property
+    def n_members(self) -> int:
+        return 1 + len(self.members)
 
     @property
     def spec(self) -> ArchSpec:
@@ -71,6 +78,7 @@ class ClassifierCheckpoint:
             "image_size": int(self.image_size),
             "faces": dict(self.faces),
             "info": dict(self.info),
+            "members": [{k: v.detach().cpu().clone() for k, v in m.items()} for m in self.members],
         }
 
 
@@ -92,12 +100,20 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Cla
     missing = [k for k in REQUIRED if k not in payload]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}")
-    return ClassifierCheckpoint(**{k: payload[k] for k in REQUIRED if k != "format"})
+    members = payload.get("members", [])  # older checkpoints: one model
+    return ClassifierCheckpoint(**{k: payload[k] for k in REQUIRED if k != "format"}, members=list(members))
 
 
-def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[DeepfakeClassifier, ClassifierCheckpoint]:
-    """The trained network in eval mode on ``device`` plus its checkpoint metadata."""
+def load_model(
+    path: Path, device: str | torch.device = "cpu"
+) -> tuple[DeepfakeClassifier | DeepfakeEnsemble, ClassifierCheckpoint]:
+    """The trained network (an ensemble when it has several members) in eval mode on ``device``, plus its
+    checkpoint metadata."""
     ckpt = load_checkpoint(path)
-    model = build_classifier(ckpt.spec)
-    model.load_state_dict(ckpt.state_dict)
+    nets = []
+    for state in [ckpt.state_dict, *ckpt.members]:
+        net = build_classifier(ckpt.spec)
+        net.load_state_dict(state)
+        nets.append(net)
+    model = nets[0] if len(nets) == 1 else DeepfakeEnsemble(nets, ckpt.temperature)
     return model.to(device).eval(), ckpt

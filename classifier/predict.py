@@ -11,6 +11,11 @@ temperature and validation threshold. Every file gets a status:
 - ``too_small``: shorter side below the ``data.min_side`` the training data was filtered with (recorded in
   the checkpoint; the params default for checkpoints that lack it): the pipeline skips such images too;
 - ``unreadable``: the file is missing, not an image, or corrupt (the reason says which).
+
+With an ``UncertaintyScorer`` (uncertainty.score) each scored face also gets ``uncertainty`` (predictive
+entropy in bits of the ensemble / MC dropout samples; higher = less certain) and ``prediction_set`` (the
+conformal set evaluate calibrated: real, fake, real|fake = abstain, or empty). ``predict_images`` does
+the same for images already in memory (the app).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from classifier.checkpoint import ClassifierCheckpoint
@@ -33,7 +39,7 @@ from core.params import DataParams, FacesParams, load_block, parse_block
 from core.pixels import chunks
 from core.schema import IMAGE_EXTENSIONS
 from faces.crop import FaceCropper
-from models.classifier import DeepfakeClassifier
+from uncertainty.score import UncertaintyScorer
 
 IMAGE_SUFFIXES = IMAGE_EXTENSIONS  # the files predict scans a folder for: the ones download reads
 COLUMNS = [
@@ -43,6 +49,8 @@ COLUMNS = [
     "prob_fake",
     "predicted",
     "threshold",
+    "uncertainty",
+    "prediction_set",
     "face_prob",
     "box_x1",
     "box_y1",
@@ -59,6 +67,8 @@ class Prediction:
     prob_fake: float | None = None
     predicted: str = ""  # real | fake | "" (not scored)
     threshold: float | None = None
+    uncertainty: float | None = None
+    prediction_set: str = ""  # real | fake | real|fake (abstain) | "" (empty or not calibrated)
     face_prob: float | None = None
     box: tuple[float, float, float, float] | None = None
 
@@ -71,6 +81,8 @@ class Prediction:
             "prob_fake": "" if self.prob_fake is None else round(self.prob_fake, 6),
             "predicted": self.predicted,
             "threshold": "" if self.threshold is None else round(self.threshold, 6),
+            "uncertainty": "" if self.uncertainty is None else round(self.uncertainty, 6),
+            "prediction_set": self.prediction_set,
             "face_prob": "" if self.face_prob is None else round(self.face_prob, 6),
             "box_x1": box[0],
             "box_y1": box[1],
@@ -113,11 +125,12 @@ def min_side_for(ckpt: ClassifierCheckpoint) -> tuple[int, str]:
 
 def predict_files(
     files: list[Path],
-    model: DeepfakeClassifier,
+    model: nn.Module,
     ckpt: ClassifierCheckpoint,
     cropper: FaceCropper,
     device: torch.device,
     batch_size: int = 16,
+    scorer: UncertaintyScorer | None = None,
 ) -> list[Prediction]:
     """One Prediction per file, in order."""
     if batch_size < 1:
@@ -143,28 +156,51 @@ def predict_files(
                     preds[i].reason = f"too small ({image.width}x{image.height}; data.min_side is {min_side})"
                 else:
                     decoded.append((i, image))
-        results = cropper.crop([im for _, im in decoded]) if decoded else []
-        pixels, scored = [], []
-        for (i, _), res in zip(decoded, results):
-            det = res.detection
-            preds[i].face_prob = det.prob if det else 0.0
-            preds[i].box = tuple(round(v, 1) for v in det.box.as_list()) if det else None  # type: ignore[assignment]
-            if res.status == "ok":
-                preds[i].status = "ok"
-            else:
-                preds[i].status = "no_face"
-                preds[i].reason = res.reason
-            if res.image is not None:
-                stored = decode_rgb(cropper.encode(res.image)).image  # as the faces stage stored it
-                pixels.append(square_pixels(stored, ckpt.image_size))
-                scored.append(i)
-        if pixels:
-            logits = infer_logits(
-                model, np.stack(pixels), batch_size, device, tuple(ckpt.mean), tuple(ckpt.std), desc="score"
-            )
-            for i, prob in zip(scored, calibrated(logits, ckpt.temperature)):
-                preds[i].prob_fake = float(prob)
-                preds[i].threshold = ckpt.threshold
-                preds[i].predicted = "fake" if prob >= ckpt.threshold else "real"
+        scored = predict_images([im for _, im in decoded], model, ckpt, cropper, device, batch_size, scorer)
+        for (i, _), pred in zip(decoded, scored):
+            preds[i] = dataclasses.replace(pred, file=preds[i].file)
         out.extend(preds)
     return out
+
+
+def predict_images(
+    images: list[Any],
+    model: nn.Module,
+    ckpt: ClassifierCheckpoint,
+    cropper: FaceCropper,
+    device: torch.device,
+    batch_size: int = 16,
+    scorer: UncertaintyScorer | None = None,
+) -> list[Prediction]:
+    """One Prediction per decoded RGB PIL image (status ok or no_face; ``file`` left empty): the face found
+    and cropped as in training, its calibrated probability of fake and, with ``scorer``, its uncertainty and
+    conformal prediction set."""
+    preds = [Prediction("", "no_face") for _ in images]
+    results = cropper.crop(images) if images else []
+    pixels, scored = [], []
+    for i, res in enumerate(results):
+        det = res.detection
+        preds[i].face_prob = det.prob if det else 0.0
+        preds[i].box = tuple(round(v, 1) for v in det.box.as_list()) if det else None  # type: ignore[assignment]
+        if res.status == "ok":
+            preds[i].status = "ok"
+        else:
+            preds[i].reason = res.reason
+        if res.image is not None:
+            stored = decode_rgb(cropper.encode(res.image)).image  # as the faces stage stored it
+            pixels.append(square_pixels(stored, ckpt.image_size))
+            scored.append(i)
+    if not pixels:
+        return preds
+    batch = np.stack(pixels)
+    logits = infer_logits(model, batch, batch_size, device, tuple(ckpt.mean), tuple(ckpt.std), desc="score")
+    for i, prob in zip(scored, calibrated(logits, ckpt.temperature)):
+        preds[i].prob_fake = float(prob)
+        preds[i].threshold = ckpt.threshold
+        preds[i].predicted = "fake" if prob >= ckpt.threshold else "real"
+    if scorer is not None:
+        extra = scorer.score(batch)
+        for k, i in enumerate(scored):
+            preds[i].uncertainty = float(extra.uncertainty[k])
+            preds[i].prediction_set = extra.prediction_set[k]
+    return preds

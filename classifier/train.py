@@ -18,7 +18,7 @@ import functools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,12 @@ from models.classifier import DeepfakeClassifier
 
 IMBALANCE_RATIO = 1.2  # class_weighting "auto": weights only when one class is more than this x the other
 AUC_TOLERANCE = 1e-6  # equal validation ROC-AUC (e.g. both 1.0): the lower validation loss wins
+
+
+def member_params(p: ClassifierParams, member: int) -> ClassifierParams:
+    """Deep ensemble member ``member`` (0-based): its own seed (weights of the head aside, the batch order,
+    augmentations and dropout differ) and an equal share of the time budget."""
+    return replace(p, seed=p.seed + member, max_minutes=p.max_minutes / p.ensemble)
 
 
 def frozen_epochs(p: ClassifierParams) -> int:

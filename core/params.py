@@ -92,13 +92,17 @@ class FacesParams:
 class SplitParams:
     protocol: str = choice("random", "predefined", "leave_one_generator_out", default="random")
     holdout_generator: str = ""
-    train: float = bounded(0.70, 0.0, 1.0)
+    train: float = bounded(0.60, 0.0, 1.0)
     val: float = bounded(0.15, 0.0, 1.0)
+    calib: float = bounded(0.10, 0.0, 1.0)  # conformal calibration: no training, early stopping or threshold
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.train + self.val >= 1.0:
-            raise ParamsError(f"split.train + split.val must be < 1 (the rest is test); got {self.train} + {self.val}")
+        if self.train + self.val + self.calib >= 1.0:
+            raise ParamsError(
+                "split.train + split.val + split.calib must be < 1 (the rest is test); "
+                f"got {self.train} + {self.val} + {self.calib}"
+            )
         if self.protocol == "leave_one_generator_out" and not self.holdout_generator:
             raise ParamsError("split.holdout_generator: required when split.protocol is leave_one_generator_out")
 
@@ -123,6 +127,7 @@ class ClassifierParams:
     cnn_width: int = bounded(32, 4, 512)
     cnn_block: str = choice("residual", "plain", default="residual")
     dropout: float = bounded(0.2, 0.0, 0.9)
+    ensemble: int = bounded(2, 1, 32)  # members trained in turn (seeds seed, seed+1, ...), each max_minutes / N
     epochs: int = bounded(6, 1, 1000)
     batch_size: int = bounded(32, 2, 4096)
     lr: float = bounded(1e-3, 1e-7, 1.0)
@@ -158,6 +163,10 @@ class ClassifierParams:
             )
 
 
+# conformal calibration: per true class (class-conditional coverage) or over all calibration rows
+CONFORMAL_MODES = ("mondrian", "marginal")
+
+
 @dataclass(frozen=True)
 class EvaluateParams:
     batch_size: int = bounded(64, 1, 4096)
@@ -172,6 +181,9 @@ class EvaluateParams:
     counterfactual_stretch: float = bounded(1.3, 0.2, 5.0)
     counterfactual_max_auc_drop: float = bounded(0.05, 0.0, 1.0)
     counterfactual_max_rate_drop: float = bounded(0.10, 0.0, 1.0)
+    mc_dropout_passes: int = bounded(20, 0, 1000)  # dropout kept on at inference (0 = off)
+    alpha: float = bounded(0.1, 0.0, 0.5)  # conformal sets cover the true label with probability >= 1 - alpha
+    conformal: str = choice(*CONFORMAL_MODES, default="mondrian")
     device: str = choice("auto", "cpu", "cuda", default="auto")
     threads: int = bounded(0, 0, 256)
     seed: int = 0

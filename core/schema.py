@@ -66,5 +66,5 @@ FACE_STATUSES = ("ok", "center", "dropped", "error")
 FACE_KEPT = ("ok", "center")
 
 # data/splits/{train,val,test}.csv — kept face rows plus the split name
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "calib", "test")  # calib: conformal calibration only (evaluate)
 SPLIT_COLUMNS = FACE_COLUMNS + ["split"]

@@ -14,6 +14,7 @@ from report.figures import curves_figure, metrics_figure, montage, roc_figure
 from report.iterations import CLASSIFIER, Iteration, TrackData, TrackSpec
 from report.runs import RunInfo
 from report.shortcuts import shortcut_blocks, warnings_column
+from report.uncertainty import uncertainty_blocks
 
 MAX_CHANGES_SHOWN = 8
 SPLIT_ORDER = ("train", "val", "test")
@@ -289,7 +290,7 @@ def track_section(number: int, track: TrackData, p: ReportParams) -> list[Block]
     if remarks:
         out.append(Para("Not shown: " + "; ".join(remarks) + "."))
     if spec is CLASSIFIER:
-        out += shortcut_blocks(track)
+        out += shortcut_blocks(track) + uncertainty_blocks(track)
     return out
 
 

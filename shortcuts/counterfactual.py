@@ -185,9 +185,11 @@ def run_probes(
     threshold: float,
     settings: ProbeSettings,
     keep_examples: Sequence[int] = (),
+    on_scored: Callable[[str, np.ndarray, np.ndarray], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, dict[int, np.ndarray]]]:
     """Every probe's metrics (the ``counterfactual`` block of results/eval/metrics.json) and, for the
-    rows in ``keep_examples``, the probe's crops (for a figure)."""
+    rows in ``keep_examples``, the probe's crops (for a figure). ``on_scored(probe, pixels, rows)`` sees each
+    probe's crops and their test rows (the uncertainty evaluation scores them too)."""
     out: dict[str, Any] = {}
     examples: dict[str, dict[int, np.ndarray]] = {}
     for probe in probes(settings.stretch):
@@ -213,6 +215,8 @@ def run_probes(
         else:
             entry.update(flag=True, roc_auc=None)
         out[probe.name] = entry
+        if on_scored is not None and len(rows):
+            on_scored(probe.name, pixels, rows)
         where = {int(r): k for k, r in enumerate(rows)}
         examples[probe.name] = {i: pixels[where[i]] for i in keep_examples if i in where}
     flagged = [k for k, v in out.items() if v["flag"]]

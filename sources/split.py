@@ -16,7 +16,8 @@ from core.errors import PipelineError
 from core.params import SplitParams
 from core.schema import LABELS, SPLITS
 
-SPLIT_RANK = {"train": 0, "val": 1, "test": 2}  # a group spread over several predefined splits goes to the latest
+# a group spread over several predefined splits goes to the latest
+SPLIT_RANK = {"train": 0, "val": 1, "calib": 2, "test": 3}
 PREDEFINED_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
@@ -25,7 +26,9 @@ class SplitError(PipelineError, ValueError):
 
 
 def assign_random(frame: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.Series:
-    """Split name per row; whole groups assigned greedily to the split furthest below its target."""
+    """Split name per row; whole groups assigned greedily to the split furthest below its target (splits
+    with fraction 0 get none)."""
+    names = [s for s in SPLITS if fractions.get(s, 0.0) > 0]
     strata = frame["label"] + "/" + frame["generator"]
     group_strata = strata.groupby(frame["group"]).value_counts()
     groups = list(frame["group"].unique())
@@ -48,7 +51,7 @@ def assign_random(frame: pd.DataFrame, fractions: dict[str, float], seed: int) -
                 err += ((filled[split][k] + n - target) ** 2 - (filled[split][k] - target) ** 2) / seen[k]
             return err
 
-        best = min(SPLITS, key=lambda s: (added_error(s), -fractions[s]))
+        best = min(names, key=lambda s: (added_error(s), -fractions[s]))
         choice[group] = best
         for k, n in members.items():
             filled[best][k] += n
@@ -70,6 +73,16 @@ def assign_predefined(frame: pd.DataFrame) -> tuple[pd.Series, int]:
     return assigned, int((assigned != given).sum())
 
 
+def carve_calib(frame: pd.DataFrame, split: pd.Series, share_of_val: float, seed: int) -> pd.Series:
+    """Predefined splits have no calibration split: ``share_of_val`` of the val groups (drawn by ``seed``) become it."""
+    if share_of_val <= 0:
+        return split
+    val_groups = sorted(frame.loc[(split == "val").to_numpy(), "group"].unique())
+    rng = np.random.default_rng(seed)
+    chosen = set(rng.permutation(val_groups)[: int(round(share_of_val * len(val_groups)))])
+    return split.where(~frame["group"].isin(chosen).to_numpy(), "calib")
+
+
 def split_faces(frame: pd.DataFrame, params: SplitParams) -> tuple[pd.DataFrame, dict]:
     """Return the frame with a ``split`` column and a dict of facts for the summary."""
     if frame.empty:
@@ -82,10 +95,13 @@ def split_faces(frame: pd.DataFrame, params: SplitParams) -> tuple[pd.DataFrame,
             f"give data.source {missing[0]} images (and check data/faces/metrics.json for drops)",
         )
     facts: dict = {"protocol": params.protocol, "seed": params.seed}
-    fractions = {"train": params.train, "val": params.val, "test": round(1.0 - params.train - params.val, 10)}
+    test = round(1.0 - params.train - params.val - params.calib, 10)
+    fractions = {"train": params.train, "val": params.val, "calib": params.calib, "test": test}
     if params.protocol == "predefined":
         split, moved = assign_predefined(frame)
+        split = carve_calib(frame, split, params.calib / (params.val + params.calib), params.seed)
         facts["rows_moved_to_keep_groups_whole"] = moved
+        facts["calib_share_of_predefined_val"] = params.calib / (params.val + params.calib)
     else:
         split = assign_random(frame, fractions, params.seed)
         facts["fractions"] = fractions
@@ -101,14 +117,15 @@ def split_faces(frame: pd.DataFrame, params: SplitParams) -> tuple[pd.DataFrame,
         facts["holdout_generator"] = params.holdout_generator
         facts["holdout_rows_excluded_from_train_val"] = int(unseen.sum())
         out = out[~unseen]
-    check_both_labels(out, params)
+    check_both_labels(out, params, [s for s in SPLITS if s != "calib" or params.calib > 0])
     return out, facts
 
 
-def check_both_labels(out: pd.DataFrame, params: SplitParams) -> None:
-    """Every split must hold both labels: training, the validation threshold and the test metrics need them."""
+def check_both_labels(out: pd.DataFrame, params: SplitParams, splits: list[str]) -> None:
+    """Every split must hold both labels: training, the validation threshold, the class-conditional conformal
+    calibration and the test metrics need them."""
     counts = out.groupby(["split", "label"]).size()
-    for split in SPLITS:
+    for split in splits:
         for label in LABELS:
             if counts.get((split, label), 0) == 0:
                 table = "; ".join(
@@ -117,8 +134,8 @@ def check_both_labels(out: pd.DataFrame, params: SplitParams) -> None:
                 hint = (
                     "give the source's own split folders both labels, or use split.protocol: random"
                     if params.protocol == "predefined"
-                    else "use more faces (data.per_source) or other fractions (split.train, split.val; "
-                    "test is the rest)"
+                    else "use more faces (data.per_source) or other fractions (split.train, split.val, "
+                    "split.calib; test is the rest)"
                 )
                 raise SplitError(
                     f"split {split!r} would hold no {label} face ({table}); every split needs both labels", hint

@@ -1,9 +1,10 @@
 """Stage evaluate: the trained classifier on the test split only.
 
 Reads params block ``evaluate``, results/classifier/model.pt (temperature and threshold were fitted
-on validation), data/splits/{train,test}.csv (train only to fit the shortcut audits), the face crops
-and the raw files. Writes results/eval/{metrics.json, scores.csv, plots/*.csv, figures/*.png} and logs
-metrics and figures to MLflow. Shortcut warnings (shortcuts.audit) are printed and tagged on the run.
+on validation), data/splits/{train,calib,test}.csv (train only to fit the shortcut audits, calib only to
+calibrate the conformal prediction sets), the face crops and the raw files. Writes
+results/eval/{metrics.json, uncertainty.json, conformal.json, scores.csv, plots/*.csv, figures/*.png} and
+logs metrics and figures to MLflow. Shortcut warnings (shortcuts.audit) are printed and tagged on the run.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from classifier.metrics import (
 from classifier.predict import faces_params_for
 from core.device import pick_device, set_threads
 from core.errors import require, run_stage
-from core.io import atomic_output_dir, read_csv, write_csv, write_json
+from core.io import atomic_output_dir, read_csv, sha1_file, write_csv, write_json
 from core.params import EvaluateParams, load_block
 from core.plots import (
     auc_bars_figure,
@@ -48,6 +49,9 @@ from core.tracking import flatten_numeric, stage_run
 from faces.crop import FaceCropper
 from shortcuts.audit import CROP, SOURCE, audit_metrics, crop_feature_audit
 from shortcuts.counterfactual import ProbeInput, ProbeSettings, run_probes
+from uncertainty.conformal import set_names
+from uncertainty.evaluation import Scoring, Settings, evaluate_uncertainty, shift_metrics
+from uncertainty.figures import write_uncertainty_outputs
 
 CHECKPOINT = Path("results/classifier/model.pt")
 SPLITS_DIR = Path("data/splits")
@@ -141,7 +145,7 @@ def audit_figure(audit: dict[str, Any]) -> Figure:
 
 
 def counterfactuals(
-    model: Any, ckpt: Any, test: Any, p_cal: np.ndarray, p: EvaluateParams, device: Any
+    model: Any, ckpt: Any, test: Any, p_cal: np.ndarray, p: EvaluateParams, device: Any, on_scored: Any = None
 ) -> tuple[dict[str, Any], dict[str, dict[int, np.ndarray]]]:
     """The counterfactual probes of the test split, re-cropped with the faces params of training."""
     faces, _ = faces_params_for(ckpt)
@@ -166,6 +170,7 @@ def counterfactuals(
         ckpt.threshold,
         settings,
         keep_examples=shown,
+        on_scored=on_scored,
     )
 
 
@@ -185,6 +190,23 @@ def probe_examples_figure(test: Any, examples: dict[str, dict[int, np.ndarray]])
             images.append(crops.get(i, np.zeros_like(test.images[i])))
             captions.append(name if i in crops else f"{name}: no face")
     return image_grid(images, captions, ncols=len(examples) + 1, title="Counterfactual probes: what the model saw")
+
+
+def calibration_split(image_size: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The calibration split's pixels and labels; None when split.calib is 0 (or the splits predate it)."""
+    path = SPLITS_DIR / "calib.csv"
+    if not path.exists() or read_csv(path).empty:
+        return None
+    calib = load_split(path, image_size)
+    return calib.images, calib.labels
+
+
+def unseen_generators(test: Any, train_frame: pd.DataFrame, calib_path: Path = SPLITS_DIR / "calib.csv") -> list[str]:
+    """Test generators that neither the training nor the calibration split holds (leave_one_generator_out)."""
+    seen = set(train_frame["generator"].astype(str))
+    if calib_path.exists():
+        seen |= set(read_csv(calib_path).get("generator", pd.Series(dtype=str)).astype(str))
+    return sorted(set(test.generators.astype(str).tolist()) - seen)
 
 
 def main() -> None:
@@ -225,12 +247,52 @@ def main() -> None:
         crop = metrics["shortcut_audit"]["crop_features"] = crop_feature_audit(
             train_frame, test.frame, warn_auc=p.audit_warn_auc
         )
+        scoring = Scoring(model, temperature, mean, std, device, p.batch_size, p.seed)
+        unc_settings = Settings(p.alpha, p.conformal, p.mc_dropout_passes, p.ece_bins, threshold)
+        unc = evaluate_uncertainty(
+            scoring,
+            test.images,
+            y,
+            test.generators,
+            calibration_split(ckpt.image_size),
+            unseen_generators(test, train_frame),
+            unc_settings,
+            ckpt.n_members,
+        )
+        shift: dict[str, Any] = {"robustness": {}, "counterfactual": {}}
+        for name, transform in robustness_transforms(p).items():
+            shift["robustness"][name] = shift_metrics(scoring, unc.conformal, unc_settings, test.images, y, transform)
+
+        def probe_uncertainty(name: str, pixels: np.ndarray, rows: np.ndarray) -> None:
+            shift["counterfactual"][name] = shift_metrics(scoring, unc.conformal, unc_settings, pixels, y[rows])
+
         examples: dict[str, dict[int, np.ndarray]] = {}
         if p.counterfactual:
-            metrics["counterfactual"], examples = counterfactuals(model, ckpt, test, p_cal, p, device)
+            metrics["counterfactual"], examples = counterfactuals(
+                model, ckpt, test, p_cal, p, device, probe_uncertainty
+            )
+        unc.report["shift"] = shift
         with atomic_output_dir(OUT_DIR) as tmp:
             write_json(tmp / "metrics.json", metrics)
+            write_json(tmp / "uncertainty.json", unc.report)
+            write_json(
+                tmp / "conformal.json",
+                {
+                    "checkpoint_sha1": sha1_file(CHECKPOINT),
+                    "method": unc.report["method"],
+                    "mc_dropout_passes": unc.report["mc_dropout_passes"],
+                    "seed": p.seed,
+                    "alpha": p.alpha,
+                    "calibration": unc.conformal.to_dict() if unc.conformal else None,
+                },
+            )
             write_outputs(tmp, test, logits, p_cal, p_raw, threshold, metrics, p)
+            primary = unc.predictive[unc.report["method"]]
+            scores = read_csv(tmp / "scores.csv").assign(uncertainty=primary.total, epistemic=primary.epistemic)
+            if unc.sets is not None:
+                scores["prediction_set"] = set_names(unc.sets)
+            write_csv(tmp / "scores.csv", scores)
+            write_uncertainty_outputs(tmp, unc.predictive, y, unc.report, threshold, p.ece_bins)
             if examples:
                 save_figure(probe_examples_figure(test, examples), tmp / "figures" / "counterfactual_examples.png")
         mlflow.log_metrics(flatten_numeric({k: metrics[k] for k in ("test", "per_generator", "robustness")}))
@@ -248,6 +310,11 @@ def main() -> None:
         mlflow.log_artifacts(str(OUT_DIR / "figures"), artifact_path="figures")
         mlflow.log_artifacts(str(OUT_DIR / "plots"), artifact_path="plots")
         mlflow.log_artifact(str(OUT_DIR / "metrics.json"))
+        mlflow.log_artifact(str(OUT_DIR / "uncertainty.json"))
+        mlflow.log_metrics(
+            flatten_numeric({"uncertainty": {k: v for k, v in unc.report.items() if k != "exchangeability"}})
+        )
+        mlflow.set_tag("uncertainty_exchangeability", unc.report["exchangeability"]["note"][:MAX_TAG_CHARS])
 
     auc = overall["roc_auc"]
     print(
@@ -255,6 +322,16 @@ def main() -> None:
         f"balanced acc {overall['balanced_accuracy']} at threshold {threshold:.4f} (validation); "
         f"metadata-only audit ROC-AUC {audit['metadata_roc_auc']}; crop audit: {crop['n_warnings']} warnings"
     )
+    u = unc.report
+    print(
+        f"evaluate: uncertainty ({u['method']}, {u['ensemble']} member(s), {u['mc_dropout_passes']} MC passes): "
+        f"coverage {_r(u.get('coverage'))} (target {u['target_coverage']:.2f}, {u['conformal']}, n_calib "
+        f"{u['n_calib']}), mean set size {_r(u.get('mean_set_size'))}, abstain {_r(u.get('abstain_rate'))}, "
+        f"AURC {_r(u['aurc'])}, error-detection ROC-AUC {_r(u['error_detection_auc'])}"
+        + (f"; {u['conformal_skipped']}" if u["conformal_skipped"] else "")
+    )
+    if u["exchangeability"]["unseen_generators"]:
+        print(f"evaluate: NOTE {u['exchangeability']['note']}")
     for line in crop["warnings"]:
         print(f"evaluate: WARNING shortcut: {line}")
     for name, probe in metrics.get("counterfactual", {}).get("probes", {}).items():

@@ -1,10 +1,14 @@
 """CLI: probability that each face image is fake, from the trained classifier (not a DAG stage).
 
     python -m stages.predict PATH... [--checkpoint results/classifier/model.pt] [--out scores.csv]
+                             [--conformal results/eval/conformal.json] [--alpha A] [--abstain]
 
 PATHs are image files or folders (searched recursively for image files). Faces are found and
 cropped with the faces params the classifier was trained with. Every file gets a status:
-ok / no_face / too_small / unreadable (with the reason). Runs on CPU; uses CUDA when present (--device).
+ok / no_face / too_small / unreadable (with the reason), and every scored face an ``uncertainty``
+(predictive entropy, bits; higher = less certain) and a ``prediction_set`` (real, fake, real|fake =
+abstain, or empty) from the conformal calibration evaluate wrote. --abstain lists the abstentions.
+Runs on CPU; uses CUDA when present (--device).
 """
 
 from __future__ import annotations
@@ -20,11 +24,15 @@ from core.device import pick_device
 from core.errors import ArgumentParser, InputError, positive_int, run_cli
 from core.io import write_csv
 from faces.crop import FaceCropper
+from uncertainty.score import load_scorer
 
 DEFAULT_CHECKPOINT = Path("results/classifier/model.pt")
+DEFAULT_CONFORMAL = Path("results/eval/conformal.json")
+ABSTAIN = "real|fake"
 EPILOG = (
     "Reads no params block: the faces params and data.min_side come from the checkpoint (params.yaml's\n"
-    "faces block and the data.min_side default only for checkpoints that lack them). Writes --out if given.\n"
+    "faces block and the data.min_side default only for checkpoints that lack them); MC dropout passes, seed,\n"
+    "alpha and the calibration scores from --conformal (only when made for this checkpoint). Writes --out if given.\n"
     "A problem you can fix is one line on stderr and exit code 2."
 )
 
@@ -41,6 +49,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=16,
         help="images per detection/scoring batch (>= 1, default %(default)s)",
     )
+    ap.add_argument(
+        "--conformal",
+        type=Path,
+        default=DEFAULT_CONFORMAL,
+        help="conformal calibration written by evaluate (default: %(default)s)",
+    )
+    ap.add_argument("--alpha", type=float, default=None, help="conformal level (default: the one evaluate used)")
+    ap.add_argument("--abstain", action="store_true", help="print and count the images whose set is real|fake")
     return ap.parse_args(argv)
 
 
@@ -57,12 +73,19 @@ def main(argv: list[str] | None = None) -> int:
     faces, faces_from = faces_params_for(ckpt)
     min_side, min_side_from = min_side_for(ckpt)
     cropper = FaceCropper(faces, device=device)
-    preds = predict_files(files, model, ckpt, cropper, device, args.batch_size)
+    scorer = load_scorer(model, ckpt, args.checkpoint, device, args.batch_size, args.conformal, args.alpha)
+    preds = predict_files(files, model, ckpt, cropper, device, args.batch_size, scorer)
     table = pd.DataFrame([p.row() for p in preds], columns=COLUMNS)
     if args.out is not None:
         write_csv(args.out, table)
+    shown = ["file", "status", "prob_fake", "predicted", "uncertainty", "prediction_set", "reason"]
     with pd.option_context("display.max_rows", 200, "display.max_colwidth", 60, "display.width", 200):
-        print(table[["file", "status", "prob_fake", "predicted", "reason"]].to_string(index=False))
+        print(table[shown].to_string(index=False))
+    abstained = table[table["prediction_set"] == ABSTAIN]
+    if args.abstain:
+        print(f"predict: abstained on {len(abstained)} of {int((table['prob_fake'] != '').sum())} scored faces")
+        for f in abstained["file"]:
+            print(f"  abstain: {f}")
     counts = table["status"].value_counts().to_dict()
     print(
         f"predict: {len(table)} files: "
@@ -70,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; {ignored} non-image files in folders ignored" if ignored else "")
         + f"; faces params from {faces_from}; data.min_side {min_side} ({min_side_from})"
         + f"; threshold {ckpt.threshold:.4f} (validation)"
+        + f"; {scorer.note}; {len(abstained)} abstained"
         + (f"; wrote {args.out}" if args.out else "")
     )
     return 0

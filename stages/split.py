@@ -1,7 +1,8 @@
-"""Stage `split`: group-disjoint, stratified train/val/test lists over the face crops.
+"""Stage `split`: group-disjoint, stratified train/val/calib/test lists over the face crops.
 
 Reads params block ``split`` and data/faces/manifest.csv (the kept faces). Writes
-data/splits/{train,val,test}.csv and data/splits/summary.json. Every split must hold both labels: a split
+data/splits/{train,val,calib,test}.csv and data/splits/summary.json (calib: conformal calibration
+only; empty when split.calib is 0). Every split must hold both labels: a split
 that would not is refused with one line saying what to change.
 """
 
@@ -40,4 +41,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage("split", main, __doc__, "split", ["data/splits/{train,val,test}.csv", "data/splits/summary.json"])
+    run_stage("split", main, __doc__, "split", ["data/splits/{train,val,calib,test}.csv", "data/splits/summary.json"])

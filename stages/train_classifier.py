@@ -4,8 +4,11 @@ Reads params block ``classifier``; records the faces params that made the crops 
 written by the faces stage) and data.min_side (data/raw/summary.json, written by download) in the checkpoint,
 so predict crops the same way and skips the images the pipeline skips. Writes
 results/classifier/{model.pt, history.csv, history.png, metrics.json}. The temperature and the
-decision threshold are fitted on the validation split only. With ``classifier.processes`` > 1 (or under
-torchrun) it trains data-parallel; rank 0 alone writes the outputs and the MLflow run.
+decision threshold are fitted on the validation split only (data/splits/calib.csv is never read: it stays
+for the conformal calibration of evaluate). A deep ensemble (``classifier.ensemble`` > 1) trains its members
+in turn, each with its own seed and an equal share of ``max_minutes``, and saves them in one checkpoint;
+its probability is the members' mean. With ``classifier.processes`` > 1 (or under torchrun) it trains
+data-parallel; rank 0 alone writes the outputs and the MLflow run.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -24,7 +29,7 @@ import torch
 from classifier.checkpoint import ClassifierCheckpoint, save_checkpoint
 from classifier.data import load_split, load_views
 from classifier.metrics import binary_metrics, calibrated, choose_threshold_from_logits, fit_temperature_with_reason
-from classifier.train import EpochRecord, train_loop
+from classifier.train import EpochRecord, TrainResult, member_params, train_loop
 from core.distributed import World, relaunch_under_torchrun, training_world
 from core.errors import MissingInputError, run_stage
 from core.io import write_csv, write_json
@@ -33,13 +38,14 @@ from core.plots import history_figure, save_figure
 from core.pretrained import find_weights
 from core.tracking import stage_run
 from models.classifier import ArchSpec, build_classifier
+from models.ensemble import mean_probability_logit
 
 SPLITS_DIR = Path("data/splits")
 FACES_PARAMS = Path("data/faces/params.json")  # the faces params that made the crops (faces stage)
 VIEWS = Path("data/faces/views.csv")  # training views of each face (faces.framing_views)
 RAW_SUMMARY = Path("data/raw/summary.json")  # data.min_side the raw images were filtered with (download)
 OUT_DIR = Path("results/classifier")
-HISTORY_PANELS = {
+HISTORY_PANELS: dict[str, Sequence[str]] = {
     "loss": ["train_loss", "val_loss"],
     "accuracy": ["train_accuracy", "val_accuracy"],
     "ROC-AUC": ["train_roc_auc", "val_roc_auc"],
@@ -80,7 +86,6 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
         val = load_split(SPLITS_DIR / "val.csv", p.image_size, progress=world.is_main)
         views = load_views(train, VIEWS, p.image_size, progress=world.is_main)
     spec = ArchSpec.from_params(p)
-    model = build_classifier(spec, weights.path if weights else None)
     mean, std = spec.normalisation
     history: list[dict] = []
     run = (
@@ -100,45 +105,63 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
                 }
             )
 
-        def on_epoch(record: EpochRecord) -> None:
-            history.append(record.as_dict())
-            write_csv(OUT_DIR / "history.csv", pd.DataFrame(history))
-            mlflow.log_metrics({k: float(v) for k, v in record.as_dict().items() if k != "epoch"}, step=record.epoch)
-            print(
-                f"epoch {record.epoch}: train loss {record.train_loss:.4f} auc {record.train_roc_auc:.3f} | "
-                f"val loss {record.val_loss:.4f} acc {record.val_accuracy:.3f} auc {record.val_roc_auc:.3f} "
-                f"({record.seconds:.1f}s)"
-            )
+        results: list[TrainResult] = []
+        for member in range(p.ensemble):
+            prefix = f"member{member}_" if member else ""  # member 0 keeps the plain metric names
 
-        result = train_loop(
-            model,
-            train.images,
-            train.labels,
-            val.images,
-            val.labels,
-            p,
-            device,
-            mean,
-            std,
-            on_epoch=on_epoch if world.is_main else None,
-            world=world,
-            views=views,
-        )
+            def on_epoch(record: EpochRecord, member: int = member, prefix: str = prefix) -> None:
+                history.append({"member": member, **record.as_dict()})
+                write_csv(OUT_DIR / "history.csv", pd.DataFrame(history))
+                metrics = {f"{prefix}{k}": float(v) for k, v in record.as_dict().items() if k != "epoch"}
+                mlflow.log_metrics(metrics, step=record.epoch)
+                print(
+                    f"member {member + 1}/{p.ensemble} epoch {record.epoch}: train loss {record.train_loss:.4f} "
+                    f"auc {record.train_roc_auc:.3f} | val loss {record.val_loss:.4f} acc {record.val_accuracy:.3f} "
+                    f"auc {record.val_roc_auc:.3f} ({record.seconds:.1f}s)"
+                )
+
+            mp = member_params(p, member)
+            torch.manual_seed(mp.seed)
+            model = build_classifier(spec, weights.path if weights else None)
+            results.append(
+                train_loop(
+                    model,
+                    train.images,
+                    train.labels,
+                    val.images,
+                    val.labels,
+                    mp,
+                    device,
+                    mean,
+                    std,
+                    on_epoch=on_epoch if world.is_main else None,
+                    world=world,
+                    views=views,
+                )
+            )
         if not world.is_main:
             return
-        fit = fit_temperature_with_reason(result.val_logits, val.labels)  # never collapses on separable val
+        result = results[0]
+        member_logits = torch.from_numpy(np.stack([r.val_logits for r in results]))
+        # the temperature is fitted on the members' mean logit (one member: its logit); never collapses on separable val
+        fit = fit_temperature_with_reason(member_logits.mean(0).numpy(), val.labels)
         temperature = fit.temperature
-        p_raw = calibrated(result.val_logits, 1.0)
-        p_cal = calibrated(result.val_logits, temperature)
+        val_logits = mean_probability_logit(member_logits, temperature).numpy()  # the ensemble's mean probability
+        p_raw = calibrated(mean_probability_logit(member_logits, 1.0).numpy(), 1.0)
+        p_cal = calibrated(val_logits, temperature)
         # chosen on the calibrated val probabilities; midpoint taken between logits (meaningful when separable)
-        threshold = choose_threshold_from_logits(val.labels, result.val_logits, temperature, p.threshold_rule)
+        threshold = choose_threshold_from_logits(val.labels, val_logits, temperature, p.threshold_rule)
         val_metrics = binary_metrics(val.labels, p_cal, threshold)
         val_summary = {**val_metrics, "ece_before_temperature": binary_metrics(val.labels, p_raw, 0.5)["ece"]}
-        summary = {
+        summary: dict[str, Any] = {
             "best_epoch": result.best_epoch,
             "epochs_run": len(result.history),
             "stop_reason": result.stop_reason,
-            "seconds": round(result.seconds, 2),
+            "seconds": round(sum(r.seconds for r in results), 2),
+            "ensemble": len(results),
+            "member_seconds": [round(r.seconds, 2) for r in results],
+            "member_best_val_roc_auc": [r.best_val_roc_auc for r in results],
+            "member_stop_reasons": [r.stop_reason for r in results],
             "temperature": temperature,
             "temperature_reason": fit.reason,
             "threshold": threshold,
@@ -149,7 +172,7 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
             "n_val": len(val),
             "processes": world.size,
             "n_train_views": len(views) if views else 0,
-            "train_images_per_s": float(np.mean([r.train_images_per_s for r in result.history])),
+            "train_images_per_s": float(np.mean([h.train_images_per_s for r in results for h in r.history])),
             "val": val_summary,
         }
         ckpt = ClassifierCheckpoint(
@@ -169,11 +192,14 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
                 "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "temperature_reason": fit.reason,
                 "min_side": raw_min_side(),
+                "ensemble": len(results),
             },
+            members=[r.model.state_dict() for r in results[1:]],
         )
         save_checkpoint(OUT_DIR / "model.pt", ckpt)
         write_json(OUT_DIR / "metrics.json", summary)
-        save_figure(history_figure(pd.DataFrame(history), "epoch", HISTORY_PANELS), OUT_DIR / "history.png")
+        first = pd.DataFrame(history).query("member == 0")  # the figure shows member 0's curves
+        save_figure(history_figure(first, "epoch", HISTORY_PANELS), OUT_DIR / "history.png")
         mlflow.log_metrics(
             {
                 "best_epoch": result.best_epoch,
@@ -186,8 +212,9 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
         for name in ("history.csv", "history.png", "metrics.json"):
             mlflow.log_artifact(str(OUT_DIR / name))
     print(
-        f"train_classifier: best epoch {result.best_epoch}/{len(result.history)} ({result.stop_reason}), "
-        f"val ROC-AUC {result.best_val_roc_auc:.4f}, T={temperature:.3f} ({fit.reason}), threshold={threshold:.4f} "
+        f"train_classifier: {len(results)} member(s); member 0 best epoch {result.best_epoch}/{len(result.history)} "
+        f"({result.stop_reason}), val ROC-AUC {result.best_val_roc_auc:.4f}; ensemble val ROC-AUC "
+        f"{val_metrics['roc_auc']:.4f}, T={temperature:.3f} ({fit.reason}), threshold={threshold:.4f} "
         f"({p.threshold_rule}) -> {OUT_DIR / 'model.pt'}"
     )
 

@@ -108,6 +108,7 @@ def tiny_classifier_params(**overrides: object) -> dict[str, object]:
         "max_minutes": 0,
         "device": "cpu",
         "threads": 1,
+        "ensemble": 1,  # one member: fast; tests/test_uncertainty.py trains ensembles
     }
     values.update(overrides)
     return values

@@ -1,0 +1,1 @@
+"""Uncertainty of the classifier: ensembles and MC dropout, conformal prediction sets, selective prediction."""
