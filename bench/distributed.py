@@ -84,7 +84,7 @@ def main() -> None:
             set_block(
                 root,
                 "classifier",
-                {**common, "arch": "mobilenet_v2", "pretrained": pretrained, "early_stopping_patience": 0},
+                {**common, "arch": "mobilenet_v2", "init": pretrained, "early_stopping_patience": 0},
             )
             set_block(root, "generator", {**common, "model": "dcgan", "image_size": 64, "train_on": "all"})
             wall = run_stage(root, "train_classifier")

@@ -196,7 +196,7 @@ def main() -> None:
     args = ap.parse_args()
     threads = set_threads(args.threads)
     device = pick_device(args.device)
-    params = dataclasses.replace(defaults, arch=args.arch, pretrained="none")  # the networks start from scratch here
+    params = dataclasses.replace(defaults, arch=args.arch, init="none")  # the networks start from scratch here
     spec = ArchSpec.from_params(params)
     mean, std = spec.normalisation
     aug = AugmentConfig.from_params(defaults)

@@ -14,6 +14,7 @@ from report.figures import curves_figure, metrics_figure, montage, roc_figure
 from report.iterations import CLASSIFIER, Iteration, TrackData, TrackSpec
 from report.runs import RunInfo
 from report.shortcuts import shortcut_blocks, warnings_column
+from report.study import study_blocks
 
 MAX_CHANGES_SHOWN = 8
 SPLIT_ORDER = ("train", "val", "test")
@@ -445,5 +446,5 @@ def build_document(data: ReportData, p: ReportParams) -> list[Block]:
     doc += setup_section(data)
     for k, track in enumerate(data.tracks):
         doc += track_section(k + 2, track, p)
-    doc += appendix(data)
+    doc += study_blocks(data.tracks[0], data.pretrain, len(data.tracks) + 2) + appendix(data)
     return doc

@@ -20,7 +20,7 @@ TINY = {
     "split": {"train": 0.5, "val": 0.25},
     "classifier": {
         "arch": "cnn",
-        "pretrained": "none",
+        "init": "none",
         "cnn_depth": 2,
         "cnn_width": 8,
         "epochs": 1,
