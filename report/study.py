@@ -71,7 +71,7 @@ def study_frame(track: TrackData, metric: str) -> pd.DataFrame:
         if value is None or any(k not in it.params for k in STUDY_KEYS):
             continue
         rows.append(_row(it, value))
-    frame = pd.DataFrame(rows, columns=["data", "init", "mode", "label_fraction", metric, "iteration"])
+    frame = pd.DataFrame(rows, columns=["data", "init", "mode", "label_fraction", "value", "iteration"])
     return frame.drop_duplicates(["data", "init", "mode", "label_fraction"], keep="last").reset_index(drop=True)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from core.errors import InputError, MissingInputError
 from core.io import atomic_write_bytes
@@ -29,6 +30,13 @@ REMAKE = (
 def encoder_spec(p: PretrainParams) -> ArchSpec:
     """The classifier architecture the encoder is the backbone of (dropout belongs to the head: 0 here)."""
     return ArchSpec(p.arch, 0.0, p.cnn_depth, p.cnn_width, p.cnn_block)
+
+
+def feature_width(model: DeepfakeClassifier) -> int:
+    """Width of the backbone's pooled features (the input of the classifier's linear head)."""
+    linear = model.head[1]
+    assert isinstance(linear, nn.Linear)
+    return linear.in_features
 
 
 def arch_key(spec: ArchSpec) -> dict[str, Any]:

@@ -9,6 +9,7 @@ the validation split. Writes results/pretrain/{encoder.pt, history.csv, history.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import mlflow
@@ -26,12 +27,12 @@ from core.tracking import stage_run
 from models.classifier import build_classifier
 from selfsup.augment import ViewMaker
 from selfsup.data import SPLITS_DIR, extra_crops, split_crops
-from selfsup.encoder import ENCODER_PATH, EncoderFile, arch_key, encoder_spec
+from selfsup.encoder import ENCODER_PATH, EncoderFile, arch_key, encoder_spec, feature_width
 from selfsup.probe import probe_auc
 from selfsup.train import PretrainEpoch, SimCLR, pretrain_loop
 
 OUT_DIR = ENCODER_PATH.parent
-PANELS = {"NT-Xent loss": ["loss"], "kNN val ROC-AUC (frozen features)": ["knn_val_roc_auc"]}
+PANELS: dict[str, Sequence[str]] = {"NT-Xent loss": ["loss"], "kNN val ROC-AUC (frozen features)": ["knn_val_roc_auc"]}
 
 
 def main() -> None:
@@ -51,7 +52,7 @@ def main() -> None:
     spec = encoder_spec(p)
     classifier = build_classifier(spec, weights.path if weights else None)
     mean, std = spec.normalisation
-    model = SimCLR(classifier.backbone, classifier.head[1].in_features, p.proj_hidden, p.proj_dim)
+    model = SimCLR(classifier.backbone, feature_width(classifier), p.proj_hidden, p.proj_dim)
     views = ViewMaker.from_params(p, mean, std)
 
     def probe(backbone: torch.nn.Module) -> float:

@@ -18,7 +18,7 @@ from core.params import ClassifierParams, PretrainParams
 from models.classifier import ArchSpec, build_classifier
 from selfsup import data as ssl_data
 from selfsup.augment import ViewMaker
-from selfsup.encoder import EncoderFile, arch_key, encoder_spec, load_into
+from selfsup.encoder import EncoderFile, arch_key, encoder_spec, feature_width, load_into
 from selfsup.probe import knn_auc
 from selfsup.train import SimCLR, nt_xent, pretrain_loop
 from tests.classifier_fixtures import make_splits, synthetic_face, tiny_classifier_params
@@ -46,7 +46,7 @@ def tiny_params(**overrides: object) -> PretrainParams:
 
 def tiny_model(p: PretrainParams) -> SimCLR:
     net = build_classifier(encoder_spec(p))
-    return SimCLR(net.backbone, net.head[1].in_features, p.proj_hidden, p.proj_dim)
+    return SimCLR(net.backbone, feature_width(net), p.proj_hidden, p.proj_dim)
 
 
 def test_nt_xent_is_low_when_partners_agree_and_high_when_they_do_not() -> None:
@@ -63,7 +63,13 @@ def test_simclr_loss_falls_on_a_tiny_synthetic_set(one_torch_thread: None) -> No
     torch.manual_seed(0)
     mean, std = encoder_spec(p).normalisation
     result = pretrain_loop(
-        tiny_model(p), images, p, ViewMaker.from_params(p, mean, std), torch.device("cpu"), lambda b: 0.5, progress=False
+        tiny_model(p),
+        images,
+        p,
+        ViewMaker.from_params(p, mean, std),
+        torch.device("cpu"),
+        lambda b: 0.5,
+        progress=False,
     )
     losses = [r.loss for r in result.history]
     assert len(losses) == 8 and all(np.isfinite(losses))
@@ -77,7 +83,9 @@ def test_views_are_two_different_normalised_draws() -> None:
     a, b = views.pair(batch)
     assert a.shape == b.shape == (4, 3, 32, 32) and a.dtype == torch.float32
     assert not torch.equal(a, b) and float(a.min()) >= -1.0 - 1e-6 and float(a.max()) <= 1.0 + 1e-6
-    names = [type(t).__name__ for t in ViewMaker.from_params(PretrainParams(), (0.5,) * 3, (0.5,) * 3).transform.transforms]
+    names = [
+        type(t).__name__ for t in ViewMaker.from_params(PretrainParams(), (0.5,) * 3, (0.5,) * 3).transform.transforms
+    ]
     assert "RandomApply" in names and len(names) == 4  # defaults: no blur, no JPEG
 
 
@@ -206,3 +214,39 @@ def test_split_crops_reads_only_the_named_split(in_tmp_project: Path) -> None:
     split = load_split(in_tmp_project / "data/splits/train.csv", 32, progress=False)
     assert np.array_equal(np.asarray(crops.images), np.asarray(split.images))
     assert np.array_equal(crops.labels, split.labels)
+
+
+def test_report_groups_label_efficiency_iterations_into_one_figure_and_table() -> None:
+    from report.document import Figure, Table
+    from report.iterations import CLASSIFIER, Iteration, TrackData
+    from report.study import study_blocks
+
+    iterations = []
+    for n, (source, init, fraction, probe, auc) in enumerate(
+        [
+            ("folder:../shared/data/setA", "none", 0.1, "False", 0.6),
+            ("folder:../shared/data/setA", "none", 1.0, "False", 0.7),
+            ("folder:../shared/data/setA", "ssl", 0.1, "True", 0.65),
+            ("folder:../shared/data/setA", "ssl", 1.0, "True", 0.8),
+            ("folder:../shared/data/setB", "imagenet", 0.1, "False", 0.9),
+            ("folder:../shared/data/setA", "none", 1.0, "False", 0.75),  # a rerun: the latest counts
+        ]
+    ):
+        params = {
+            "data.source": source,
+            "classifier.init": init,
+            "classifier.label_fraction": str(fraction),
+            "classifier.linear_probe": probe,
+        }
+        iterations.append(Iteration(number=n + 1, train=None, eval=None, params=params, metrics={"roc_auc": auc}))
+    iterations.append(Iteration(number=7, train=None, eval=None, params={}, metrics={"roc_auc": 0.5}))  # not in it
+    track = TrackData(CLASSIFIER, ["roc_auc"], "roc_auc", frozenset(), iterations)
+    blocks = study_blocks(track, [], 4)
+    assert any(isinstance(b, Figure) and b.name == "label_efficiency.png" and b.png for b in blocks)
+    (table,) = [b for b in blocks if isinstance(b, Table)]
+    assert table.header == ["data", "init", "mode", "0.1 of labels", "1 of labels"]
+    cells = {tuple(c.lines[0][0].text for c in row[:3]): [c.lines[0][0].text for c in row[3:]] for row in table.rows}
+    assert cells[("setA", "none", "fine-tune")] == ["0.6", "0.75"]
+    assert cells[("setA", "ssl", "linear probe")] == ["0.65", "0.8"]
+    assert cells[("setB", "imagenet", "fine-tune")] == ["0.9", "—"]
+    assert study_blocks(TrackData(CLASSIFIER, ["roc_auc"], "roc_auc", frozenset(), iterations[-1:]), [], 4) == []
