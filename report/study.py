@@ -28,12 +28,13 @@ class PretrainCurve:
     metrics: dict[str, float]
 
 
-def data_set(params: dict[str, str]) -> str:
-    """Which data an iteration ran on: data.source of its download run, else the sha1 of its inputs."""
-    if params.get("data.source"):
-        return params["data.source"].removeprefix("folder:").rstrip("/").rsplit("/", 1)[-1]
+def data_set(params: dict[str, str], exp_name: str) -> str:
+    """Which data a run used: the sha1 of its training list, named by data.source when the run is a DVC
+    experiment (its download run is then matched by experiment name, not just the latest one before it)."""
     sha = next((v for k, v in sorted(params.items()) if k.startswith("input of")), "")
-    return f"inputs {sha}" if sha else "unknown data"
+    source = params.get("data.source", "") if exp_name else ""
+    name = source.removeprefix("folder:").rstrip("/").rsplit("/", 1)[-1]
+    return f"{name} ({sha})" if name and sha else (name or f"train.csv {sha}" if sha else "unknown data")
 
 
 def pretrain_curves(runs: Sequence[RunInfo], art: Artifacts) -> list[PretrainCurve]:
@@ -44,7 +45,8 @@ def pretrain_curves(runs: Sequence[RunInfo], art: Artifacts) -> list[PretrainCur
         if raw is None:
             continue
         params = {k: v for up in upstream_runs(runs, run.start, run.exp_name) for k, v in up.params.items()}
-        label = f"{data_set(params)} ({run.exp_name or run.run_id[:8]})"
+        sha = run.tags.get("data_manifest_sha1", "")[:10]
+        label = f"{data_set({**params, 'input of pretrain (sha1)': sha}, run.exp_name)} run {run.run_id[:6]}"
         out.append(PretrainCurve(label, pd.read_csv(io.BytesIO(raw)), run.metrics))
     return out
 
@@ -78,7 +80,7 @@ def study_frame(track: TrackData, metric: str) -> pd.DataFrame:
 def _row(it: Iteration, value: float) -> dict[str, object]:
     probe = it.params["classifier.linear_probe"].lower() == "true"
     return {
-        "data": data_set(it.params),
+        "data": data_set(it.params, it.exp_name),
         "init": it.params["classifier.init"],
         "mode": "linear probe" if probe else "fine-tune",
         "label_fraction": float(it.params["classifier.label_fraction"]),

@@ -238,6 +238,7 @@ def test_report_groups_label_efficiency_iterations_into_one_figure_and_table() -
             "classifier.label_fraction": str(fraction),
             "classifier.linear_probe": probe,
         }
+        params["input of train_classifier (sha1)"] = "sha" + source[-1]
         iterations.append(Iteration(number=n + 1, train=None, eval=None, params=params, metrics={"roc_auc": auc}))
     iterations.append(Iteration(number=7, train=None, eval=None, params={}, metrics={"roc_auc": 0.5}))  # not in it
     track = TrackData(CLASSIFIER, ["roc_auc"], "roc_auc", frozenset(), iterations)
@@ -246,7 +247,7 @@ def test_report_groups_label_efficiency_iterations_into_one_figure_and_table() -
     (table,) = [b for b in blocks if isinstance(b, Table)]
     assert table.header == ["data", "init", "mode", "0.1 of labels", "1 of labels"]
     cells = {tuple(c.lines[0][0].text for c in row[:3]): [c.lines[0][0].text for c in row[3:]] for row in table.rows}
-    assert cells[("setA", "none", "fine-tune")] == ["0.6", "0.75"]
-    assert cells[("setA", "ssl", "linear probe")] == ["0.65", "0.8"]
-    assert cells[("setB", "imagenet", "fine-tune")] == ["0.9", "—"]
+    assert cells[("train.csv shaA", "none", "fine-tune")] == ["0.6", "0.75"]  # not a DVC experiment: by inputs
+    assert cells[("train.csv shaA", "ssl", "linear probe")] == ["0.65", "0.8"]
+    assert cells[("train.csv shaB", "imagenet", "fine-tune")] == ["0.9", "—"]
     assert study_blocks(TrackData(CLASSIFIER, ["roc_auc"], "roc_auc", frozenset(), iterations[-1:]), [], 4) == []
