@@ -28,7 +28,7 @@ demo: setup  ## the whole DAG offline on the generated synthetic set (checks mec
 	dvc exp show --md --no-pager
 
 # small and quick: mechanics, not accuracy
-DEMO_ARGS ?= -S data.source=synthetic -S faces.on_miss=center -S classifier.epochs=2 \
+DEMO_ARGS ?= -S data.source=synthetic -S faces.on_miss=center -S classifier.epochs=2 -S pretrain.epochs=2 \
 	-S generator.epochs=5 -S fid.n_samples=100 -S "tracking.note='make demo'"
 
 # One named iteration: make iterate NAME=wider-margin NOTE="why this change" ARGS="-S faces.margin=0.4"

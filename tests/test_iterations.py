@@ -29,6 +29,17 @@ TINY = {
         "threads": 1,
         "device": "cpu",
     },
+    "pretrain": {
+        "arch": "cnn",
+        "cnn_depth": 2,
+        "cnn_width": 8,
+        "image_size": 32,
+        "epochs": 1,
+        "batch_size": 8,
+        "probe_k": 3,
+        "threads": 1,
+        "device": "cpu",
+    },
     "evaluate": {"worst_k": 4, "threads": 1, "device": "cpu"},
     "generator": {
         "model": "dcgan",
