@@ -1,4 +1,4 @@
-# make setup | run | demo | test | test-fast | lint | bench | ui | clean
+# make setup | run | demo | study | test | test-fast | lint | bench | ui | clean
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run demo iterate test test-fast lint bench ui clean
+.PHONY: setup run demo iterate study test test-fast lint bench ui clean
 
 setup: $(VENV)/.installed
 
@@ -28,7 +28,7 @@ demo: setup  ## the whole DAG offline on the generated synthetic set (checks mec
 	dvc exp show --md --no-pager
 
 # small and quick: mechanics, not accuracy
-DEMO_ARGS ?= -S data.source=synthetic -S faces.on_miss=center -S classifier.epochs=2 \
+DEMO_ARGS ?= -S data.source=synthetic -S faces.on_miss=center -S classifier.epochs=2 -S pretrain.epochs=2 \
 	-S generator.epochs=5 -S fid.n_samples=100 -S "tracking.note='make demo'"
 
 # One named iteration: make iterate NAME=wider-margin NOTE="why this change" ARGS="-S faces.margin=0.4"
@@ -36,6 +36,21 @@ DEMO_ARGS ?= -S data.source=synthetic -S faces.on_miss=center -S classifier.epoc
 iterate: setup
 	@test -n "$(NAME)" || { echo 'usage: make iterate NAME=<name> NOTE="<why>" ARGS="-S <block>.<key>=<value> ..."'; exit 2; }
 	dvc exp run --name "$(NAME)" -S "tracking.note='$(NOTE)'" $(ARGS)
+
+# Label-efficiency study (README "pretrain"): classifier.init x label_fraction x (fine-tune, linear probe),
+# 18 queued DVC experiments on STUDY_ARGS (e.g. -S data.source=folder:../shared/data/hardfakevsreal), then run.
+STUDY_INITS ?= none ssl imagenet
+STUDY_FRACTIONS ?= 0.1 0.25 1.0
+STUDY_ARGS ?=
+study: setup
+	for init in $(STUDY_INITS); do for f in $(STUDY_FRACTIONS); do for probe in false true; do \
+	  dvc exp run --queue --name "le-$$init-$$f-$$([ $$probe = true ] && echo probe || echo ft)" \
+	    -S classifier.init=$$init -S classifier.label_fraction=$$f -S classifier.linear_probe=$$probe \
+	    -S "tracking.note='label-efficiency study: init $$init, $$f of labels, linear_probe $$probe'" $(STUDY_ARGS) \
+	    || exit 1; \
+	done; done; done
+	dvc queue start --jobs 1
+	dvc queue status
 
 test: setup  ## the whole suite (slow tests included; they skip when ../shared/data is absent)
 	$(BIN)/python -m pytest

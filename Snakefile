@@ -7,6 +7,9 @@ configfile: "params.yaml"
 rule all:
     input:
         "data/raw/summary.json",
+        "results/pretrain/history.png",
+        "results/pretrain/metrics.json",
+        "results/pretrain/history.csv",
         "results/classifier/history.png",
         "results/classifier/metrics.json",
         "results/classifier/history.csv",
@@ -119,6 +122,47 @@ rule split:
         "python -m stages.split > {log} 2>&1"
 
 
+rule pretrain:
+    input:
+        "stages/pretrain.py",
+        "core/device.py",
+        "core/errors.py",
+        "core/images.py",
+        "core/io.py",
+        "core/params.py",
+        "core/pixels.py",
+        "core/plots.py",
+        "core/pretrained.py",
+        "core/schema.py",
+        "core/tracking.py",
+        "faces/crop.py",
+        "faces/detect.py",
+        "models/classifier.py",
+        "selfsup/augment.py",
+        "selfsup/data.py",
+        "selfsup/encoder.py",
+        "selfsup/probe.py",
+        "selfsup/train.py",
+        "data/splits/train.csv",
+        "data/splits/val.csv",
+        "data/faces/images",
+        "data/faces/params.json",
+        "data/raw/manifest.csv",
+    output:
+        "results/pretrain/encoder.pt",
+        "results/pretrain/history.png",
+        "results/pretrain/metrics.json",
+        "results/pretrain/history.csv",
+    params:
+        pretrain=config["pretrain"],
+    log:
+        "logs/pretrain.log",
+    conda:
+        "envs/pipeline.yaml"
+    shell:
+        "python -m stages.pretrain > {log} 2>&1"
+
+
 rule train_classifier:
     input:
         "stages/train_classifier.py",
@@ -141,6 +185,7 @@ rule train_classifier:
         "core/tracking.py",
         "models/classifier.py",
         "models/ensemble.py",
+        "selfsup/encoder.py",
         "data/splits/train.csv",
         "data/splits/val.csv",
         "data/faces/images",
@@ -148,6 +193,7 @@ rule train_classifier:
         "data/faces/views.csv",
         "data/faces/params.json",
         "data/raw/summary.json",
+        "results/pretrain/encoder.pt",
     output:
         "results/classifier/model.pt",
         "results/classifier/history.png",
@@ -314,6 +360,7 @@ rule report:
         "report/sections.py",
         "report/setup.py",
         "report/shortcuts.py",
+        "report/study.py",
         "report/uncertainty.py",
         "report/templates/blocks.html.j2",
         "report/templates/report.html.j2",

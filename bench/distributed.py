@@ -104,7 +104,7 @@ def main() -> None:
     common = {"threads": 0, "device": "auto", "epochs": args.epochs, "max_minutes": 0}
     blocks: dict[str, dict[str, dict[str, object]]] = {
         "train_classifier": {
-            "classifier": {**common, "arch": "mobilenet_v2", "pretrained": pretrained, "early_stopping_patience": 0}
+            "classifier": {**common, "arch": "mobilenet_v2", "init": pretrained, "early_stopping_patience": 0}
         },
         "train_generator": {"generator": {**common, "model": "dcgan", "image_size": 64, "train_on": "all"}},
     }

@@ -202,7 +202,7 @@ def main() -> None:
     rounds = rounds_from(args)
     threads = set_threads(args.threads)
     device = pick_device(args.device)
-    params = dataclasses.replace(defaults, arch=args.arch, pretrained="none")  # the networks start from scratch here
+    params = dataclasses.replace(defaults, arch=args.arch, init="none")  # the networks start from scratch here
     spec = ArchSpec.from_params(params)
     mean, std = spec.normalisation
     aug = AugmentConfig.from_params(defaults)

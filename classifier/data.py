@@ -67,6 +67,29 @@ def load_split(
     return SplitData(name, frame, images, labels)
 
 
+def label_subset(split: SplitData, fraction: float, seed: int) -> SplitData:
+    """A seeded share ``fraction`` of ``split``'s rows (the labels a label-efficiency run may use): whole groups,
+    drawn in a shuffled order until each label has its share of rows, so both labels are always present."""
+    if fraction >= 1.0:
+        return split
+    groups = split.frame["group"].astype(str).to_numpy()
+    order = pd.unique(groups[np.random.default_rng(seed).permutation(len(groups))])
+    target = {y: max(1, round(fraction * int((split.labels == y).sum()))) for y in (0.0, 1.0)}
+    taken = {0.0: 0, 1.0: 0}
+    keep = np.zeros(len(groups), dtype=bool)
+    for group in order:
+        if all(taken[y] >= target[y] for y in taken):
+            break
+        rows = groups == group
+        ys = split.labels[rows]
+        if any(taken[y] < target[y] for y in set(ys.tolist())):
+            keep |= rows
+            for y in ys.tolist():
+                taken[y] += 1
+    idx = np.flatnonzero(keep)
+    return SplitData(split.name, split.frame.iloc[idx].reset_index(drop=True), split.images[idx], split.labels[idx])
+
+
 @dataclass(frozen=True)
 class TrainViews:
     """Extra views of training rows (the faces stage's tighter framings): each epoch a row is shown as its

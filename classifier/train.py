@@ -48,8 +48,11 @@ def member_params(p: ClassifierParams, member: int) -> ClassifierParams:
 
 
 def frozen_epochs(p: ClassifierParams) -> int:
-    """Epochs that train the head alone: classifier.freeze_backbone_epochs, for ImageNet-initialised backbones only."""
-    return p.freeze_backbone_epochs if p.pretrained == "imagenet" else 0
+    """Epochs that train the head alone: all of them for a linear probe, else classifier.freeze_backbone_epochs for
+    a pretrained (imagenet or ssl) backbone."""
+    if p.linear_probe:
+        return p.epochs
+    return p.freeze_backbone_epochs if p.init != "none" else 0
 
 
 @dataclass(frozen=True)

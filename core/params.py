@@ -115,12 +115,16 @@ class TrackingParams:
 
 # torchvision backbones and the from-scratch CNN; models.classifier builds each (tests/test_params_defaults.py)
 CLASSIFIER_ARCHS = ("mobilenet_v2", "resnet18", "efficientnet_b0", "cnn")
+# where the classifier's backbone starts: ImageNet weights, the pretrain stage's encoder, or random
+CLASSIFIER_INITS = ("imagenet", "ssl", "none")
 
 
 @dataclass(frozen=True)
 class ClassifierParams:
     arch: str = choice(*CLASSIFIER_ARCHS, default="mobilenet_v2")
-    pretrained: str = choice("imagenet", "none", default="imagenet")
+    init: str = choice(*CLASSIFIER_INITS, default="imagenet")
+    label_fraction: float = bounded(1.0, 0.01, 1.0)
+    linear_probe: bool = False
     freeze_backbone_epochs: int = bounded(1, 0, 1000)
     image_size: int = bounded(128, 16, 1024)
     cnn_depth: int = bounded(4, 1, 8)
@@ -155,11 +159,49 @@ class ClassifierParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.arch == "cnn" and self.pretrained != "none":
+        if self.arch == "cnn" and self.init == "imagenet":
             raise ParamsError(
-                f"classifier.pretrained: got {self.pretrained!r} with arch 'cnn'; the from-scratch CNN has no "
-                "pretrained weights: set classifier.pretrained: none (or pick arch mobilenet_v2, resnet18 or "
-                "efficientnet_b0)"
+                "classifier.init: got 'imagenet' with arch 'cnn'; the from-scratch CNN has no ImageNet "
+                "weights: set classifier.init: none or ssl (or pick arch mobilenet_v2, resnet18 or efficientnet_b0)"
+            )
+
+
+@dataclass(frozen=True)
+class PretrainParams:
+    arch: str = choice(*CLASSIFIER_ARCHS, default="mobilenet_v2")  # must be classifier.arch to load it there
+    cnn_depth: int = bounded(4, 1, 8)
+    cnn_width: int = bounded(32, 4, 512)
+    cnn_block: str = choice("residual", "plain", default="residual")
+    start: str = choice("none", "imagenet", default="none")
+    extra_folder: str = ""
+    image_size: int = bounded(64, 16, 1024)
+    epochs: int = bounded(30, 1, 100_000)
+    batch_size: int = bounded(128, 4, 8192)
+    lr: float = bounded(1e-3, 1e-7, 1.0)
+    weight_decay: float = bounded(1e-4, 0.0, 1.0)
+    temperature: float = bounded(0.2, 0.01, 10.0)
+    proj_hidden: int = bounded(512, 8, 8192)
+    proj_dim: int = bounded(128, 8, 4096)
+    aug_crop_scale: float = bounded(0.4, 0.05, 1.0)
+    aug_flip: float = bounded(0.5, 0.0, 1.0)
+    aug_color_prob: float = bounded(0.8, 0.0, 1.0)
+    aug_color_jitter: float = bounded(0.4, 0.0, 1.0)
+    aug_grayscale: float = bounded(0.2, 0.0, 1.0)
+    aug_blur_prob: float = bounded(0.0, 0.0, 1.0)
+    aug_blur_sigma: float = bounded(1.5, 0.1, 10.0)
+    aug_jpeg_prob: float = bounded(0.0, 0.0, 1.0)
+    aug_jpeg_quality: int = bounded(60, 1, 100)
+    probe_k: int = bounded(20, 1, 1000)
+    max_minutes: float = bounded(10.0, 0.0)
+    amp: bool = True
+    device: str = choice("auto", "cpu", "cuda", default="auto")
+    threads: int = bounded(0, 0, 256)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.arch == "cnn" and self.start == "imagenet":
+            raise ParamsError(
+                "pretrain.start: got 'imagenet' with arch 'cnn'; the CNN has no ImageNet weights: use none"
             )
 
 

@@ -108,7 +108,7 @@ def find_weights(arch: str, hub_dir: Path | None = None, use_packages: bool = Tr
 def missing_message(arch: str, hub_dir: Path, rejected: list[str]) -> str:
     filename = WEIGHT_FILES[arch]
     lines = [
-        f"classifier.pretrained is 'imagenet' but no usable ImageNet weights for {arch} "
+        f"classifier.init is 'imagenet' but no usable ImageNet weights for {arch} "
         f"({filename}) are on this machine; nothing is downloaded at run time."
     ]
     if rejected:
@@ -123,7 +123,7 @@ def missing_message(arch: str, hub_dir: Path, rejected: list[str]) -> str:
         f"torch hub cache into {hub_dir}"
     )
     lines.append(
-        "  - or train from scratch on purpose: dvc exp run -S classifier.pretrained=none "
-        "(or -S classifier.arch=cnn -S classifier.pretrained=none)"
+        "  - or train from scratch on purpose: dvc exp run -S classifier.init=none "
+        "(or -S classifier.arch=cnn -S classifier.init=none)"
     )
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from core.params import ReportParams
 from report.iterations import CLASSIFIER, GENERATOR, TrackData, build_track
 from report.runs import Artifacts, RunInfo, load_runs
 from report.setup import DvcExp, SetupData, dvc_experiments, setup_data
+from report.study import PretrainCurve, pretrain_curves
 
 
 @dataclass
@@ -25,6 +26,7 @@ class ReportData:
     setup: SetupData
     dvc_exps: list[DvcExp]
     dvc_error: str | None
+    pretrain: list[PretrainCurve]
 
 
 def collect(p: ReportParams, experiment: str, uri: str, repo: Path | None, exclude: str | None = None) -> ReportData:
@@ -36,6 +38,7 @@ def collect(p: ReportParams, experiment: str, uri: str, repo: Path | None, exclu
     with tempfile.TemporaryDirectory(prefix="report-artifacts-") as tmp:
         art = Artifacts(client, Path(tmp))
         tracks = [build_track(spec, runs, p, client, art) for spec in (CLASSIFIER, GENERATOR)]
+        pretrain = pretrain_curves(runs, art)
         for track in tracks:
             track.remarks += [r for r in art.remarks if r not in track.remarks]
             art.remarks.clear()
@@ -54,6 +57,7 @@ def collect(p: ReportParams, experiment: str, uri: str, repo: Path | None, exclu
         setup=setup_data(runs),
         dvc_exps=exps,
         dvc_error=dvc_error,
+        pretrain=pretrain,
     )
 
 

@@ -1,23 +1,21 @@
-"""The report's sections as document blocks: setup, one part per track, the appendix.
-
-``build_document`` turns a ReportData into headings, paragraphs, tables and figures (report.document).
-"""
+"""The report's sections as blocks of report.document (setup, one part per track, the appendix): ``build_document``."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from core.params import ReportParams
+from core.schema import SPLITS
 from report.collect import ReportData
 from report.document import MISSING, Block, Cell, Figure, Heading, Para, Span, Table, fmt, fmt_delta, fmt_seconds
 from report.figures import curves_figure, metrics_figure, montage, roc_figure
 from report.iterations import CLASSIFIER, Iteration, TrackData, TrackSpec
 from report.runs import RunInfo
 from report.shortcuts import shortcut_blocks, warnings_column
+from report.study import study_blocks
 from report.uncertainty import uncertainty_blocks
 
 MAX_CHANGES_SHOWN = 8
-SPLIT_ORDER = ("train", "val", "test")
 
 
 def kv_table(caption: str, pairs: dict[str, Any], key_header: str = "parameter", key_kind: str = "code") -> Table:
@@ -124,7 +122,7 @@ def split_blocks(data: ReportData) -> list[Block]:
     if summary.get("holdout_generator"):
         facts.append(f"held-out generator `{summary['holdout_generator']}`")
     groups = summary.get("groups") or {}
-    groups = {s: groups[s] for s in sorted(groups, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else 9, s))}
+    groups = {s: groups[s] for s in sorted(groups, key=lambda s: (SPLITS.index(s) if s in SPLITS else 9, s))}
     out.append(
         Para(
             "Splits are group-disjoint (an identity or near-duplicate group never crosses splits): "
@@ -446,5 +444,5 @@ def build_document(data: ReportData, p: ReportParams) -> list[Block]:
     doc += setup_section(data)
     for k, track in enumerate(data.tracks):
         doc += track_section(k + 2, track, p)
-    doc += appendix(data)
+    doc += study_blocks(data.tracks[0], data.pretrain, len(data.tracks) + 2) + appendix(data)
     return doc

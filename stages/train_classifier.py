@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from classifier.checkpoint import ClassifierCheckpoint, save_checkpoint
-from classifier.data import load_split, load_views
+from classifier.data import label_subset, load_split, load_views
 from classifier.metrics import binary_metrics, calibrated, choose_threshold_from_logits, fit_temperature_with_reason
 from classifier.train import EpochRecord, TrainResult, member_params, train_loop
 from core.distributed import World, relaunch_under_torchrun, training_world
@@ -39,6 +39,7 @@ from core.pretrained import find_weights
 from core.tracking import stage_run
 from models.classifier import ArchSpec, build_classifier
 from models.ensemble import mean_probability_logit
+from selfsup.encoder import load_into
 
 SPLITS_DIR = Path("data/splits")
 FACES_PARAMS = Path("data/faces/params.json")  # the faces params that made the crops (faces stage)
@@ -80,12 +81,20 @@ def main() -> None:
 def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device: torch.device, threads: int) -> None:
     torch.manual_seed(p.seed)
     # Fail before any work when ImageNet weights are asked for but absent (never train from scratch instead).
-    weights = find_weights(p.arch) if p.pretrained == "imagenet" else None
+    weights = find_weights(p.arch) if p.init == "imagenet" else None
     with world.main_first():  # rank 0 builds the image caches, the other ranks then memory-map them
         train = load_split(SPLITS_DIR / "train.csv", p.image_size, progress=world.is_main)
+        train = label_subset(train, p.label_fraction, p.seed)  # whole groups, both labels (label-efficiency runs)
         val = load_split(SPLITS_DIR / "val.csv", p.image_size, progress=world.is_main)
         views = load_views(train, VIEWS, p.image_size, progress=world.is_main)
     spec = ArchSpec.from_params(p)
+    # checked before the run opens: a missing encoder or one of another architecture is one clear error
+    encoder = load_into(build_classifier(spec), spec) if p.init == "ssl" else None
+    if encoder is not None and encoder.image_size != p.image_size and world.is_main:
+        print(
+            f"train_classifier: the encoder was pretrained at {encoder.image_size} px, "
+            f"the classifier runs at {p.image_size} px"
+        )
     mean, std = spec.normalisation
     history: list[dict] = []
     run = (
@@ -102,6 +111,7 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
                     "classifier.torch_threads": threads,
                     "classifier.world_size": world.size,
                     "classifier.pretrained_weights": f"{weights.origin}:{weights.path}" if weights else "none",
+                    "classifier.ssl_encoder_image_size": encoder.image_size if encoder else "none",
                 }
             )
 
@@ -123,6 +133,8 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
             mp = member_params(p, member)
             torch.manual_seed(mp.seed)
             model = build_classifier(spec, weights.path if weights else None)
+            if p.init == "ssl":
+                load_into(model, spec)  # every member starts from the self-supervised encoder
             results.append(
                 train_loop(
                     model,
@@ -188,7 +200,7 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
             info={
                 "best_epoch": result.best_epoch,
                 "best_val_roc_auc": result.best_val_roc_auc,
-                "pretrained": p.pretrained,
+                "init": p.init,
                 "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "temperature_reason": fit.reason,
                 "min_side": raw_min_side(),

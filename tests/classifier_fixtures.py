@@ -97,7 +97,7 @@ def tiny_classifier_params(**overrides: object) -> dict[str, object]:
     """classifier block for a fast CPU run on 32px images."""
     values: dict[str, object] = {
         "arch": "cnn",
-        "pretrained": "none",
+        "init": "none",
         "image_size": 32,
         "cnn_depth": 2,
         "cnn_width": 8,

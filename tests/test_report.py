@@ -29,7 +29,7 @@ from tests.conftest import PROJECT_ROOT
 from tests.helpers import set_params
 
 CHROMIUM = Path("/usr/bin/chromium")
-CLASSIFIER_BASE = {"arch": "cnn", "pretrained": "none", "lr": 0.001, "dropout": 0.2, "epochs": 3}
+CLASSIFIER_BASE = {"arch": "cnn", "init": "none", "lr": 0.001, "dropout": 0.2, "epochs": 3}
 # (exp name, note, classifier changes, split seed, test metrics, train-loss scale)
 CLASSIFIER_ITERATIONS = [
     ("exp-a", "baseline cnn", {}, 0, {"roc_auc": 0.80, "f1": 0.70, "ece": 0.10, "accuracy": 0.75}, 1.0),

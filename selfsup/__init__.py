@@ -1,0 +1,1 @@
+"""Self-supervised pretraining (SimCLR) of the classifier's backbone on unlabelled face crops."""
