@@ -21,6 +21,12 @@ rule all:
         "results/generator/summary.json",
         "results/generator/history.csv",
         "results/report",
+        "results/federated/model.pt",
+        "results/federated/partitions.csv",
+        "results/federated/clients.csv",
+        "results/federated/comparison.csv",
+        "results/federated/metrics.json",
+        "results/federated/history.csv",
 
 
 rule download:
@@ -152,6 +158,55 @@ rule train_classifier:
         "envs/pipeline.yaml"
     shell:
         "python -m stages.train_classifier > {log} 2>&1"
+
+
+rule train_federated:
+    input:
+        "stages/train_federated.py",
+        "classifier/augment.py",
+        "classifier/checkpoint.py",
+        "classifier/data.py",
+        "classifier/infer.py",
+        "classifier/metrics.py",
+        "classifier/train.py",
+        "core/device.py",
+        "core/distributed.py",
+        "core/errors.py",
+        "core/images.py",
+        "core/io.py",
+        "core/params.py",
+        "core/pixels.py",
+        "core/plots.py",
+        "core/pretrained.py",
+        "core/schema.py",
+        "core/tracking.py",
+        "federated/client.py",
+        "federated/partition.py",
+        "federated/run.py",
+        "federated/server.py",
+        "models/classifier.py",
+        "stages/train_classifier.py",
+        "data/splits/train.csv",
+        "data/splits/val.csv",
+        "data/splits/test.csv",
+        "data/faces/images",
+        "data/faces/params.json",
+        "data/raw/summary.json",
+    output:
+        "results/federated/model.pt",
+        "results/federated/partitions.csv",
+        "results/federated/clients.csv",
+        "results/federated/comparison.csv",
+        "results/federated/metrics.json",
+        "results/federated/history.csv",
+    params:
+        federated=config["federated"],
+    log:
+        "logs/train_federated.log",
+    conda:
+        "envs/pipeline.yaml"
+    shell:
+        "python -m stages.train_federated > {log} 2>&1"
 
 
 rule evaluate:

@@ -176,6 +176,49 @@ class EvaluateParams:
     seed: int = 0
 
 
+FEDERATED_PARTITIONS = ("by_generator", "iid", "dirichlet")  # federated.partition
+FEDERATED_STRATEGIES = ("fedavg", "fedprox")  # federated.server builds each from Flower
+FEDERATED_DP = ("none", "server_clipping")  # Flower's central DP wrapper with server-side fixed clipping
+
+
+@dataclass(frozen=True)
+class FederatedParams:
+    partition: str = choice(*FEDERATED_PARTITIONS, default="by_generator")
+    dirichlet_alpha: float = bounded(0.5, 0.01, 1000.0)
+    num_clients: int = bounded(3, 1, 1000)
+    rounds: int = bounded(4, 1, 10_000)
+    local_epochs: int = bounded(1, 1, 1000)
+    fraction_fit: float = bounded(1.0, 0.01, 1.0)
+    strategy: str = choice(*FEDERATED_STRATEGIES, default="fedavg")
+    proximal_mu: float = bounded(0.01, 0.0, 100.0)
+    dp: str = choice(*FEDERATED_DP, default="none")
+    dp_noise_multiplier: float = bounded(1.0, 0.0, 100.0)
+    dp_clipping_norm: float = bounded(10.0, 1e-6)
+    dp_delta: float = bounded(1e-5, 1e-12, 0.5)
+    baselines: bool = True
+    arch: str = choice(*CLASSIFIER_ARCHS, default="mobilenet_v2")
+    pretrained: str = choice("imagenet", "none", default="imagenet")
+    image_size: int = bounded(128, 16, 1024)
+    cnn_depth: int = bounded(4, 1, 8)
+    cnn_width: int = bounded(32, 4, 512)
+    batch_size: int = bounded(32, 2, 4096)
+    lr: float = bounded(1e-3, 1e-7, 1.0)
+    weight_decay: float = bounded(0.05, 0.0, 1.0)
+    augment: bool = True
+    threshold_rule: str = choice("youden", "f1", "eer", default="youden")
+    cpus: int = bounded(2, 1, 1024)
+    object_store_mb: int = bounded(100, 80, 1_000_000)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.arch == "cnn" and self.pretrained != "none":
+            raise ParamsError(f"federated.pretrained: got {self.pretrained!r} with arch 'cnn'; set it to none")
+        if self.dp != "none" and self.dp_noise_multiplier <= 0:
+            raise ParamsError(
+                "federated.dp_noise_multiplier: must be > 0 when federated.dp is on (epsilon is infinite)"
+            )
+
+
 GENERATOR_MODELS = ("vae", "dcgan", "wgan_gp")  # models.generator and generator.trainers
 GENERATOR_TRAIN_ON = (*LABELS, "all")  # one label's faces, or all
 DIFFAUGMENT_OPS = ("translation", "color", "cutout")  # generator.augment implements each
