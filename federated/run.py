@@ -10,6 +10,8 @@ on validation and is scored on the test split with evaluate's metrics (per gener
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +64,10 @@ def stop_leftovers(processes: set[psutil.Process], grace_s: float = 10.0) -> lis
     return [proc.pid for proc in alive]
 
 
+def _exit(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def simulate(
     p: FederatedParams, config: RunConfig, initial: dict[str, torch.Tensor], validation: GlobalValidation
 ) -> None:
@@ -77,6 +83,8 @@ def simulate(
         record(row, clients)
 
     validation.sink = sink
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit) if on_main else None  # a killed stage still stops Ray
     try:
         run_simulation(
             server_app=server_app(p, config, ArrayRecord(initial), validation),
@@ -85,6 +93,9 @@ def simulate(
             backend_config=backend_config(p),
         )
     finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
+        started.update(psutil.Process().children(recursive=True))
         if ray.is_initialized():
             ray.shutdown()
         stopped = stop_leftovers(started)

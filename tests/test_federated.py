@@ -98,6 +98,9 @@ TINY = {
     "lr": 0.003,
     "augment": False,
     "cpus": 1,
+    "strategy": "fedavg",
+    "baselines": True,
+    "partition": "by_generator",
 }
 
 
