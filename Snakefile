@@ -28,6 +28,12 @@ rule all:
         "results/generator/summary.json",
         "results/generator/history.csv",
         "results/report",
+        "results/federated/model.pt",
+        "results/federated/partitions.csv",
+        "results/federated/clients.csv",
+        "results/federated/comparison.csv",
+        "results/federated/metrics.json",
+        "results/federated/history.csv",
 
 
 rule download:
@@ -36,6 +42,7 @@ rule download:
         "core/errors.py",
         "core/images.py",
         "core/io.py",
+        "core/paramfile.py",
         "core/params.py",
         "core/schema.py",
         "core/tracking.py",
@@ -66,6 +73,7 @@ rule faces:
         "core/errors.py",
         "core/images.py",
         "core/io.py",
+        "core/paramfile.py",
         "core/params.py",
         "core/pixels.py",
         "core/schema.py",
@@ -101,6 +109,7 @@ rule split:
         "stages/split.py",
         "core/errors.py",
         "core/io.py",
+        "core/paramfile.py",
         "core/params.py",
         "core/schema.py",
         "core/tracking.py",
@@ -129,6 +138,7 @@ rule pretrain:
         "core/errors.py",
         "core/images.py",
         "core/io.py",
+        "core/paramfile.py",
         "core/params.py",
         "core/pixels.py",
         "core/plots.py",
@@ -177,6 +187,7 @@ rule train_classifier:
         "core/errors.py",
         "core/images.py",
         "core/io.py",
+        "core/paramfile.py",
         "core/params.py",
         "core/pixels.py",
         "core/plots.py",
@@ -209,6 +220,58 @@ rule train_classifier:
         "python -m stages.train_classifier > {log} 2>&1"
 
 
+rule train_federated:
+    input:
+        "stages/train_federated.py",
+        "classifier/augment.py",
+        "classifier/checkpoint.py",
+        "classifier/data.py",
+        "classifier/infer.py",
+        "classifier/metrics.py",
+        "classifier/train.py",
+        "core/device.py",
+        "core/distributed.py",
+        "core/errors.py",
+        "core/images.py",
+        "core/io.py",
+        "core/paramfile.py",
+        "core/params.py",
+        "core/pixels.py",
+        "core/plots.py",
+        "core/pretrained.py",
+        "core/schema.py",
+        "core/tracking.py",
+        "federated/client.py",
+        "federated/partition.py",
+        "federated/run.py",
+        "federated/server.py",
+        "models/classifier.py",
+        "models/ensemble.py",
+        "selfsup/encoder.py",
+        "stages/train_classifier.py",
+        "data/splits/train.csv",
+        "data/splits/val.csv",
+        "data/splits/test.csv",
+        "data/faces/images",
+        "data/faces/params.json",
+        "data/raw/summary.json",
+    output:
+        "results/federated/model.pt",
+        "results/federated/partitions.csv",
+        "results/federated/clients.csv",
+        "results/federated/comparison.csv",
+        "results/federated/metrics.json",
+        "results/federated/history.csv",
+    params:
+        federated=config["federated"],
+    log:
+        "logs/train_federated.log",
+    conda:
+        "envs/pipeline.yaml"
+    shell:
+        "python -m stages.train_federated > {log} 2>&1"
+
+
 rule evaluate:
     input:
         "stages/evaluate.py",
@@ -224,6 +287,7 @@ rule evaluate:
         "core/errors.py",
         "core/images.py",
         "core/io.py",
+        "core/paramfile.py",
         "core/params.py",
         "core/pixels.py",
         "core/plots.py",
@@ -280,6 +344,7 @@ rule train_generator:
         "core/errors.py",
         "core/images.py",
         "core/io.py",
+        "core/paramfile.py",
         "core/params.py",
         "core/pixels.py",
         "core/pretrained.py",
@@ -317,6 +382,7 @@ rule fid:
         "core/errors.py",
         "core/images.py",
         "core/io.py",
+        "core/paramfile.py",
         "core/params.py",
         "core/pixels.py",
         "core/pretrained.py",
@@ -347,6 +413,7 @@ rule report:
         "stages/report.py",
         "core/errors.py",
         "core/io.py",
+        "core/paramfile.py",
         "core/params.py",
         "core/plots.py",
         "core/schema.py",

@@ -1,4 +1,4 @@
-"""Typed access to params.yaml: one dataclass per block, validated on load.
+"""Typed access to params.yaml: one frozen dataclass per block, validated on load (core.paramfile).
 
 A stage calls ``load_block("faces", FacesParams)`` and gets a frozen dataclass or a
 ``ParamsError`` that names the bad key and what it accepts. The defaults here are params.yaml's
@@ -8,36 +8,23 @@ ones: ``models/`` and the training code import them (the core imports no other p
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
-
-from core.errors import PipelineError
+from core.paramfile import (
+    PARAMS_FILE,
+    ParamsError,
+    as_dict,
+    bounded,
+    choice,
+    load_block,
+    parse_block,
+    read_params,
+)
 from core.schema import LABELS, REAL
 
-PARAMS_FILE = Path("params.yaml")
-T = TypeVar("T")
-
-
-class ParamsError(PipelineError, ValueError):
-    """A params.yaml value that a stage cannot use."""
-
-    hint = "fix it in params.yaml (or dvc exp run -S <key>=<value>)"
-
-
-def choice(*allowed: str, default: str) -> Any:
-    """A string field restricted to ``allowed``."""
-    return field(default=default, metadata={"choices": allowed})
-
-
-def bounded(default: float | int, lo: float | None = None, hi: float | None = None) -> Any:
-    """A numeric field with inclusive bounds."""
-    return field(default=default, metadata={"lo": lo, "hi": hi})
+__all__ = ["PARAMS_FILE", "ParamsError", "as_dict", "load_block", "parse_block", "read_params"]  # and the blocks
 
 
 @dataclass(frozen=True)
@@ -231,6 +218,49 @@ class EvaluateParams:
     seed: int = 0
 
 
+FEDERATED_PARTITIONS = ("by_generator", "iid", "dirichlet")  # federated.partition
+FEDERATED_STRATEGIES = ("fedavg", "fedprox")  # federated.server builds each from Flower
+FEDERATED_DP = ("none", "server_clipping")  # Flower's central DP wrapper with server-side fixed clipping
+
+
+@dataclass(frozen=True)
+class FederatedParams:
+    partition: str = choice(*FEDERATED_PARTITIONS, default="by_generator")
+    dirichlet_alpha: float = bounded(0.5, 0.01, 1000.0)
+    num_clients: int = bounded(3, 1, 1000)
+    rounds: int = bounded(4, 1, 10_000)
+    local_epochs: int = bounded(1, 1, 1000)
+    fraction_fit: float = bounded(1.0, 0.01, 1.0)
+    strategy: str = choice(*FEDERATED_STRATEGIES, default="fedavg")
+    proximal_mu: float = bounded(0.01, 0.0, 100.0)
+    dp: str = choice(*FEDERATED_DP, default="none")
+    dp_noise_multiplier: float = bounded(1.0, 0.0, 100.0)
+    dp_clipping_norm: float = bounded(10.0, 1e-6)
+    dp_delta: float = bounded(1e-5, 1e-12, 0.5)
+    baselines: bool = True
+    arch: str = choice(*CLASSIFIER_ARCHS, default="mobilenet_v2")
+    init: str = choice("imagenet", "none", default="imagenet")
+    image_size: int = bounded(128, 16, 1024)
+    cnn_depth: int = bounded(4, 1, 8)
+    cnn_width: int = bounded(32, 4, 512)
+    batch_size: int = bounded(32, 2, 4096)
+    lr: float = bounded(1e-3, 1e-7, 1.0)
+    weight_decay: float = bounded(0.05, 0.0, 1.0)
+    augment: bool = True
+    threshold_rule: str = choice("youden", "f1", "eer", default="youden")
+    cpus: int = bounded(2, 1, 1024)
+    object_store_mb: int = bounded(100, 80, 1_000_000)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.arch == "cnn" and self.init != "none":
+            raise ParamsError(f"federated.init: got {self.init!r} with arch 'cnn'; set it to none")
+        if self.dp != "none" and self.dp_noise_multiplier <= 0:
+            raise ParamsError(
+                "federated.dp_noise_multiplier: must be > 0 when federated.dp is on (epsilon is infinite)"
+            )
+
+
 GENERATOR_MODELS = ("vae", "dcgan", "wgan_gp")  # models.generator and generator.trainers
 GENERATOR_TRAIN_ON = (*LABELS, "all")  # one label's faces, or all
 DIFFAUGMENT_OPS = ("translation", "color", "cutout")  # generator.augment implements each
@@ -343,86 +373,3 @@ class ReportParams:
                     f"report.{track}_primary: got {primary!r}; allowed: one of "
                     f"report.{track}_metrics ({', '.join(map(repr, names))})"
                 )
-
-
-def read_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
-    if not path.exists():
-        raise ParamsError(f"{path} not found: run stages from the project root (where params.yaml lives)", hint="")
-    with path.open() as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ParamsError(f"{path}: expected a mapping of blocks, got {type(data).__name__}")
-    return data
-
-
-def load_block(name: str, cls: type[T], path: Path = PARAMS_FILE) -> T:
-    """Read block ``name`` of params.yaml into dataclass ``cls``, validating every key."""
-    raw = read_params(path).get(name) or {}
-    return parse_block(name, cls, raw)
-
-
-def parse_block(name: str, cls: type[T], raw: dict[str, Any]) -> T:
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{name}: expected a mapping, got {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ParamsError(f"{name}.{unknown[0]}: unknown key; allowed keys: {', '.join(fields)}")
-    hints = typing.get_type_hints(cls)
-    values = {key: _check(f"{name}.{key}", raw[key], hints[key], fields[key]) for key in raw}
-    return cls(**values)
-
-
-def _check(key: str, value: Any, hint: Any, f: dataclasses.Field) -> Any:
-    if not _matches(value, hint):
-        raise ParamsError(f"{key}: got {value!r} ({type(value).__name__}); expected {_describe(hint)}")
-    if isinstance(value, int) and not isinstance(value, bool) and _origin_is(hint, float):
-        value = float(value)
-    choices = f.metadata.get("choices")
-    if choices and value not in choices:
-        raise ParamsError(f"{key}: got {value!r}; allowed values: {', '.join(map(repr, choices))}")
-    lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if lo is not None and value < lo or hi is not None and value > hi:
-            rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-            raise ParamsError(f"{key}: got {value!r}; allowed range {rng}")
-    return value
-
-
-def _origin_is(hint: Any, t: type) -> bool:
-    return hint is t or t in typing.get_args(hint)
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, h) for h in typing.get_args(hint))
-    if origin is Literal:
-        return value in typing.get_args(hint)
-    if origin in (list, tuple):
-        (inner, *_) = typing.get_args(hint) or (Any,)
-        return isinstance(value, (list, tuple)) and all(_matches(v, inner) for v in value)
-    if origin is dict:
-        return isinstance(value, dict)
-    if hint is Any:
-        return True
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is type(None):
-        return value is None
-    return isinstance(value, hint)
-
-
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(h) for h in typing.get_args(hint))
-    if origin is Literal:
-        return " or ".join(repr(a) for a in typing.get_args(hint))
-    return getattr(hint, "__name__", str(hint))
-
-
-def as_dict(params: Any) -> dict[str, Any]:
-    return dataclasses.asdict(params)

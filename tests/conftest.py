@@ -11,6 +11,8 @@ import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # Flower reads it at import (tests/test_federated.py)
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
