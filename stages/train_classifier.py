@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -31,7 +32,7 @@ from core.io import write_csv, write_json
 from core.params import ClassifierParams, FacesParams, as_dict, load_block, parse_block
 from core.plots import history_figure, save_figure
 from core.pretrained import find_weights
-from core.tracking import stage_run
+from core.tracking import active_run_id, stage_run
 from models.classifier import ArchSpec, build_classifier
 
 SPLITS_DIR = Path("data/splits")
@@ -169,6 +170,8 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
                 "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "temperature_reason": fit.reason,
                 "min_side": raw_min_side(),
+                "mlflow_run_id": active_run_id(),  # the app says which run it serves
+                "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
             },
         )
         save_checkpoint(OUT_DIR / "model.pt", ckpt)
