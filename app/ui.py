@@ -77,6 +77,7 @@ def build_app(detector: Detector, sampler: Sampler | None, about: str, scratch: 
                 columns=2,
                 height="auto",
                 object_fit="contain",
+                preview=False,
                 elem_id="gallery",
             )
             table = gr.Dataframe(label="Per file (the columns of predict)", elem_id="table", interactive=False)

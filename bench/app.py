@@ -3,7 +3,7 @@
     python -m bench.app [--checkpoint results/classifier/model.pt] [--photo PATH] [--side 512] [--runs 30]
 
 Times the handler behind the Detect button (pixel check, decode, MTCNN detection, crop, calibrated score,
-Grad-CAM, the box + heatmap picture, the CSV), in this process, on CPU with ``--threads`` threads; the
+Grad-CAM, the box + heatmap picture, the CSV), in this process, on CPU with ``--threads`` torch threads (the app's default: 1); the
 browser and HTTP transfer are not included. The photo is ``--photo`` (default: the first real face of
 ``../shared/data/hardfakevsreal``) resized so its longer side is ``--side``. Without ``--checkpoint`` the
 network is params.yaml's classifier (arch, image_size) with untrained weights: latency does not depend
@@ -51,9 +51,10 @@ def main() -> None:
     ap.add_argument("--photo", type=Path, default=None)
     ap.add_argument("--side", type=int, default=512)
     ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads, as the app's --threads (default 1)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # the untrained network's tiny activations would be denormals: not a trained one's
     device = torch.device("cpu")
     if args.checkpoint is not None:
         model, ckpt = load_model(args.checkpoint, device)

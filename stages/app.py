@@ -20,7 +20,7 @@ from app.service import Detector, Sampler, describe_classifier
 from app.ui import build_app
 from classifier.checkpoint import load_model
 from classifier.predict import faces_params_for
-from core.device import pick_device
+from core.device import pick_device, set_threads
 from core.errors import ArgumentParser, MissingInputError, positive_int, run_cli
 from faces.crop import FaceCropper
 from generator.sampling import load_generator
@@ -42,6 +42,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     port = int(os.environ.get("APP_PORT", "7860"))
     ap.add_argument("--port", type=int, default=port, help="default: $APP_PORT or 7860")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
+    ap.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="torch CPU threads (default %(default)s: requests run side by side, and on a busy 2-core machine "
+        "2 threads per request measured 10x slower than 1; README 'Performance')",
+    )
     defaults = AppLimits()
     for name, help_text in (
         ("max_upload_mb", "largest uploaded file, MB"),
@@ -63,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.classifier.is_file():
         raise MissingInputError(f"no classifier checkpoint at {args.classifier}", FIRST)
     device = pick_device(args.device)
+    set_threads(args.threads)
     model, ckpt = load_model(args.classifier, device)
     faces, _ = faces_params_for(ckpt)
     detector = Detector(model, ckpt, FaceCropper(faces, device=device), device, limits)

@@ -188,6 +188,10 @@ def test_the_real_app_in_chromium(detector: Detector, tmp_path: Path, monkeypatc
             table_text = page.locator("#table").inner_text()
             shot = tmp_path / "app.png"
             page.screenshot(path=str(shot), full_page=True)
+            page.get_by_role("tab", name="Generate").click()
+            page.locator("#sample").click()
+            page.locator("#samples img").first.wait_for(state="visible", timeout=60_000)
+            n_samples = page.locator("#samples img").count()
             browser.close()
     finally:
         page_app.close()
@@ -196,6 +200,7 @@ def test_the_real_app_in_chromium(detector: Detector, tmp_path: Path, monkeypatc
     assert "1 face(s) scored" in summary and f"portrait.png: p(fake) {score}" in summary
     assert "portrait.png" in table_text and score in table_text
     assert heat_width == 520, "the box + Grad-CAM picture did not load"
+    assert n_samples == 8, "the Generate tab did not show its 8 default samples"
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=float)
     assert shot.stat().st_size > 10_000 and pixels.std() > 10, "the screenshot is blank"
     assert pd.notna(expected["prob_fake"].iloc[0])
