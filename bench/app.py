@@ -2,12 +2,13 @@
 
     python -m bench.app [--checkpoint results/classifier/model.pt] [--photo PATH] [--side 512] [--runs 30]
 
-Times the handler behind the Detect button (pixel check, decode, MTCNN detection, crop, calibrated score,
-Grad-CAM, the box + heatmap picture, the CSV), in this process, on CPU with ``--threads`` torch threads (the app's default: 1); the
-browser and HTTP transfer are not included. The photo is ``--photo`` (default: the first real face of
-``../shared/data/hardfakevsreal``) resized so its longer side is ``--side``. Without ``--checkpoint`` the
-network is params.yaml's classifier (arch, image_size) with untrained weights: latency does not depend
-on the weights. Prints p50/p95 over ``--runs`` after 3 warm-up requests; nothing is asserted.
+Times the handler behind the Detect button (pixel check, decode, MTCNN detection, crop, calibrated
+score, Grad-CAM, the box + heatmap picture, the CSV), in this process, on CPU with ``--threads`` torch
+threads (the app's default: 1); the browser and HTTP transfer are not included. The photo is
+``--photo`` (default: the first real face of ``../shared/data/hardfakevsreal``) resized so its longer
+side is ``--side``. Without ``--checkpoint`` the network is params.yaml's classifier (arch, image_size)
+with untrained weights: latency does not depend on the weights. Prints p50/p95 over ``--runs`` after
+3 warm-up requests; nothing is asserted.
 """
 
 from __future__ import annotations
