@@ -25,7 +25,10 @@ from core.errors import ArgumentParser, MissingInputError, positive_int, run_cli
 from faces.crop import FaceCropper
 from generator.sampling import load_generator
 
-FIRST = "run the pipeline first: make demo (offline, synthetic) or make run (dvc repro)"
+FIRST = (
+    "run the pipeline first: make run (dvc repro), or offline make demo and then dvc exp apply <its name, "
+    "see dvc exp show> (make demo runs in a temporary copy and leaves the workspace as it was)"
+)
 EPILOG = (
     "Reads no params block (the faces params come from the checkpoint; params.yaml's data.source is only shown).\n"
     "Writes nothing into the project: uploads and results live in a temporary folder removed at exit.\n"
