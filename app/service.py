@@ -104,6 +104,21 @@ def panel(path: Path, box: tuple[float, float, float, float] | None, heat: Image
     return out
 
 
+def sheet(gallery: list[tuple[Image.Image, str]]) -> Image.Image | None:
+    """All face pictures of a request, one under the other, each under its caption; None when none."""
+    if not gallery:
+        return None
+    band = 22  # caption height, px
+    width = max(im.width for im, _ in gallery)
+    out = Image.new("RGB", (width, sum(im.height + band for im, _ in gallery)), (255, 255, 255))
+    draw, y = ImageDraw.Draw(out), 0
+    for image, text in gallery:
+        draw.text((4, y + 5), text.replace("→", "->"), fill=(0, 0, 0))  # the default font has no arrow
+        out.paste(image, (0, y + band))
+        y += image.height + band
+    return out
+
+
 def describe_classifier(path: Path, ckpt: ClassifierCheckpoint, eval_metrics: Path, params_file: Path) -> str:
     """Which model this is: checkpoint, MLflow run, DVC experiment, data set, test ROC-AUC (Markdown)."""
     info = ckpt.info

@@ -10,7 +10,7 @@ import gradio as gr
 from PIL import Image
 
 from app.limits import AppLimits, extract_zip
-from app.service import Detector, Sampler
+from app.service import Detector, Sampler, sheet
 from core.errors import InputError
 from core.io import write_csv
 
@@ -38,21 +38,21 @@ def upload_paths(uploads: list[Any] | None, workdir: Path, limits: AppLimits) ->
 
 
 def detect_handler(detector: Detector, scratch: Path) -> Any:
-    def detect(uploads: list[Any] | None) -> tuple[list[tuple[Image.Image, str]], Any, str | None, str]:
+    def detect(uploads: list[Any] | None) -> tuple[Image.Image | None, Any, str | None, str]:
         workdir = Path(tempfile.mkdtemp(prefix="request-", dir=scratch))  # unzipped images, the CSV
         try:
             files, names = upload_paths(uploads, workdir, detector.limits)
         except InputError as e:
-            return [], None, None, f"**{e}**" + (f" — {e.hint}" if e.hint else "")
+            return None, None, None, f"**{e}**" + (f" — {e.hint}" if e.hint else "")
         if not files:
-            return [], None, None, "Upload one or more photos (or a zip of photos) first."
+            return None, None, None, "Upload one or more photos (or a zip of photos) first."
         result = detector.score(files, names)
         csv_path = workdir / "predictions.csv"
         write_csv(csv_path, result.table)
         ok = int((result.table["status"] == "ok").sum())
         summary = [f"{len(files)} file(s): {ok} face(s) scored."]
         summary += [f"- {c}" for _, c in result.gallery] + [f"- {m}" for m in result.messages]
-        return result.gallery, result.table, str(csv_path), "\n".join(summary)
+        return sheet(result.gallery), result.table, str(csv_path), "\n".join(summary)
 
     return detect
 
@@ -72,17 +72,16 @@ def build_app(detector: Detector, sampler: Sampler | None, about: str, scratch: 
             )
             run = gr.Button("Detect", variant="primary", elem_id="detect")
             summary = gr.Markdown(elem_id="summary")
-            gallery = gr.Gallery(
-                label="Face box (left) and Grad-CAM of the decision (right)",
-                columns=2,
-                height="auto",
-                object_fit="contain",
-                preview=False,
-                elem_id="gallery",
+            pictures = gr.Image(
+                label="Each face: its box (left) and the Grad-CAM of the decision (right)",
+                type="pil",
+                format="png",
+                interactive=False,
+                elem_id="heatmaps",
             )
             table = gr.Dataframe(label="Per file (the columns of predict)", elem_id="table", interactive=False)
             csv = gr.File(label="Download as CSV", elem_id="csv")
-            outputs = [gallery, table, csv, summary]
+            outputs = [pictures, table, csv, summary]
             run.click(detect_handler(detector, scratch), uploads, outputs, concurrency_id="detect")
         with gr.Tab("Generate"):
             if sampler is None:

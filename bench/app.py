@@ -75,7 +75,7 @@ def main() -> None:
         times = []
         for i in range(WARMUP + args.runs):
             start = time.perf_counter()
-            gallery, table, _, _ = handler([str(photo)])
+            picture, table, _, _ = handler([str(photo)])
             if i >= WARMUP:
                 times.append(time.perf_counter() - start)
     row = table.iloc[0]
@@ -83,7 +83,7 @@ def main() -> None:
     print(
         f"bench.app: {origin}, {ckpt.image_size} px input; photo {source.name} at {args.side} px; "
         f"{args.threads} torch threads; status {row['status']}, face_prob {row['face_prob']}, "
-        f"{len(gallery)} heatmap(s)"
+        f"box + heatmap picture {picture.size if picture else None}"
     )
     print(
         f"Detect request latency over {args.runs} runs: p50 {p50:.3f} s, p95 {p95:.3f} s "

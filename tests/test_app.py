@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from app.limits import AppLimits, extract_zip
-from app.service import Detector, Sampler, caption, describe_classifier
+from app.service import Detector, Sampler, caption, describe_classifier, sheet
 from app.ui import build_app, upload_paths
 from classifier.checkpoint import load_model
 from classifier.explain import gradcam, overlay, target_layer, threshold_logit
@@ -105,6 +105,8 @@ def test_detector_scores_as_predict_does_and_explains_every_problem(detector: De
     assert table["prob_fake"].iloc[0] == round(expected.prob_fake or -1, 6)
     assert len(result.gallery) == 1 and result.gallery[0][0].size == (520, 256)
     assert result.gallery[0][1].startswith("face.png: p(fake) ")
+    picture = sheet(result.gallery + result.gallery)
+    assert picture is not None and picture.size == (520, 2 * (256 + 22)) and sheet([]) is None
     assert [m.split(":")[0] for m in result.messages] == ["black.png", "broken.jpg", "big.png"]
 
 
@@ -181,7 +183,7 @@ def test_the_real_app_in_chromium(detector: Detector, tmp_path: Path, monkeypatc
             page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
             page.locator("#uploads input[type=file]").set_input_files(str(photo))
             page.locator("#detect").click()
-            heat = page.locator("#gallery img").first
+            heat = page.locator("#heatmaps img").first
             heat.wait_for(state="visible", timeout=60_000)
             summary = page.locator("#summary").inner_text(timeout=60_000)
             heat_width = heat.evaluate("img => img.complete ? img.naturalWidth : 0")
@@ -199,7 +201,7 @@ def test_the_real_app_in_chromium(detector: Detector, tmp_path: Path, monkeypatc
     score = f"{expected['prob_fake'].iloc[0]}"
     assert "1 face(s) scored" in summary and f"portrait.png: p(fake) {score}" in summary
     assert "portrait.png" in table_text and score in table_text
-    assert heat_width == 520, "the box + Grad-CAM picture did not load"
+    assert heat_width == 520, "the box + Grad-CAM picture did not load"  # 2 x 256 px + 8 px gap
     assert n_samples == 8, "the Generate tab did not show its 8 default samples"
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=float)
     assert shot.stat().st_size > 10_000 and pixels.std() > 10, "the screenshot is blank"
