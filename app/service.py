@@ -20,6 +20,7 @@ from torch import nn
 from app.limits import AppLimits, pixel_count
 from classifier.checkpoint import ClassifierCheckpoint
 from classifier.predict import COLUMNS, Prediction, explain_predictions, predict_files
+from core.images import decode_rgb
 from core.params import DataParams, load_block
 from faces.crop import FaceCropper
 from generator.data import to_uint8
@@ -92,8 +93,7 @@ def message(p: Prediction) -> str:
 
 def panel(path: Path, box: tuple[float, float, float, float] | None, heat: Image.Image) -> Image.Image:
     """The photo with its face box (left) beside the Grad-CAM overlay of the scored crop (right)."""
-    with Image.open(path) as raw:
-        photo = raw.convert("RGB")
+    photo = decode_rgb(path).image  # as predict decoded it (EXIF orientation applied), so the box fits
     scale = PANEL / max(photo.size)
     photo = photo.resize((max(1, round(photo.width * scale)), max(1, round(photo.height * scale))))
     if box is not None:
@@ -132,7 +132,8 @@ def describe_classifier(path: Path, ckpt: ClassifierCheckpoint, eval_metrics: Pa
     if eval_metrics.is_file():
         stale = eval_metrics.stat().st_mtime < path.stat().st_mtime
         value = json.loads(eval_metrics.read_text()).get("test", {}).get("roc_auc")
-        auc = f"{value:.4f}" + (" (older than this checkpoint: rerun evaluate)" if stale else "")
+        auc = "n/a" if value is None else f"{value:.4f}"
+        auc += " (older than this checkpoint: rerun evaluate)" if stale else ""
     return (
         f"**Classifier** `{path}` — arch `{ckpt.arch.get('arch')}`, trained {info.get('trained_at', '?')}; "
         f"MLflow run `{run}`; DVC experiment `{exp}`; data source `{source}`; test ROC-AUC {auc}; "
