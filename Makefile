@@ -1,4 +1,4 @@
-# make setup | run | demo | study | test | test-fast | lint | bench | ui | clean
+# make setup | run | demo | study | app | test | test-fast | lint | bench | ui | clean
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run demo iterate study test test-fast lint bench ui clean
+.PHONY: setup run demo app iterate study test test-fast lint bench ui clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,13 @@ demo: setup  ## the whole DAG offline on the generated synthetic set (checks mec
 # small and quick: mechanics, not accuracy
 DEMO_ARGS ?= -S data.source=synthetic -S faces.on_miss=center -S classifier.epochs=2 -S pretrain.epochs=2 \
 	-S generator.epochs=5 -S fid.n_samples=100 -S "tracking.note='make demo'"
+
+# The web app on this workspace's checkpoints (after make demo or make run): http://$(APP_HOST):$(APP_PORT)
+# APP_ARGS="--classifier path/model.pt --generator path/model.pt" serves other checkpoints.
+APP_HOST ?= 127.0.0.1
+APP_PORT ?= 7860
+app: setup  ## Gradio app: detect (score, box, Grad-CAM, CSV) and generate; localhost only unless APP_HOST says
+	$(BIN)/python -m stages.app --host $(APP_HOST) --port $(APP_PORT) $(APP_ARGS)
 
 # One named iteration: make iterate NAME=wider-margin NOTE="why this change" ARGS="-S faces.margin=0.4"
 # (add ARGS="--queue ..." to queue it; then: dvc queue start)
@@ -69,6 +76,7 @@ bench: setup  ## benchmarks on ../shared/data; they print their figures (README 
 	$(BIN)/python -m bench.quality
 	$(BIN)/python -m bench.generator
 	$(BIN)/python -m bench.distributed
+	$(BIN)/python -m bench.app
 
 ui: setup  ## MLflow UI on this project's runs: http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000 --workers 1

@@ -279,6 +279,7 @@ rule evaluate:
         "classifier/checkpoint.py",
         "classifier/data.py",
         "classifier/evaluation.py",
+        "classifier/explain.py",
         "classifier/infer.py",
         "classifier/metrics.py",
         "classifier/predict.py",

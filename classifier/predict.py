@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
 from classifier.checkpoint import ClassifierCheckpoint
+from classifier.explain import gradcam, overlay, threshold_logit
 from classifier.infer import infer_logits
 from classifier.metrics import calibrated
 from core.images import ImageDecodeError, decode_rgb, square_pixels
@@ -41,6 +43,7 @@ from core.schema import IMAGE_EXTENSIONS
 from faces.crop import FaceCropper
 from uncertainty.score import UncertaintyScorer
 
+T = TypeVar("T")
 IMAGE_SUFFIXES = IMAGE_EXTENSIONS  # the files predict scans a folder for: the ones download reads
 COLUMNS = [
     "file",
@@ -71,6 +74,7 @@ class Prediction:
     prediction_set: str = ""  # real | fake | real|fake (abstain) | "" (empty or not calibrated)
     face_prob: float | None = None
     box: tuple[float, float, float, float] | None = None
+    pixels: np.ndarray | None = field(default=None, repr=False)  # the scored network input, (3, S, S) uint8
 
     def row(self) -> dict[str, Any]:
         box = self.box or ("", "", "", "")
@@ -188,7 +192,8 @@ def predict_images(
             preds[i].reason = res.reason
         if res.image is not None:
             stored = decode_rgb(cropper.encode(res.image)).image  # as the faces stage stored it
-            pixels.append(square_pixels(stored, ckpt.image_size))
+            preds[i].pixels = face = square_pixels(stored, ckpt.image_size)
+            pixels.append(face)
             scored.append(i)
     if not pixels:
         return preds
@@ -204,3 +209,22 @@ def predict_images(
             preds[i].uncertainty = float(extra.uncertainty[k])
             preds[i].prediction_set = extra.prediction_set[k]
     return preds
+
+
+def explain_predictions(
+    preds: list[Prediction],
+    model: nn.Module,
+    ckpt: ClassifierCheckpoint,
+    device: torch.device,
+    side: int = 256,
+    batch_size: int = 16,
+) -> list[tuple[Prediction, Image.Image]]:
+    """A Grad-CAM overlay (``side`` px) of every scored face, explaining the decision at the checkpoint's threshold."""
+    scored = [p for p in preds if p.pixels is not None]
+    flip = threshold_logit(ckpt.threshold, ckpt.temperature)
+    out: list[tuple[Prediction, Image.Image]] = []
+    for chunk in chunks(scored, batch_size):
+        batch = np.stack([p.pixels for p in chunk if p.pixels is not None])
+        maps = gradcam(model, batch, tuple(ckpt.mean), tuple(ckpt.std), device, flip)
+        out.extend((p, overlay(px, m, side)) for p, px, m in zip(chunk, batch, maps))
+    return out

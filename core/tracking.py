@@ -100,6 +100,14 @@ def ensure_experiment(name: str) -> None:
     mlflow.set_experiment(name)
 
 
+def active_run_id() -> str:
+    """The id of the MLflow run open in this process; empty when none is."""
+    import mlflow
+
+    run = mlflow.active_run()
+    return run.info.run_id if run is not None else ""
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, block: str, params: Any, manifest: Path | None = None) -> Iterator[Any]:
     """Open one MLflow run for this stage execution and log its params and provenance tags."""

@@ -21,6 +21,7 @@ from sklearn.metrics import confusion_matrix
 from classifier.checkpoint import load_model
 from classifier.data import load_split
 from classifier.evaluation import robustness_transforms, shortcut_audit, worst_misclassified
+from classifier.explain import gradcam, overlay, threshold_logit
 from classifier.infer import infer_logits
 from classifier.metrics import (
     binary_metrics,
@@ -115,18 +116,21 @@ def write_outputs(
     )
     robust = pd.DataFrame({name: {c: row[c] for c in ROBUST_COLUMNS} for name, row in metrics["robustness"].items()}).T
     save_figure(bar_figure(robust.astype(float), "score", "Robustness on the test split"), figs / "robustness.png")
-    worst = worst_misclassified(y, p_cal, threshold, p.worst_k)
-    captions = [f"{test.frame['generator'].iloc[i]}\np(fake)={p_cal[i]:.2f}" for i in worst]
-    save_figure(
-        image_grid(
-            [test.images[i] for i in worst],
-            captions,
-            ncols=8,
-            title=f"Most confidently misclassified test faces ({len(worst)} shown)",
-        ),
-        figs / "worst_misclassified.png",
-    )
     save_figure(audit_figure(metrics["shortcut_audit"]["crop_features"]), figs / "shortcut_audit.png")
+
+
+def worst_figure(test: Any, p_cal: np.ndarray, model: Any, ckpt: Any, device: Any, k: int) -> Figure:
+    """The most confidently misclassified test faces, each followed by the Grad-CAM of its (wrong) decision."""
+    worst = worst_misclassified(test.labels, p_cal, ckpt.threshold, k)
+    faces = np.stack([test.images[i] for i in worst]) if len(worst) else np.zeros((0, 3, 1, 1), np.uint8)
+    flip = threshold_logit(ckpt.threshold, ckpt.temperature)
+    maps = gradcam(model, faces, tuple(ckpt.mean), tuple(ckpt.std), device, flip) if len(worst) else faces[:, 0]
+    images, captions = [], []
+    for i, face, heat in zip(worst, faces, maps):
+        images += [face, np.asarray(overlay(face, heat))]
+        captions += [f"{test.frame['generator'].iloc[i]}\np(fake)={p_cal[i]:.2f}", "Grad-CAM"]
+    title = f"Most confidently misclassified test faces ({len(worst)} shown), each with its Grad-CAM"
+    return image_grid(images, captions, ncols=8, title=title)
 
 
 def audit_figure(audit: dict[str, Any]) -> Figure:
@@ -293,6 +297,8 @@ def main() -> None:
                 scores["prediction_set"] = set_names(unc.sets)
             write_csv(tmp / "scores.csv", scores)
             write_uncertainty_outputs(tmp, unc.predictive, y, unc.report, threshold, p.ece_bins)
+            worst = worst_figure(test, p_cal, model, ckpt, device, p.worst_k)
+            save_figure(worst, tmp / "figures" / "worst_misclassified.png")
             if examples:
                 save_figure(probe_examples_figure(test, examples), tmp / "figures" / "counterfactual_examples.png")
         mlflow.log_metrics(flatten_numeric({k: metrics[k] for k in ("test", "per_generator", "robustness")}))

@@ -1,28 +1,37 @@
 """CLI: probability that each face image is fake, from the trained classifier (not a DAG stage).
 
     python -m stages.predict PATH... [--checkpoint results/classifier/model.pt] [--out scores.csv]
-                             [--conformal results/eval/conformal.json] [--alpha A] [--abstain]
+                             [--conformal results/eval/conformal.json] [--alpha A] [--abstain] [--explain DIR]
 
 PATHs are image files or folders (searched recursively for image files). Faces are found and
 cropped with the faces params the classifier was trained with. Every file gets a status:
 ok / no_face / too_small / unreadable (with the reason), and every scored face an ``uncertainty``
 (predictive entropy, bits; higher = less certain) and a ``prediction_set`` (real, fake, real|fake =
 abstain, or empty) from the conformal calibration evaluate wrote. --abstain lists the abstentions.
-Runs on CPU; uses CUDA when present (--device).
+--explain DIR writes a Grad-CAM overlay of every scored face (NNNN_<name>.png, NNNN its row in the
+table). Runs on CPU; uses CUDA when present (--device).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
 import pandas as pd
 
 from classifier.checkpoint import load_model
-from classifier.predict import COLUMNS, collect_files, faces_params_for, min_side_for, predict_files
+from classifier.predict import (
+    COLUMNS,
+    collect_files,
+    explain_predictions,
+    faces_params_for,
+    min_side_for,
+    predict_files,
+)
 from core.device import pick_device
 from core.errors import ArgumentParser, InputError, positive_int, run_cli
-from core.io import write_csv
+from core.io import atomic_write_bytes, write_csv
 from faces.crop import FaceCropper
 from uncertainty.score import load_scorer
 
@@ -42,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (recursive)")
     ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="default: %(default)s")
     ap.add_argument("--out", type=Path, default=None, help="write the results as CSV here (else only printed)")
+    ap.add_argument("--explain", type=Path, default=None, metavar="DIR", help="write Grad-CAM overlays here")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
     ap.add_argument(
         "--batch-size",
@@ -78,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     table = pd.DataFrame([p.row() for p in preds], columns=COLUMNS)
     if args.out is not None:
         write_csv(args.out, table)
+    if args.explain is not None:
+        explained = explain_predictions(preds, model, ckpt, device, batch_size=args.batch_size)
+        row_of = {id(p): i for i, p in enumerate(preds)}
+        for pred, image in explained:  # file by file: DIR may hold other files, which stay
+            buf = io.BytesIO()
+            image.save(buf, format="png")
+            atomic_write_bytes(args.explain / f"{row_of[id(pred)]:04d}_{Path(pred.file).stem}.png", buf.getvalue())
     shown = ["file", "status", "prob_fake", "predicted", "uncertainty", "prediction_set", "reason"]
     with pd.option_context("display.max_rows", 200, "display.max_colwidth", 60, "display.width", 200):
         print(table[shown].to_string(index=False))
@@ -95,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         + f"; threshold {ckpt.threshold:.4f} (validation)"
         + f"; {scorer.note}; {len(abstained)} abstained"
         + (f"; wrote {args.out}" if args.out else "")
+        + (f"; Grad-CAM overlays in {args.explain}" if args.explain else "")
     )
     return 0
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -36,7 +37,7 @@ from core.io import write_csv, write_json
 from core.params import ClassifierParams, FacesParams, as_dict, load_block, parse_block
 from core.plots import history_figure, save_figure
 from core.pretrained import find_weights
-from core.tracking import stage_run
+from core.tracking import active_run_id, stage_run
 from models.classifier import ArchSpec, build_classifier
 from models.ensemble import mean_probability_logit
 from selfsup.encoder import load_into
@@ -205,6 +206,8 @@ def train_and_save(p: ClassifierParams, faces: FacesParams, world: World, device
                 "temperature_reason": fit.reason,
                 "min_side": raw_min_side(),
                 "ensemble": len(results),
+                "mlflow_run_id": active_run_id(),  # the app says which run it serves
+                "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
             },
             members=[r.model.state_dict() for r in results[1:]],
         )

@@ -15,7 +15,7 @@ CODE_PACKAGES = code_packages()
 # Modules that define a training loop, and the entry points that only run trained models: those must not
 # import these (so editing a loop reruns training, never evaluate or fid).
 TRAINING_LOOPS = ("classifier/train.py", "generator/train.py", "generator/trainers.py")
-INFERENCE_ENTRY_POINTS = ("stages.evaluate", "stages.fid", "stages.predict", "stages.sample")
+INFERENCE_ENTRY_POINTS = ("stages.evaluate", "stages.fid", "stages.predict", "stages.sample", "stages.app")
 
 
 def dvc_stages() -> dict[str, dict[str, Any]]:
@@ -106,7 +106,7 @@ def test_code_deps_are_exactly_what_each_stage_imports() -> None:
 
 
 def test_inference_entry_points_import_no_training_loop() -> None:
-    """evaluate, fid, predict and sample run trained models: no training loop among their imports."""
+    """evaluate, fid, predict, sample and app run trained models: no training loop among their imports."""
     for path in TRAINING_LOOPS:
         assert (PROJECT_ROOT / path).exists(), f"{path} is gone: update TRAINING_LOOPS"
     assert "classifier/train.py" in local_imports("stages.train_classifier")

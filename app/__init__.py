@@ -1,0 +1,1 @@
+"""The web app: detect (score, box, uncertainty, Grad-CAM) and generate tabs, served with Gradio."""
