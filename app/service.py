@@ -79,10 +79,14 @@ class Detector:
         return out
 
 
+SHOWN_IN_CAPTION = ("uncertainty", "prediction_set")  # predict's uncertainty columns, when scored with them
+
+
 def caption(row: dict[str, Any]) -> str:
-    """``name: p(fake) 0.87 → fake`` and every further column the row has (uncertainty, prediction set, ...)."""
+    """``name: p(fake) 0.87 → fake``, the uncertainty columns and every further column the row has."""
     head = f"{Path(row['file']).name}: p(fake) {row['prob_fake']} → {row['predicted']}"
-    extra = [f"{k} {row[k]}" for k in row if k not in COLUMNS and row[k] not in ("", None)]
+    keys = [*SHOWN_IN_CAPTION, *(k for k in row if k not in COLUMNS)]
+    extra = [f"{k} {row[k]}" for k in keys if row.get(k) not in ("", None)]
     return "; ".join([head, *extra])
 
 
