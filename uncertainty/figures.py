@@ -50,8 +50,9 @@ def right_wrong_figure(pred: Predictive, wrong: np.ndarray, auc: float | None) -
     fig = new_figure()
     ax = fig.add_subplot()
     bins = [k / 20 for k in range(21)]
-    ax.hist(pred.total[~wrong], bins=bins, alpha=0.6, density=True, label=f"right (n={int((~wrong).sum())})")
-    ax.hist(pred.total[wrong], bins=bins, alpha=0.6, density=True, label=f"wrong (n={int(wrong.sum())})")
+    for name, rows in (("right", ~wrong), ("wrong", wrong)):
+        if rows.any():  # a density of no images is undefined
+            ax.hist(pred.total[rows], bins=bins, alpha=0.6, density=True, label=f"{name} (n={int(rows.sum())})")
     shown = "n/a" if auc is None else f"{auc:.3f}"
     title = f"Uncertainty of right vs wrong predictions (error-detection ROC-AUC {shown})"
     ax.set(xlabel="uncertainty (predictive entropy, bits)", ylabel="density", title=title)
