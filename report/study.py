@@ -31,7 +31,7 @@ class PretrainCurve:
 def data_set(params: dict[str, str], exp_name: str) -> str:
     """Which data a run used: the sha1 of its training list, named by data.source when the run is a DVC
     experiment (its download run is then matched by experiment name, not just the latest one before it)."""
-    sha = next((v for k, v in sorted(params.items()) if k.startswith("input of")), "")
+    sha = params.get("input of train_classifier (sha1)") or params.get("input of pretrain (sha1)", "")
     source = params.get("data.source", "") if exp_name else ""
     name = source.removeprefix("folder:").rstrip("/").rsplit("/", 1)[-1]
     return f"{name} ({sha})" if name and sha else (name or f"train.csv {sha}" if sha else "unknown data")

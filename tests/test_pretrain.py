@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -184,7 +185,7 @@ def test_stage_trains_on_train_rows_only_and_writes_a_loadable_encoder(
     trained_on: list[int] = []
     real_loop = pretrain.pretrain_loop
 
-    def loop_spy(model, images, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def loop_spy(model: SimCLR, images: np.ndarray, *args: Any, **kwargs: Any) -> Any:
         trained_on.append(len(images))
         return real_loop(model, images, *args, **kwargs)
 
