@@ -135,7 +135,7 @@ def describe_classifier(path: Path, ckpt: ClassifierCheckpoint, eval_metrics: Pa
         source = load_block("data", DataParams, params_file).source
     except Exception:  # a display detail: an unreadable params file must not stop the app
         source = f"unknown ({params_file} unreadable)"
-    auc = "not evaluated yet (dvc repro evaluate)"
+    auc = f"not evaluated yet: no {eval_metrics} (dvc repro evaluate; an applied experiment's is in dvc exp show)"
     if eval_metrics.is_file():
         stale = eval_metrics.stat().st_mtime < path.stat().st_mtime
         value = json.loads(eval_metrics.read_text()).get("test", {}).get("roc_auc")
