@@ -8,7 +8,7 @@ what samples, is saved in model.pt and draws the per-epoch grids.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ class DiffusionTrainer(BaseTrainer):
             x0 = self._real_batch(images, idx)
             noise = torch.randn(x0.shape, generator=self.rng).to(self.device)
             t = torch.randint(0, TRAIN_TIMESTEPS, (len(idx),), generator=self.rng).to(self.device)
-            x_t = self.noise_schedule.add_noise(x0, noise, t)
+            x_t = self.noise_schedule.add_noise(x0, noise, cast(torch.IntTensor, t))
             with self.autocast():
                 predicted = self.model.predict_noise(x_t, t).float()
             loss = F.mse_loss(predicted, noise)

@@ -15,7 +15,7 @@ backward through D); BatchNorm statistics are taken from rank 0 after each epoch
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -90,6 +90,9 @@ def ema_of(model: nn.Module, decay: float) -> AveragedModel:
     return AveragedModel(model, multi_avg_fn=ramped).eval().requires_grad_(False)
 
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
 class Trainer(Protocol):
     arch: GeneratorArch
 
@@ -118,7 +121,7 @@ class BaseTrainer:
     def autocast(self) -> torch.autocast:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp)
 
-    def place(self, module: nn.Module) -> nn.Module:
+    def place(self, module: ModuleT) -> ModuleT:
         """On the device; channels_last when AMP runs (tensor-core friendly convolutions)."""
         module = module.to(self.device)
         return module.to(memory_format=torch.channels_last) if self.amp else module

@@ -16,7 +16,9 @@ from __future__ import annotations
 import math
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers.models.unets.unet_2d import UNet2DModel
+from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from torch import nn
 
 TRAIN_TIMESTEPS = 1000
@@ -66,7 +68,7 @@ class DiffusionSampler(nn.Module):
         if sample_steps < 1:
             raise ValueError(f"sample_steps must be >= 1; got {sample_steps}")
         self.size, self.sample_steps = size, sample_steps
-        self.unet = build_unet(size, width, depth)
+        self.unet: nn.Module = build_unet(size, width, depth)
 
     def predict_noise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.unet(x, t).sample
@@ -77,5 +79,7 @@ class DiffusionSampler(nn.Module):
         x = z.reshape(z.shape[0], 3, self.size, self.size)
         for t in scheduler.timesteps:
             eps = self.predict_noise(x, t.to(x.device).expand(x.shape[0]))
-            x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+            out = scheduler.step(eps, t, x, eta=0.0)
+            assert not isinstance(out, tuple)
+            x = out.prev_sample
         return x.clamp(-1.0, 1.0)

@@ -162,12 +162,20 @@ class ResBlock(nn.Module):
         return h + self.skip(x)
 
 
+def _raw_weight(layer: nn.Module) -> torch.Tensor:
+    """The trained weight tensor (spectral norm keeps it as ``weight_orig``)."""
+    weight = getattr(layer, "weight_orig", None)
+    weight = layer.weight if weight is None else weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
 def init_residual_weights(module: nn.Module) -> None:
     """Xavier-uniform convolutions (gain sqrt(2) in residual branches, 1 on shortcuts and heads), as in SNGAN."""
     for m in module.modules():
         if isinstance(m, ResBlock):
             for conv in (m.conv1, m.conv2):
-                nn.init.xavier_uniform_(getattr(conv, "weight_orig", conv.weight), math.sqrt(2))
+                nn.init.xavier_uniform_(_raw_weight(conv), math.sqrt(2))
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
