@@ -1,4 +1,4 @@
-"""Stage `train_generator`: a VAE, DCGAN or WGAN-GP on the train split's faces (see README "Generator").
+"""Stage `train_generator`: a VAE, DCGAN, WGAN-GP or DDPM on the train split's faces (see README "Generator").
 
 Resumable: the working checkpoint lives in data/cache/generator/<params hash>/ (DVC deletes stage
 outputs before a rerun, so it cannot live in results/); results/generator/ is written once, at the end.
