@@ -1,6 +1,15 @@
 """Benchmark of the generator track on this machine (prints figures; nothing is asserted).
 
-    python -m bench.generator [--models vae,dcgan,wgan_gp] [--size 64] [--n-train 256] [--n-fid 500] [--threads 0]
+    python -m bench.generator [--models vae,dcgan,wgan_gp,ddpm] [--size 64] [--n-train 256] [--n-fid 500]
+    python -m bench.generator --table [--set hardfakevsreal] [--models dcgan,ddpm] [--budgets 5,10,20]
+
+``--table``: model x time budget -> fd_mobilenet_matched, its ratio to the reference row (a real
+generator's fakes scored against the same real test faces in the same fid run) and training images/s,
+through the real stages in a scratch project (bench.quality's: ``data.source: folder:<set>``,
+``data.per_source: all``; -S block.key=value overrides). Budgets are cumulative: each model trains
+for the first budget, is scored, then resumes from its checkpoint for the difference (max_minutes is
+not part of the run's identity), so a 20-minute cell costs 20 minutes, not 5 + 10 + 20.
+Without --table:
 
 1. generator training throughput (real images through the model per second) per model, with the
    params.yaml generator block (widths, batch size, DiffAugment, n_critic) at --size;
@@ -16,9 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import torch
@@ -32,6 +44,72 @@ from generator import fidelity as fd
 from generator.trainers import build_trainer
 
 OUT = Path("bench/out/generator.json")
+PREP_STAGES = ("download", "faces", "split")
+
+
+def run_stage(workdir: Path, stage: str, env: dict[str, str], tag: str) -> float:
+    t0 = time.perf_counter()
+    with (workdir / f"{stage}-{tag}.log").open("w") as f:
+        proc = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=workdir, env=env, stdout=f, stderr=f)
+    if proc.returncode != 0:
+        raise SystemExit(f"{workdir}: stage {stage} failed (exit {proc.returncode}); see {stage}-{tag}.log")
+    return time.perf_counter() - t0
+
+
+def budget_table(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Train each model for the cumulative budgets and score each through the fid stage."""
+    from bench.quality import ROOT, SHARED, parse_override, prepare
+
+    workdir = Path(args.workdir) / args.set
+    overrides = [parse_override(o) for o in args.override]
+    budgets = [float(b) for b in args.budgets.split(",")]
+    rows: list[dict[str, Any]] = []
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{workdir.resolve()}/mlflow.db"}
+    prepare(workdir, SHARED / args.set, overrides)
+    for stage in PREP_STAGES:
+        run_stage(workdir, stage, env, "prep")
+    for model in args.models.split(","):
+        done = 0.0
+        for budget in budgets:
+            set_generator(workdir, model=model, max_minutes=budget - done)
+            train_s = run_stage(workdir, "train_generator", env, f"{model}-{budget:g}")
+            run_stage(workdir, "fid", env, f"{model}-{budget:g}")
+            done = budget
+            fid = json.loads((workdir / "results/fid/metrics.json").read_text())
+            summary = json.loads((workdir / "results/generator/summary.json").read_text())
+            ref_name, ref = min(fid["references"].items(), key=lambda kv: kv[1]["fd_mobilenet"] or float("inf"))
+            gen = fid["generator"]
+            matched = gen.get("fd_mobilenet_matched", gen["fd_mobilenet"])
+            row = {
+                "model": model,
+                "budget_min": budget,
+                "epochs": summary["epochs_done"],
+                "fd_mobilenet_matched": matched,
+                "reference": ref_name,
+                "reference_fd_mobilenet": ref["fd_mobilenet"],
+                "ratio": matched / ref["fd_mobilenet"],
+                "images_per_s": summary["train_images_per_second"],
+                "train_s": round(train_s, 1),
+                "load_average": os.getloadavg()[0],
+            }
+            rows.append(row)
+            print(
+                f"{model:8s} {budget:5g} min  epochs {row['epochs']:4d}  fd_mobilenet_matched {matched:7.1f}  "
+                f"{ref_name} {ref['fd_mobilenet']:7.1f}  ratio {row['ratio']:.2f}  {row['images_per_s']:.1f} img/s",
+                flush=True,
+            )
+            grid = workdir / f"grid-{model}-{budget:g}.png"
+            grid.write_bytes(max((workdir / "results/generator/samples").glob("epoch_*.png")).read_bytes())
+    return rows
+
+
+def set_generator(workdir: Path, **values: Any) -> None:
+    import yaml
+
+    path = workdir / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params["generator"].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def train_throughput(model: str, size: int, n: int, epochs: int, base: GeneratorParams) -> dict[str, float | str]:
@@ -114,7 +192,17 @@ def main() -> None:
     ap.add_argument("--n-fid", type=int, default=500)
     ap.add_argument("--skip-fid", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = every available core)")
+    ap.add_argument("--table", action="store_true", help="model x budget table through the real stages")
+    ap.add_argument("--set", default="hardfakevsreal", help="--table: a set under ../shared/data")
+    ap.add_argument("--budgets", default="5,10,20", help="--table: cumulative minutes")
+    ap.add_argument("--workdir", default="bench/out/generator_table")
+    ap.add_argument("-S", dest="override", action="append", default=[], help="--table: block.key=value")
     args = ap.parse_args()
+    if args.table:
+        rows = budget_table(args)
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        OUT.with_name("generator_table.json").write_text(json.dumps(rows, indent=2))
+        return
     set_threads(args.threads)
     base = load_block("generator", GeneratorParams)
     fid_params = load_block("fid", FidParams)

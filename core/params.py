@@ -261,7 +261,10 @@ class FederatedParams:
             )
 
 
-GENERATOR_MODELS = ("vae", "dcgan", "wgan_gp")  # models.generator and generator.trainers
+GENERATOR_MODELS = ("vae", "dcgan", "wgan_gp", "ddpm")  # models.generator / models.diffusion, generator.trainers
+GENERATOR_BLOCKS = ("residual", "plain")  # models.generator: GAN / VAE-decoder blocks
+GENERATOR_UPSAMPLE = ("resize", "transposed")  # models.generator: plain blocks' upsampling
+GAN_LOSSES = ("hinge", "nonsaturating")  # generator.trainers: dcgan's loss
 GENERATOR_TRAIN_ON = (*LABELS, "all")  # one label's faces, or all
 DIFFAUGMENT_OPS = ("translation", "color", "cutout")  # generator.augment implements each
 
@@ -276,6 +279,9 @@ class GeneratorParams:
     g_depth: int = bounded(1, 1, 8)
     d_width: int = bounded(32, 2, 1024)
     d_depth: int = bounded(1, 1, 8)
+    blocks: str = choice(*GENERATOR_BLOCKS, default="plain")
+    upsample: str = choice(*GENERATOR_UPSAMPLE, default="resize")
+    loss: str = choice(*GAN_LOSSES, default="hinge")
     epochs: int = bounded(60, 1, 100000)
     batch_size: int = bounded(32, 2, 4096)
     lr_g: float = bounded(2e-4, 1e-7, 1.0)
@@ -287,13 +293,17 @@ class GeneratorParams:
     instance_noise: float = bounded(0.0, 0.0, 2.0)
     n_critic: int | Literal["auto"] = bounded("auto", 1, 50)  # type: ignore[arg-type]
     gp_weight: float = bounded(10.0, 0.0, 1000.0)
+    r1_gamma: float = bounded(0.0, 0.0, 1000.0)
+    r1_every: int = bounded(4, 1, 1000)
     ema_decay: float = bounded(0.999, 0.0, 0.99999)
     augment: str = "translation,color,cutout"
     hflip: bool = True
     kl_weight: float = bounded(1.0, 0.0, 1000.0)
+    sample_steps: int = bounded(25, 1, 1000)
+    amp: bool = True
     max_minutes: float = bounded(10.0, 0.0)
     grid_size: int = bounded(8, 1, 32)
-    fd_every_epochs: int = bounded(0, 0, 100_000)
+    fd_every_epochs: int = bounded(10, 0, 100_000)
     fd_every_samples: int = bounded(128, 2, 100_000)
     device: str = choice("auto", "cpu", "cuda", default="auto")
     threads: int = bounded(0, 0, 256)

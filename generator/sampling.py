@@ -19,21 +19,22 @@ from torchvision.utils import save_image
 
 from core.errors import InputError, MissingInputError
 from generator.data import to_uint8
-from models.generator import ConvGenerator, GeneratorArch, build_generator
+from models.generator import GeneratorArch, build_generator
 
 MODEL_FORMAT = "deepfake-pipeline/generator/v1"
 
 
 @torch.no_grad()
 def generate(
-    sampler: nn.Module, n: int, latent_dim: int, seed: int, batch_size: int = 64, device: torch.device | None = None
+    sampler: nn.Module, n: int, noise_dim: int, seed: int, batch_size: int = 64, device: torch.device | None = None
 ) -> torch.Tensor:
-    """n images as uint8 (n, 3, S, S) from seeded N(0, I) latents; the sampler is left in eval mode."""
+    """n images as uint8 (n, 3, S, S) from seeded N(0, I) noise vectors of length ``noise_dim``
+    (``GeneratorArch.noise_dim``); the sampler is left in eval mode."""
     device = device or next(sampler.parameters()).device
     rng = torch.Generator().manual_seed(seed)
     sampler.eval()
     parts = [
-        to_uint8(sampler(torch.randn((min(batch_size, n - i), latent_dim), generator=rng).to(device)))
+        to_uint8(sampler(torch.randn((min(batch_size, n - i), noise_dim), generator=rng).to(device)).float())
         for i in range(0, n, batch_size)
     ]
     return torch.cat(parts) if parts else torch.empty((0, 3, 1, 1), dtype=torch.uint8)
@@ -57,7 +58,7 @@ def load_torch(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_generator(path: Path, device: torch.device) -> tuple[ConvGenerator, GeneratorArch, dict[str, Any]]:
+def load_generator(path: Path, device: torch.device) -> tuple[nn.Module, GeneratorArch, dict[str, Any]]:
     """Rebuild the sampling network (EMA weights) from a model.pt written by train_generator."""
     if not path.is_file():
         raise MissingInputError(f"{path}: no generator checkpoint", "run stage train_generator first")

@@ -30,8 +30,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 # params that change neither what is trained nor how: a checkpoint made under other values is resumed
 NOT_HASHED = ("max_minutes", "device", "threads", "processes")
 # the trainers' checkpoint layout and update rules: a checkpoint of another version starts over
-# (2: the EMA is torch's AveragedModel)
-TRAINER_VERSION = 2
+# (2: the EMA is torch's AveragedModel; 3: residual / resize networks, hinge, R1, DDPM)
+TRAINER_VERSION = 3
 
 
 def params_hash(p: GeneratorParams, data_fingerprint: str) -> str:
@@ -106,7 +106,8 @@ def train(
             f"{world.size} processes: each needs at least 2 images per batch"
         )
     trainer = build_trainer(p, device, world)
-    fixed_noise = torch.randn((p.grid_size**2, p.latent_dim), generator=torch.Generator().manual_seed(p.seed + 1))
+    noise_dim = trainer.arch.noise_dim
+    fixed_noise = torch.randn((p.grid_size**2, noise_dim), generator=torch.Generator().manual_seed(p.seed + 1))
     ckpt = work_dir / CHECKPOINT_NAME
     start, history = 0, []
     if ckpt.exists():
@@ -202,7 +203,7 @@ def fd_mobilenet_hook(
     every_epochs: int,
     n_samples: int,
     reals: torch.Tensor,
-    latent_dim: int,
+    noise_dim: int,
     seed: int,
     batch_size: int,
     device: torch.device,
@@ -224,7 +225,9 @@ def fd_mobilenet_hook(
     def hook(sampler: nn.Module, epoch: int) -> dict[str, float]:
         if epoch % every_epochs:
             return {}
-        fake = generate(sampler, n_samples, latent_dim, seed, batch_size, device)
-        return {"fd_mobilenet": frechet_distance(features(fake), real_features)}
+        t0 = time.monotonic()
+        fake = generate(sampler, n_samples, noise_dim, seed, batch_size, device)
+        fd = frechet_distance(features(fake), real_features)
+        return {"fd_mobilenet": fd, "fd_seconds": time.monotonic() - t0}
 
     return hook

@@ -1,4 +1,6 @@
-"""The trainers of the image generators (VAE, DCGAN, WGAN-GP): losses, EMA, one epoch of updates.
+"""The trainers of the image generators (VAE, DCGAN, WGAN-GP; the DDPM's is generator.diffusion): losses,
+EMA, one epoch of updates. On CUDA with ``generator.amp``, forward passes run under bfloat16 autocast
+(no loss scaling needed) on channels_last tensors.
 
 Randomness: the batch order of epoch ``e`` comes from a generator seeded by (seed, e), and everything
 else drawn during it (flips, latent noise, augmentation, interpolation weights, instance noise) from
@@ -13,7 +15,7 @@ backward through D); BatchNorm statistics are taken from rank 0 after each epoch
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -61,6 +63,17 @@ def g_loss_nonsaturating(d_fake: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
 
 
+def d_loss_hinge(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    """Hinge loss (Lim & Ye, 2017; SNGAN, BigGAN): E[relu(1 - D(real))] + E[relu(1 + D(fake))]."""
+    return F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
+
+
+def r1_penalty(d_real: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al., 2018): E[||grad_x D(x)||^2] on real inputs (``real`` must require grad)."""
+    (grad,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
+    return grad.flatten(1).pow(2).sum(dim=1).mean()
+
+
 def ema_of(model: nn.Module, decay: float) -> AveragedModel:
     """Exponential moving average of ``model``'s parameters (torch's AveragedModel; buffers are copied as
     they are): ``ema.update_parameters(model)`` after each step, ``ema.module`` samples.
@@ -77,6 +90,9 @@ def ema_of(model: nn.Module, decay: float) -> AveragedModel:
     return AveragedModel(model, multi_avg_fn=ramped).eval().requires_grad_(False)
 
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
 class Trainer(Protocol):
     arch: GeneratorArch
 
@@ -89,15 +105,26 @@ class Trainer(Protocol):
 
 
 def arch_of(p: GeneratorParams) -> GeneratorArch:
-    return GeneratorArch(p.model, p.image_size, p.latent_dim, p.g_width, p.g_depth)
+    return GeneratorArch(
+        p.model, p.image_size, p.latent_dim, p.g_width, p.g_depth, p.blocks, p.upsample, p.sample_steps
+    )
 
 
-class _Base:
+class BaseTrainer:
     def __init__(self, p: GeneratorParams, device: torch.device, world: World) -> None:
         self.p, self.device, self.world = p, device, world
         self.arch = arch_of(p)
         self.order_rng = torch.Generator()
         self.rng = torch.Generator()
+        self.amp = p.amp and device.type == "cuda"
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp)
+
+    def place(self, module: ModuleT) -> ModuleT:
+        """On the device; channels_last when AMP runs (tensor-core friendly convolutions)."""
+        module = module.to(self.device)
+        return module.to(memory_format=torch.channels_last) if self.amp else module
 
     def _epoch_batches(self, epoch: int, n: int) -> list[np.ndarray]:
         """Reseed for ``epoch`` and return this rank's share of each of its global batches: a shuffled pass
@@ -120,7 +147,7 @@ class _Base:
         if self.p.hflip:
             flip = (torch.rand(len(idx), generator=self.rng) < 0.5).to(self.device)
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-        return x
+        return x.contiguous(memory_format=torch.channels_last) if self.amp else x
 
     def _noise(self, n: int) -> torch.Tensor:
         return torch.randn((n, self.p.latent_dim), generator=self.rng).to(self.device)
@@ -129,16 +156,16 @@ class _Base:
         return (self.p.beta1, self.p.beta2)
 
 
-class GanTrainer(_Base):
-    """DCGAN (non-saturating loss) or WGAN-GP, with SN, TTUR, smoothing, instance noise, DiffAugment, EMA."""
+class GanTrainer(BaseTrainer):
+    """DCGAN (hinge or non-saturating loss, optional lazy R1) or WGAN-GP, with SN, TTUR, smoothing, instance
+    noise, DiffAugment, EMA."""
 
     def __init__(self, p: GeneratorParams, device: torch.device, world: World) -> None:
         super().__init__(p, device, world)
         self.wgan = p.model == "wgan_gp"
-        self.g = ConvGenerator(p.latent_dim, p.image_size, p.g_width, p.g_depth).to(device)
-        self.d = ConvDiscriminator(
-            p.image_size, p.d_width, p.d_depth, discriminator_norm(p.model, p.spectral_norm), p.spectral_norm
-        ).to(device)
+        self.g = self.place(ConvGenerator(p.latent_dim, p.image_size, p.g_width, p.g_depth, p.blocks, p.upsample))
+        norm = discriminator_norm(p.model, p.spectral_norm)
+        self.d = self.place(ConvDiscriminator(p.image_size, p.d_width, p.d_depth, norm, p.spectral_norm, p.blocks))
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=p.lr_g, betas=self._betas())
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=p.lr_d, betas=self._betas())
         self.ema = ema_of(self.g, p.ema_decay)
@@ -178,14 +205,18 @@ class GanTrainer(_Base):
         self, images: torch.Tensor, idx: np.ndarray, sigma: float, sums: dict[str, float], counts: dict[str, int]
     ) -> None:
         real = self._real_batch(images, idx)
-        with torch.no_grad():
-            fake = self.g(self._noise(len(idx)))
+        with torch.no_grad(), self.autocast():
+            fake = self.g(self._noise(len(idx))).float()
         real_in, fake_in = self._d_input(real, sigma), self._d_input(fake, sigma)
-        d_real, d_fake = self.d(real_in), self.d(fake_in)
+        r1 = not self.wgan and self.p.r1_gamma > 0 and self.d_steps % self.p.r1_every == 0
+        if r1:
+            real_in = real_in.detach().requires_grad_(True)
+        with self.autocast():
+            d_real, d_fake = self.d(real_in).float(), self.d(fake_in).float()
         if self.wgan:
             gp = gradient_penalty(self.d, real_in, fake_in, self.rng)
             loss = d_fake.mean() - d_real.mean() + self.p.gp_weight * gp
-            _acc(
+            accumulate(
                 sums,
                 counts,
                 gp=gp.item(),
@@ -193,26 +224,37 @@ class GanTrainer(_Base):
                 d_real=d_real.mean().item(),
                 d_fake=d_fake.mean().item(),
             )
+        elif self.p.loss == "hinge":
+            loss = d_loss_hinge(d_real, d_fake)
+            accumulate(sums, counts, d_real=d_real.mean().item(), d_fake=d_fake.mean().item())
         else:
             loss = d_loss_nonsaturating(d_real, d_fake, self.p.label_smoothing)
-            _acc(sums, counts, d_real=torch.sigmoid(d_real).mean().item(), d_fake=torch.sigmoid(d_fake).mean().item())
+            accumulate(
+                sums, counts, d_real=torch.sigmoid(d_real).mean().item(), d_fake=torch.sigmoid(d_fake).mean().item()
+            )
+        if r1:
+            penalty = r1_penalty(d_real, real_in)
+            loss = loss + self.p.r1_gamma / 2 * self.p.r1_every * penalty
+            accumulate(sums, counts, r1=penalty.item())
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         self.world.average_gradients(self.d)
         self.opt_d.step()
         self.d_steps += 1
-        _acc(sums, counts, d_loss=loss.item())
+        accumulate(sums, counts, d_loss=loss.item())
 
     def _g_step(self, n: int, sigma: float, sums: dict[str, float], counts: dict[str, int]) -> None:
-        fake = self.g(self._noise(n))
-        d_fake = self.d(self._d_input(fake, sigma))
-        loss = -d_fake.mean() if self.wgan else g_loss_nonsaturating(d_fake)
+        with self.autocast():
+            fake = self.g(self._noise(n))
+            d_fake = self.d(self._d_input(fake, sigma)).float()
+        hinge = self.wgan or self.p.loss == "hinge"
+        loss = -d_fake.mean() if hinge else g_loss_nonsaturating(d_fake)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.world.average_gradients(self.g)
         self.opt_g.step()
         self.ema.update_parameters(self.g)
-        _acc(sums, counts, g_loss=loss.item())
+        accumulate(sums, counts, g_loss=loss.item())
 
     def sampler(self) -> nn.Module:
         return self.ema.module
@@ -239,12 +281,14 @@ class GanTrainer(_Base):
         self.d_steps = int(state["d_steps"])
 
 
-class VaeTrainer(_Base):
+class VaeTrainer(BaseTrainer):
     """Gaussian VAE: summed squared error + kl_weight * KL; EMA over the decoder (the sampler)."""
 
     def __init__(self, p: GeneratorParams, device: torch.device, world: World) -> None:
         super().__init__(p, device, world)
-        self.vae = VAE(p.latent_dim, p.image_size, p.g_width, p.g_depth, p.d_width, p.d_depth).to(device)
+        self.vae = self.place(
+            VAE(p.latent_dim, p.image_size, p.g_width, p.g_depth, p.d_width, p.d_depth, p.blocks, p.upsample)
+        )
         self.opt = torch.optim.Adam(self.vae.parameters(), lr=p.lr_g, betas=self._betas())
         self.ema = ema_of(self.vae.decoder, p.ema_decay)
 
@@ -254,15 +298,16 @@ class VaeTrainer(_Base):
         counts: dict[str, int] = {}
         for idx in self._epoch_batches(epoch, images.shape[0]):
             x = self._real_batch(images, idx)
-            recon, mu, logvar = self.vae(x, self._noise(len(idx)))
-            rec, kl = reconstruction_loss(recon, x), kl_divergence(mu, logvar)
+            with self.autocast():
+                recon, mu, logvar = self.vae(x, self._noise(len(idx)))
+            rec, kl = reconstruction_loss(recon.float(), x), kl_divergence(mu.float(), logvar.float())
             loss = rec + self.p.kl_weight * kl
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.world.average_gradients(self.vae)
             self.opt.step()
             self.ema.update_parameters(self.vae.decoder)
-            _acc(sums, counts, loss=loss.item(), recon=rec.item(), kl=kl.item())
+            accumulate(sums, counts, loss=loss.item(), recon=rec.item(), kl=kl.item())
         return self.world.mean({k: sums[k] / counts[k] for k in sums})
 
     def sampler(self) -> nn.Module:
@@ -280,7 +325,7 @@ class VaeTrainer(_Base):
         self.ema.load_state_dict(state["ema"])
 
 
-def _acc(sums: dict[str, float], counts: dict[str, int], **values: float) -> None:
+def accumulate(sums: dict[str, float], counts: dict[str, int], **values: float) -> None:
     for k, v in values.items():
         sums[k] = sums.get(k, 0.0) + v
         counts[k] = counts.get(k, 0) + 1
@@ -288,4 +333,8 @@ def _acc(sums: dict[str, float], counts: dict[str, int], **values: float) -> Non
 
 def build_trainer(p: GeneratorParams, device: torch.device, world: World = World()) -> Trainer:
     torch.manual_seed(p.seed)  # network initialisation
+    if p.model == "ddpm":
+        from generator.diffusion import DiffusionTrainer  # diffusers is imported only when a DDPM is trained
+
+        return DiffusionTrainer(p, device, world)
     return VaeTrainer(p, device, world) if p.model == "vae" else GanTrainer(p, device, world)

@@ -63,7 +63,7 @@ def compute(fp: FidParams, checkpoint: Path, test_split: Path) -> dict[str, Any]
     fakes = test[test["label"] == "fake"]
     references = sorted(fakes["generator"].unique()) if fp.references else []
     sets = [
-        ImageSet(GENERATED, generate(net, fp.n_samples, arch.latent_dim, fp.seed, fp.batch_size, device)),
+        ImageSet(GENERATED, generate(net, fp.n_samples, arch.noise_dim, fp.seed, fp.batch_size, device)),
         ImageSet(REAL, load_image_cache([Path(x) for x in reals["path"]], arch.size, "real test faces")),
     ]
     for name in references:

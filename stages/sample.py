@@ -47,7 +47,7 @@ def write_samples(
 ) -> list[Path]:
     dev = pick_device(device)
     net, arch, _ = load_generator(checkpoint, dev)
-    images = generate(net, n, arch.latent_dim, seed, batch_size, dev)
+    images = generate(net, n, arch.noise_dim, seed, batch_size, dev)
     width = max(5, len(str(n - 1)))
     with atomic_output_dir(out) as tmp:
         for i, image in enumerate(tqdm(images, desc="writing samples", unit="img", leave=False)):

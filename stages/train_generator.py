@@ -1,4 +1,4 @@
-"""Stage `train_generator`: a VAE, DCGAN or WGAN-GP on the train split's faces (see README "Generator").
+"""Stage `train_generator`: a VAE, DCGAN, WGAN-GP or DDPM on the train split's faces (see README "Generator").
 
 Resumable: the working checkpoint lives in data/cache/generator/<params hash>/ (DVC deletes stage
 outputs before a rerun, so it cannot live in results/); results/generator/ is written once, at the end.
@@ -21,6 +21,7 @@ from core.params import GeneratorParams, load_block
 from core.tracking import stage_run
 from generator.data import load_image_cache, tensor_fingerprint, training_rows
 from generator.train import TrainingResult, fd_mobilenet_hook, model_payload, params_hash, save_torch, train
+from generator.trainers import arch_of
 
 TRAIN_SPLIT = Path("data/splits/train.csv")
 WORK_ROOT = Path("data/cache/generator")
@@ -37,7 +38,10 @@ HISTORY_COLUMNS = [
     "loss",
     "recon",
     "kl",
+    "r1",
+    "grad_norm",
     "fd_mobilenet",
+    "fd_seconds",
     "instance_noise",
     "seconds",
 ]
@@ -72,7 +76,8 @@ def train_and_save(p: GeneratorParams, world: World, device: torch.device, threa
         f"train_generator: {p.model} {p.image_size}px on {len(rows)} {p.train_on} train faces, device {device} "
         f"({world.size} process{'es' if world.distributed else ''} x {threads} CPU threads), work dir {work_dir}"
     )
-    hook = fd_mobilenet_hook(p.fd_every_epochs, p.fd_every_samples, images, p.latent_dim, p.seed, p.batch_size, device)
+    noise_dim = arch_of(p).noise_dim
+    hook = fd_mobilenet_hook(p.fd_every_epochs, p.fd_every_samples, images, noise_dim, p.seed, p.batch_size, device)
 
     def log_epoch(epoch: int, metrics: dict[str, float], grid: Path) -> None:
         mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)

