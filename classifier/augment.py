@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +73,18 @@ def to_grey(x: torch.Tensor) -> torch.Tensor:
     """Each float image's luma in all three channels."""
     grey = torch.einsum("bchw,c->bhw", x, torch.tensor(GREY_WEIGHTS, device=x.device, dtype=x.dtype))
     return grey.unsqueeze(1).expand_as(x).contiguous()
+
+
+# classifier params that switch every training augmentation off (federated.augment: false, tests)
+NO_AUGMENTATION: dict[str, Any] = {
+    "aug_flip": 0.0,
+    "aug_color_jitter": 0.0,
+    "aug_crop_scale": 1.0,
+    "aug_jpeg_prob": 0.0,
+    "aug_blur_prob": 0.0,
+    "aug_noise_prob": 0.0,
+    "aug_grayscale": 0.0,
+}
 
 
 @dataclass(frozen=True)

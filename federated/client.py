@@ -24,7 +24,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from classifier.augment import AugmentConfig, Augmenter
+from classifier.augment import NO_AUGMENTATION, AugmentConfig, Augmenter
 from classifier.data import load_split
 from classifier.train import (
     Deadline,
@@ -41,16 +41,6 @@ from core.io import read_csv
 from core.params import ClassifierParams, FederatedParams
 from core.pixels import CACHE_DIR
 from models.classifier import ArchSpec, DeepfakeClassifier, build_classifier
-
-NO_AUGMENTATION: dict[str, Any] = {
-    "aug_flip": 0.0,
-    "aug_color_jitter": 0.0,
-    "aug_crop_scale": 1.0,
-    "aug_jpeg_prob": 0.0,
-    "aug_blur_prob": 0.0,
-    "aug_noise_prob": 0.0,
-    "aug_grayscale": 0.0,
-}
 
 
 def recipe(p: FederatedParams, epochs: int) -> ClassifierParams:

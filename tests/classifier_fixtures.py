@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from classifier.augment import NO_AUGMENTATION
 from core.io import write_csv, write_json
 from core.params import ClassifierParams
 from core.schema import SPLIT_COLUMNS
@@ -112,17 +113,6 @@ def tiny_classifier_params(**overrides: object) -> dict[str, object]:
     }
     values.update(overrides)
     return values
-
-
-NO_AUGMENTATION = {
-    "aug_flip": 0.0,
-    "aug_color_jitter": 0.0,
-    "aug_crop_scale": 1.0,
-    "aug_jpeg_prob": 0.0,
-    "aug_blur_prob": 0.0,
-    "aug_noise_prob": 0.0,
-    "aug_grayscale": 0.0,
-}
 
 
 def loop_params(**overrides: object) -> ClassifierParams:
