@@ -424,6 +424,7 @@ rule report:
         "core/tracking.py",
         "report/collect.py",
         "report/document.py",
+        "report/federated.py",
         "report/figures.py",
         "report/iterations.py",
         "report/render.py",

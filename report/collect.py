@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from core.params import ReportParams
+from report.federated import FederatedResult, latest_federated
 from report.iterations import CLASSIFIER, GENERATOR, TrackData, build_track
 from report.runs import Artifacts, RunInfo, load_runs
 from report.setup import DvcExp, SetupData, dvc_experiments, setup_data
@@ -27,6 +28,7 @@ class ReportData:
     dvc_exps: list[DvcExp]
     dvc_error: str | None
     pretrain: list[PretrainCurve]
+    federated: FederatedResult | None = None  # the latest train_federated run's comparison
 
 
 def collect(p: ReportParams, experiment: str, uri: str, repo: Path | None, exclude: str | None = None) -> ReportData:
@@ -39,6 +41,7 @@ def collect(p: ReportParams, experiment: str, uri: str, repo: Path | None, exclu
         art = Artifacts(client, Path(tmp))
         tracks = [build_track(spec, runs, p, client, art) for spec in (CLASSIFIER, GENERATOR)]
         pretrain = pretrain_curves(runs, art)
+        federated = latest_federated(runs, art)
         for track in tracks:
             track.remarks += [r for r in art.remarks if r not in track.remarks]
             art.remarks.clear()
@@ -58,6 +61,7 @@ def collect(p: ReportParams, experiment: str, uri: str, repo: Path | None, exclu
         dvc_exps=exps,
         dvc_error=dvc_error,
         pretrain=pretrain,
+        federated=federated,
     )
 
 
@@ -101,4 +105,13 @@ def summary(data: ReportData) -> dict[str, Any]:
         "tracks": tracks,
         "dvc_error": data.dvc_error,
         "dvc_experiments": len(data.dvc_exps),
+        "federated": None
+        if data.federated is None
+        else {
+            "run": data.federated.run.run_id,
+            "source": data.federated.source,
+            "comparison": data.federated.comparison.astype(object)
+            .where(data.federated.comparison.notna(), None)
+            .to_dict("records"),
+        },
     }

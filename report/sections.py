@@ -8,6 +8,7 @@ from core.params import ReportParams
 from core.schema import SPLITS
 from report.collect import ReportData
 from report.document import MISSING, Block, Cell, Figure, Heading, Para, Span, Table, fmt, fmt_delta, fmt_seconds
+from report.federated import federated_blocks
 from report.figures import curves_figure, metrics_figure, montage, roc_figure
 from report.iterations import CLASSIFIER, Iteration, TrackData, TrackSpec
 from report.runs import RunInfo
@@ -444,5 +445,6 @@ def build_document(data: ReportData, p: ReportParams) -> list[Block]:
     doc += setup_section(data)
     for k, track in enumerate(data.tracks):
         doc += track_section(k + 2, track, p)
-    doc += study_blocks(data.tracks[0], data.pretrain, len(data.tracks) + 2) + appendix(data)
+    study = study_blocks(data.tracks[0], data.pretrain, len(data.tracks) + 2)
+    doc += study + federated_blocks(data.federated, len(data.tracks) + 2 + bool(study)) + appendix(data)
     return doc

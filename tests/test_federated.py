@@ -168,3 +168,79 @@ def test_dp_wraps_the_strategy_and_accounts_epsilon() -> None:
         dp.accountant.compose(GaussianPrivacyEvent(noise, 3, 3), count=4)  # what 4 rounds of 3 clients record
         epsilons.append(dp.accountant.get_epsilon(1e-5))
     assert 0 < epsilons[1] < epsilons[0] < float("inf")  # more noise, less privacy spent
+
+
+class FakeArtifactStore:
+    """The two MlflowClient calls report.runs.Artifacts makes, over in-memory files per run."""
+
+    def __init__(self, files: dict[str, dict[str, bytes]]) -> None:
+        self.files = files
+
+    def list_artifacts(self, run_id: str, path: str | None = None) -> list[object]:
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(path=name, is_dir=False) for name in self.files.get(run_id, {})]
+
+    def download_artifacts(self, run_id: str, path: str, dst_path: str) -> str:
+        out = Path(dst_path) / path
+        out.write_bytes(self.files[run_id][path])
+        return str(out)
+
+
+def test_report_shows_the_latest_federated_comparison(tmp_path: Path) -> None:
+    from report.document import Figure, Heading, Para, Table
+    from report.federated import federated_blocks, latest_federated
+    from report.runs import Artifacts, RunInfo
+
+    comparison = pd.DataFrame(
+        [
+            {"model": "federated_fedprox", "roc_auc": 0.8, "eer": 0.3, "roc_auc.gen_a": 0.85, "roc_auc.gen_b": 0.75},
+            {"model": "central", "roc_auc": 0.9, "eer": 0.2, "roc_auc.gen_a": 0.95, "roc_auc.gen_b": 0.85},
+            {"model": "alone_gen_a", "roc_auc": 0.7, "eer": 0.4, "roc_auc.gen_a": 0.97, "roc_auc.gen_b": np.nan},
+            {"model": "alone_gen_b", "roc_auc": 0.6, "eer": 0.5, "roc_auc.gen_a": 0.5, "roc_auc.gen_b": 0.8},
+        ]
+    )
+    history = pd.DataFrame({"round": [0, 1, 2], "val_loss": [0.7, 0.6, 0.65], "val_roc_auc": [0.5, 0.8, 0.7]})
+    params = {"federated.strategy": "fedprox", "federated.num_clients": "2", "federated.partition": "by_generator"}
+    old = RunInfo("old", "train_federated", "FINISHED", 1, 2, {}, {"federated_fedavg.test.roc_auc": 0.1}, {})
+    new = RunInfo("new", "train_federated", "FINISHED", 3, 4, params, {}, {})
+    other = RunInfo("ev", "evaluate", "FINISHED", 5, 6, {}, {}, {})
+    store = FakeArtifactStore(
+        {
+            "old": {"comparison.csv": b"model,roc_auc\nfederated_fedavg,0.1\n"},
+            "new": {
+                "comparison.csv": comparison.to_csv(index=False).encode(),
+                "history.csv": history.to_csv().encode(),
+            },
+        }
+    )
+    fed = latest_federated([old, new, other], Artifacts(store, tmp_path))
+    assert fed is not None and fed.run is new and fed.source == "comparison.csv"
+    blocks = federated_blocks(fed, 5)
+    assert isinstance(blocks[0], Heading) and blocks[0].text == "5 Federated"
+    (table,) = [b for b in blocks if isinstance(b, Table)]
+    assert table.header == ["model", "ROC-AUC", "ROC-AUC gen_a", "ROC-AUC gen_b"]  # eer is not shown
+    cells = [[c.lines[0][0] for c in row] for row in table.rows]
+    assert [[s.text for s in row] for row in cells] == [
+        ["central (all train images pooled)", "0.900", "0.950", "0.850"],
+        ["federated (FedProx)", "0.800", "0.850", "0.750"],
+        ["client gen_a alone", "0.700", "0.970", "—"],
+        ["client gen_b alone", "0.600", "0.500", "0.800"],
+    ]
+    assert [cells[0][1].kind, cells[2][2].kind, cells[1][1].kind] == ["strong", "strong", ""]  # best of each column
+    assert any(isinstance(b, Figure) and b.name == "federated_rounds.png" and b.png for b in blocks)
+    assert not any(isinstance(b, Para) and "No baselines" in b.text for b in blocks)
+
+    # no comparison.csv artifact: the overall ROC-AUC from the run's MLflow metrics, no per-generator columns
+    only_metrics = RunInfo("m", "train_federated", "FINISHED", 7, 8, {}, {"federated_fedavg.test.roc_auc": 0.75}, {})
+    fed = latest_federated([new, only_metrics], Artifacts(FakeArtifactStore({}), tmp_path))
+    assert fed is not None and fed.source == "MLflow metrics" and fed.history is None
+    blocks = federated_blocks(fed, 5)
+    (table,) = [b for b in blocks if isinstance(b, Table)]
+    assert [[c.lines[0][0].text for c in row] for row in table.rows] == [["federated (FedAvg)", "0.750"]]
+    assert any(isinstance(b, Para) and "No baselines" in b.text for b in blocks)
+    assert not any(isinstance(b, Figure) for b in blocks)
+
+    # the federated stage never ran: no section
+    assert latest_federated([other], Artifacts(FakeArtifactStore({}), tmp_path)) is None
+    assert federated_blocks(None, 5) == []

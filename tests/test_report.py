@@ -245,6 +245,22 @@ def make_history(mp: pytest.MonkeyPatch, work: Path) -> dict[str, list[str]]:
             },
         )
         _log_run(mp, "fid", "fid", {"n_samples": 500}, note, exp, metrics=scores)
+    # as stages.train_federated logs them: comparison.csv and history.csv artifacts, <model>.test.* metrics
+    fed = work / "federated"
+    fed.mkdir()
+    (fed / "comparison.csv").write_text(
+        "model,roc_auc,eer,roc_auc.sd,roc_auc.swap\n"
+        "federated_fedavg,0.81,0.3,0.84,0.78\ncentral,0.9,0.2,0.93,0.87\nalone_sd,0.66,0.4,0.91,0.41\n"
+    )
+    (fed / "history.csv").write_text("round,val_loss,val_roc_auc\n0,0.7,0.5\n1,0.6,0.75\n2,0.62,0.72\n")
+    _log_run(
+        mp,
+        "train_federated",
+        "federated",
+        {"strategy": "fedavg", "num_clients": 2, "rounds": 2},
+        metrics={"federated_fedavg.test.roc_auc": 0.81, "central.test.roc_auc": 0.9},
+        artifacts=[(fed / "comparison.csv", None), (fed / "history.csv", None)],
+    )
     return ids
 
 
@@ -342,8 +358,9 @@ def test_html_is_self_contained_with_embedded_images(built: tuple[Path, dict[str
     refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", page)
     assert refs and all(r.startswith("data:image/png;base64,") or r.startswith("#") for r in refs)
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    # classifier: metrics, curves, ROC, confusion, misclassified; generator: metrics, curves, epochs, finals
-    assert len(images) == 9
+    # classifier: metrics, curves, ROC, confusion, misclassified; generator: metrics, curves, epochs, finals;
+    # federated: validation ROC-AUC per round
+    assert len(images) == 10
     for b64 in images:
         with Image.open(io.BytesIO(base64.b64decode(b64))) as img:
             assert img.format == "PNG" and img.width > 0
@@ -356,7 +373,7 @@ def test_markdown_and_figure_files_written(built: tuple[Path, dict[str, list[str
     out = root / "results/report"
     md = (out / "report.md").read_text()
     figures = re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", md)
-    assert len(figures) == 9
+    assert len(figures) == 10  # 9 of the tracks + the federated rounds
     assert all((out / f).is_file() for f in figures)
     table_rows = [line for line in md.splitlines() if line.startswith("| **#")]
     assert len(table_rows) == 3 + 2  # classifier + generator iterations
@@ -387,6 +404,26 @@ def test_shortcuts_part_shows_the_crop_audit_and_the_probes(built: tuple[Path, d
     rows = re.findall(r"<tr[^>]*>(.*?)</tr>", _table(page, "Classifier iterations").split("<tbody>")[1], re.DOTALL)
     assert '<span class="bad">1 feature + 1 probe</span>' in rows[2] and "feature" not in rows[0] + rows[1]
     assert "Not computed: `margin_used` (no margin_used column)." in (root / "results/report/report.md").read_text()
+
+
+def test_federated_section_compares_central_federated_and_alone(built: tuple[Path, dict[str, list[str]]]) -> None:
+    root, _ = built
+    html_text = (root / "results/report/index.html").read_text()
+    assert 'id="federated"' in html_text
+    table = _table(html_text, "Test ROC-AUC of each model")
+    rows = re.findall(r"<tr>(.*?)</tr>", table, re.S)
+    texts = [re.sub(r"<[^>]+>", " ", r).split() for r in rows]
+    assert texts[0] == ["model", "ROC-AUC", "ROC-AUC", "sd", "ROC-AUC", "swap"]
+    assert [t[-3:] for t in texts[1:]] == [
+        ["0.900", "0.930", "0.870"],
+        ["0.810", "0.840", "0.780"],
+        ["0.660", "0.910", "0.410"],
+    ]
+    assert "federated (FedAvg)" in table and "client sd alone" in table
+    assert (root / "results/report/figures/federated_rounds.png").stat().st_size > 0
+    assert re.search(r"^## \d Federated$", (root / "results/report/report.md").read_text(), re.M)
+    fed = _summary(root)["federated"]
+    assert fed["source"] == "comparison.csv" and [r["model"] for r in fed["comparison"]][0] == "federated_fedavg"
 
 
 def test_report_without_runs_says_so(in_tmp_project: Path) -> None:
