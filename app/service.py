@@ -1,8 +1,10 @@
 """What the app serves, apart from its page: score uploaded photos, sample and interpolate generated faces.
 
 Scoring is ``classifier.predict``'s path (the same crops, calibration, threshold and CSV columns as
-``python -m stages.predict``), plus a Grad-CAM overlay of every scored face. Every column a predict
-row carries is shown, so columns added to ``Prediction.row`` appear in the app without changes here.
+``python -m stages.predict``), plus a Grad-CAM overlay of every scored face. Every face found in a photo
+is scored (predict's ``--every-face``: one row per face, ``face`` 0 = the most probable), each with its
+box drawn on the photo (the other faces' boxes in grey), its own Grad-CAM panel and caption. Every column
+a predict row carries is shown, so columns added to ``Prediction.row`` appear in the app without changes here.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch import nn
 
 from app.limits import AppLimits, pixel_count
 from classifier.checkpoint import ClassifierCheckpoint
-from classifier.predict import COLUMNS, Prediction, explain_predictions, predict_files
+from classifier.predict import COLUMNS, FACE_COLUMNS, Prediction, explain_predictions, predict_file_faces
 from core.images import decode_rgb
 from core.params import DataParams, load_block
 from faces.crop import FaceCropper
@@ -48,34 +50,39 @@ class Detector:
     device: torch.device
     limits: AppLimits
     scorer: UncertaintyScorer | None = None  # uncertainty + conformal prediction set per face (evaluate's calibration)
+    every_face: bool = True  # score every face of a photo (False: the most probable one, as predict by default)
 
     def score(self, files: list[Path], names: list[str]) -> Scored:
         """Score ``files`` (shown as ``names``); images over the pixel cap are reported, not decoded."""
-        preds: list[Prediction | None] = []
+        preds: list[list[Prediction] | None] = []
         todo: list[Path] = []
         for f in files:
             pixels = pixel_count(f)
             if pixels is not None and pixels > self.limits.max_pixels:
                 reason = f"{pixels:,} pixels, over the app's cap of {self.limits.max_pixels:,} (--max-pixels)"
-                preds.append(Prediction(str(f), "unreadable", reason))
+                preds.append([Prediction(str(f), "unreadable", reason)])
             else:
                 preds.append(None)
                 todo.append(f)
-        scored = iter(
-            predict_files(todo, self.model, self.ckpt, self.cropper, self.device, scorer=self.scorer) if todo else []
-        )
-        done = [p if p is not None else next(scored) for p in preds]
-        for p, name in zip(done, names):
-            p.file = name
+        args = (self.model, self.ckpt, self.cropper, self.device)
+        scored = iter(predict_file_faces(todo, *args, scorer=self.scorer, every_face=self.every_face) if todo else [])
+        groups = [g if g is not None else next(scored) for g in preds]
+        for group, name in zip(groups, names):
+            for p in group:
+                p.file = name
+        done = [p for group in groups for p in group]
         overlays = {id(p): im for p, im in explain_predictions(done, self.model, self.ckpt, self.device, PANEL)}
+        known = FACE_COLUMNS if self.every_face else COLUMNS
         rows = [p.row() for p in done]
-        columns = COLUMNS + [k for k in rows[0] if k not in COLUMNS] if rows else COLUMNS
+        columns = known + [k for k in rows[0] if k not in FACE_COLUMNS] if rows else known
         out = Scored(pd.DataFrame(rows, columns=columns))
-        for p, f, row in zip(done, files, rows):
-            if id(p) in overlays:
-                out.gallery.append((panel(f, p.box, overlays[id(p)]), caption(row)))
-            if p.status != "ok":
-                out.messages.append(f"{p.file}: {message(p)}")
+        for group, f in zip(groups, files):
+            boxes = [p.box for p in group if p.box is not None and p.status == "ok"]
+            for p in group:
+                if id(p) in overlays:
+                    out.gallery.append((panel(f, p.box, overlays[id(p)], boxes), caption(p.row())))
+                if p.status != "ok":
+                    out.messages.append(f"{p.file}: {message(p)}")
         return out
 
 
@@ -83,9 +90,11 @@ SHOWN_IN_CAPTION = ("uncertainty", "prediction_set")  # predict's uncertainty co
 
 
 def caption(row: dict[str, Any]) -> str:
-    """``name: p(fake) 0.87 → fake``, the uncertainty columns and every further column the row has."""
-    head = f"{Path(row['file']).name}: p(fake) {row['prob_fake']} → {row['predicted']}"
-    keys = [*SHOWN_IN_CAPTION, *(k for k in row if k not in COLUMNS)]
+    """``name: p(fake) 0.87 → fake`` (``name face 1: ...`` for a photo's second face), the uncertainty columns
+    and every further column the row has."""
+    face = "" if row.get("face") in ("", None) else f" face {row['face']}"
+    head = f"{Path(row['file']).name}{face}: p(fake) {row['prob_fake']} → {row['predicted']}"
+    keys = [*SHOWN_IN_CAPTION, *(k for k in row if k not in FACE_COLUMNS)]
     extra = [f"{k} {row[k]}" for k in keys if row.get(k) not in ("", None)]
     return "; ".join([head, *extra])
 
@@ -98,13 +107,21 @@ def message(p: Prediction) -> str:
     return f"could not be read: {p.reason}"
 
 
-def panel(path: Path, box: tuple[float, float, float, float] | None, heat: Image.Image) -> Image.Image:
-    """The photo with its face box (left) beside the Grad-CAM overlay of the scored crop (right)."""
+Box = tuple[float, float, float, float]
+
+
+def panel(path: Path, box: Box | None, heat: Image.Image, others: list[Box] | None = None) -> Image.Image:
+    """The photo with its face box in green (the photo's ``others`` in grey; left) beside the Grad-CAM overlay
+    of the scored crop (right)."""
     photo = decode_rgb(path).image  # as predict decoded it (EXIF orientation applied), so the box fits
     scale = PANEL / max(photo.size)
     photo = photo.resize((max(1, round(photo.width * scale)), max(1, round(photo.height * scale))))
+    draw = ImageDraw.Draw(photo)
+    for other in others or []:
+        if other != box:
+            draw.rectangle([v * scale for v in other], outline=(160, 160, 160), width=2)
     if box is not None:
-        ImageDraw.Draw(photo).rectangle([v * scale for v in box], outline=(0, 255, 0), width=3)
+        draw.rectangle([v * scale for v in box], outline=(0, 255, 0), width=3)
     out = Image.new("RGB", (PANEL * 2 + 8, PANEL), (255, 255, 255))
     out.paste(photo, ((PANEL - photo.width) // 2, (PANEL - photo.height) // 2))
     out.paste(heat.resize((PANEL, PANEL)), (PANEL + 8, 0))

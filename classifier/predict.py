@@ -15,7 +15,12 @@ temperature and validation threshold. Every file gets a status:
 With an ``UncertaintyScorer`` (uncertainty.score) each scored face also gets ``uncertainty`` (predictive
 entropy in bits of the ensemble / MC dropout samples; higher = less certain) and ``prediction_set`` (the
 conformal set evaluate calibrated: real, fake, real|fake = abstain, or empty). ``predict_images`` does
-the same for images already in memory (the app).
+the same for images already in memory.
+
+``every_face=True`` (``predict --every-face``, the app) scores every face found at faces.min_prob
+instead of the most probable one only: one Prediction per face, ``face`` its index in the photo
+(0 = the most probable), each with its own box, crop (``pixels``, for Grad-CAM), calibrated
+probability, uncertainty and prediction set. A photo without a face keeps its one row (``face`` empty).
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ COLUMNS = [
     "box_x2",
     "box_y2",
 ]
+FACE_COLUMNS = ["file", "face", *COLUMNS[1:]]  # the columns in every-face mode: which face of the photo
 
 
 @dataclass
@@ -74,12 +80,14 @@ class Prediction:
     prediction_set: str = ""  # real | fake | real|fake (abstain) | "" (empty or not calibrated)
     face_prob: float | None = None
     box: tuple[float, float, float, float] | None = None
+    face: int | None = None  # every-face mode: the face's index in its photo, 0 = the most probable
     pixels: np.ndarray | None = field(default=None, repr=False)  # the scored network input, (3, S, S) uint8
 
     def row(self) -> dict[str, Any]:
         box = self.box or ("", "", "", "")
         return {
             "file": self.file,
+            "face": "" if self.face is None else self.face,
             "status": self.status,
             "reason": self.reason,
             "prob_fake": "" if self.prob_fake is None else round(self.prob_fake, 6),
@@ -135,12 +143,29 @@ def predict_files(
     device: torch.device,
     batch_size: int = 16,
     scorer: UncertaintyScorer | None = None,
+    every_face: bool = False,
 ) -> list[Prediction]:
-    """One Prediction per file, in order."""
+    """One Prediction per file, in order (with ``every_face``, one per face: see ``predict_file_faces``)."""
+    groups = predict_file_faces(files, model, ckpt, cropper, device, batch_size, scorer, every_face)
+    return [p for group in groups for p in group]
+
+
+def predict_file_faces(
+    files: list[Path],
+    model: nn.Module,
+    ckpt: ClassifierCheckpoint,
+    cropper: FaceCropper,
+    device: torch.device,
+    batch_size: int = 16,
+    scorer: UncertaintyScorer | None = None,
+    every_face: bool = True,
+) -> list[list[Prediction]]:
+    """Per file, in order, its Predictions: one per face found (``every_face``; else the most probable face
+    only), or the one row of a file without a face, too small or unreadable."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     min_side, _ = min_side_for(ckpt)
-    out: list[Prediction] = []
+    out: list[list[Prediction]] = []
     for chunk in tqdm(list(chunks(files, batch_size)), desc="predict", unit="batch", mininterval=1.0):
         preds = [Prediction(str(f), "unreadable") for f in chunk]
         decoded: list[tuple[int, Any]] = []
@@ -160,10 +185,12 @@ def predict_files(
                     preds[i].reason = f"too small ({image.width}x{image.height}; data.min_side is {min_side})"
                 else:
                     decoded.append((i, image))
-        scored = predict_images([im for _, im in decoded], model, ckpt, cropper, device, batch_size, scorer)
-        for (i, _), pred in zip(decoded, scored):
-            preds[i] = dataclasses.replace(pred, file=preds[i].file)
-        out.extend(preds)
+        groups: list[list[Prediction]] = [[p] for p in preds]
+        images = [im for _, im in decoded]
+        scored = predict_image_faces(images, model, ckpt, cropper, device, batch_size, scorer, every_face)
+        for (i, _), group in zip(decoded, scored):
+            groups[i] = [dataclasses.replace(pred, file=preds[i].file) for pred in group]
+        out.extend(groups)
     return out
 
 
@@ -175,12 +202,36 @@ def predict_images(
     device: torch.device,
     batch_size: int = 16,
     scorer: UncertaintyScorer | None = None,
+    every_face: bool = False,
 ) -> list[Prediction]:
     """One Prediction per decoded RGB PIL image (status ok or no_face; ``file`` left empty): the face found
     and cropped as in training, its calibrated probability of fake and, with ``scorer``, its uncertainty and
-    conformal prediction set."""
-    preds = [Prediction("", "no_face") for _ in images]
-    results = cropper.crop(images) if images else []
+    conformal prediction set. With ``every_face``, one Prediction per face (``face`` = 0, 1, ...: most
+    probable first), and still one for an image without a face."""
+    groups = predict_image_faces(images, model, ckpt, cropper, device, batch_size, scorer, every_face)
+    return [p for group in groups for p in group]
+
+
+def predict_image_faces(
+    images: list[Any],
+    model: nn.Module,
+    ckpt: ClassifierCheckpoint,
+    cropper: FaceCropper,
+    device: torch.device,
+    batch_size: int = 16,
+    scorer: UncertaintyScorer | None = None,
+    every_face: bool = True,
+) -> list[list[Prediction]]:
+    """``predict_images``, grouped by image: per image its faces' Predictions (or its one no_face row)."""
+    if not images:
+        return []
+    found = cropper.crop_every(images) if every_face else [[res] for res in cropper.crop(images)]
+    groups = [
+        [Prediction("", "no_face", face=k if every_face and r.status == "ok" else None) for k, r in enumerate(rs)]
+        for rs in found
+    ]
+    preds = [p for group in groups for p in group]
+    results = [res for group in found for res in group]
     pixels, scored = [], []
     for i, res in enumerate(results):
         det = res.detection
@@ -196,7 +247,7 @@ def predict_images(
             pixels.append(face)
             scored.append(i)
     if not pixels:
-        return preds
+        return groups
     batch = np.stack(pixels)
     logits = infer_logits(model, batch, batch_size, device, tuple(ckpt.mean), tuple(ckpt.std), desc="score")
     for i, prob in zip(scored, calibrated(logits, ckpt.temperature)):
@@ -208,7 +259,7 @@ def predict_images(
         for k, i in enumerate(scored):
             preds[i].uncertainty = float(extra.uncertainty[k])
             preds[i].prediction_set = extra.prediction_set[k]
-    return preds
+    return groups
 
 
 def explain_predictions(

@@ -4,6 +4,8 @@
 ``predict`` CLI call: detection (faces.detect), then
 
 * the most probable face wins; below ``min_prob`` it is a miss (``on_miss``: drop | center);
+  ``crop_every`` instead keeps every face at or above ``min_prob`` (most probable first), each cropped
+  by the same ``finish`` (predict's and the app's every-face mode; the faces stage keeps one per photo);
 * the crop is a square around the box centre, side ``max(w, h) * (1 + margin)``, shifted so it
   lies inside the full-resolution image and shrunk (around the face) when the image is too small
   for it; the margin it actually gives the face is recorded. Nothing is ever filled in: padding
@@ -16,7 +18,7 @@ file format carries no label.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +29,7 @@ from PIL import Image
 from core.device import pick_device
 from core.images import decode_rgb, encode, extension
 from core.params import FacesParams
-from faces.detect import Box, Detection, best_detection, build_mtcnn, letterbox
+from faces.detect import Box, Detection, all_detections, best_detection, build_mtcnn, letterbox
 
 CROP_FILTER = Image.Resampling.LANCZOS  # the one filter every crop is resized with
 Region = tuple[int, int, int, int]  # left, top, right, bottom in full-resolution pixels
@@ -100,14 +102,29 @@ class FaceCropper:
         self.device = device if device is not None else pick_device(params.device)
         self.detector = detector if detector is not None else build_mtcnn(params.min_face, self.device)
 
-    def detect(self, images: Sequence[Image.Image]) -> list[Detection | None]:
-        """The most probable face of each image (any probability), in full-resolution pixels."""
-        out: list[Detection | None] = []
+    def _raw(self, images: Sequence[Image.Image]) -> Iterator[tuple[Any, Any, tuple[float, float]]]:
+        """MTCNN's boxes, probabilities and full-resolution scale of each image, batch by batch."""
         bs = self.params.batch_size
         for start in range(0, len(images), bs):
             boxed = letterbox(images[start : start + bs], self.params.detect_side)
             boxes, probs = self.detector.detect(boxed.canvas)
-            out.extend(best_detection(b, p, s) for b, p, s in zip(boxes, probs, boxed.scales))
+            yield from zip(boxes, probs, boxed.scales)
+
+    def detect(self, images: Sequence[Image.Image]) -> list[Detection | None]:
+        """The most probable face of each image (any probability), in full-resolution pixels."""
+        return [best_detection(b, p, s) for b, p, s in self._raw(images)]
+
+    def detect_all(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
+        """Every face of each image (any probability), most probable first, in full-resolution pixels."""
+        return [all_detections(b, p, s) for b, p, s in self._raw(images)]
+
+    def crop_every(self, images: Sequence[Image.Image]) -> list[list[FaceResult]]:
+        """Per image, a crop of every face at or above ``min_prob`` (most probable first), each as ``finish``
+        crops it; an image without one gets the one result ``crop`` gives it (a miss: dropped or centred)."""
+        out: list[list[FaceResult]] = []
+        for image, dets in zip(images, self.detect_all(images)):
+            found = [d for d in dets if d.prob >= self.params.min_prob]
+            out.append([self.finish(image, d) for d in found] or [self.finish(image, dets[0] if dets else None)])
         return out
 
     def crop(self, images: Sequence[Image.Image]) -> list[FaceResult]:

@@ -4,7 +4,8 @@
   letterboxed (top-left) into one ``detect_side`` x ``detect_side`` canvas, so ``batch_size``
   images go through MTCNN in one call; boxes are mapped back to full-resolution pixels;
 * the most probable face wins (``best_detection``); what counts as a miss is decided by the cropper
-  (faces.crop).
+  (faces.crop). ``all_detections`` keeps every face (most probable first), for predict's and the
+  app's every-face mode.
 """
 
 from __future__ import annotations
@@ -121,3 +122,15 @@ def best_detection(boxes: Any, probs: Any, scale: tuple[float, float]) -> Detect
         return None
     i = int(np.nanargmax(p))
     return Detection(Box(*map(float, b[i])).scaled(*scale), float(p[i]))
+
+
+def all_detections(boxes: Any, probs: Any, scale: tuple[float, float]) -> list[Detection]:
+    """Every one of an image's MTCNN boxes (those with a probability), most probable first, at full resolution."""
+    if boxes is None:
+        return []
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    p = np.asarray([np.nan if v is None else v for v in np.ravel(probs)], dtype=np.float64)
+    if len(p) != len(b):
+        return []
+    order = sorted((i for i in range(len(b)) if not np.isnan(p[i])), key=lambda i: (-p[i], i))
+    return [Detection(Box(*map(float, b[i])).scaled(*scale), float(p[i])) for i in order]

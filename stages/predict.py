@@ -2,6 +2,7 @@
 
     python -m stages.predict PATH... [--checkpoint results/classifier/model.pt] [--out scores.csv]
                              [--conformal results/eval/conformal.json] [--alpha A] [--abstain] [--explain DIR]
+                             [--every-face]
 
 PATHs are image files or folders (searched recursively for image files). Faces are found and
 cropped with the faces params the classifier was trained with. Every file gets a status:
@@ -9,7 +10,9 @@ ok / no_face / too_small / unreadable (with the reason), and every scored face a
 (predictive entropy, bits; higher = less certain) and a ``prediction_set`` (real, fake, real|fake =
 abstain, or empty) from the conformal calibration evaluate wrote. --abstain lists the abstentions.
 --explain DIR writes a Grad-CAM overlay of every scored face (NNNN_<name>.png, NNNN its row in the
-table). Runs on CPU; uses CUDA when present (--device).
+table). --every-face scores every face found in a photo (one row per face, ``face`` 0 = the most
+probable; a photo without a face keeps its one row); without it, the most probable face only. Runs on
+CPU; uses CUDA when present (--device).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pandas as pd
 from classifier.checkpoint import load_model
 from classifier.predict import (
     COLUMNS,
+    FACE_COLUMNS,
     collect_files,
     explain_predictions,
     faces_params_for,
@@ -67,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--alpha", type=float, default=None, help="conformal level (default: the one evaluate used)")
     ap.add_argument("--abstain", action="store_true", help="print and count the images whose set is real|fake")
+    ap.add_argument(
+        "--every-face", action="store_true", help="one row per face found (column face), not just the most probable"
+    )
     return ap.parse_args(argv)
 
 
@@ -84,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     min_side, min_side_from = min_side_for(ckpt)
     cropper = FaceCropper(faces, device=device)
     scorer = load_scorer(model, ckpt, args.checkpoint, device, args.batch_size, args.conformal, args.alpha)
-    preds = predict_files(files, model, ckpt, cropper, device, args.batch_size, scorer)
-    table = pd.DataFrame([p.row() for p in preds], columns=COLUMNS)
+    preds = predict_files(files, model, ckpt, cropper, device, args.batch_size, scorer, args.every_face)
+    table = pd.DataFrame([p.row() for p in preds], columns=FACE_COLUMNS if args.every_face else COLUMNS)
     if args.out is not None:
         write_csv(args.out, table)
     if args.explain is not None:
@@ -96,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             image.save(buf, format="png")
             atomic_write_bytes(args.explain / f"{row_of[id(pred)]:04d}_{Path(pred.file).stem}.png", buf.getvalue())
     shown = ["file", "status", "prob_fake", "predicted", "uncertainty", "prediction_set", "reason"]
+    shown = shown[:1] + ["face"] + shown[1:] if args.every_face else shown
     with pd.option_context("display.max_rows", 200, "display.max_colwidth", 60, "display.width", 200):
         print(table[shown].to_string(index=False))
     abstained = table[table["prediction_set"] == ABSTAIN]
@@ -105,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  abstain: {f}")
     counts = table["status"].value_counts().to_dict()
     print(
-        f"predict: {len(table)} files: "
+        f"predict: {len(table)} {'rows' if args.every_face else 'files'}: "
         + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         + (f"; {ignored} non-image files in folders ignored" if ignored else "")
         + f"; faces params from {faces_from}; data.min_side {min_side} ({min_side_from})"

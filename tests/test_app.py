@@ -18,16 +18,17 @@ from app.ui import build_app, upload_paths
 from classifier.checkpoint import load_model
 from classifier.explain import gradcam, overlay, target_layer, threshold_logit
 from classifier.metrics import calibrated
-from classifier.predict import COLUMNS, predict_files
+from classifier.predict import COLUMNS, FACE_COLUMNS, predict_files
 from core.errors import InputError, MissingInputError
 from core.params import FacesParams
 from faces.crop import FaceCropper
+from faces.detect import build_mtcnn
 from models.classifier import ArchSpec, build_classifier
 from models.generator import GeneratorArch, build_generator
 from stages import app as app_cli
 from stages import predict
 from tests.classifier_fixtures import synthetic_face
-from tests.test_predict import CentreBoxDetector, write_checkpoint
+from tests.test_predict import CentreBoxDetector, astronauts, write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -98,16 +99,40 @@ def test_detector_scores_as_predict_does_and_explains_every_problem(detector: De
     face_png(files[3], side=256)  # over the 200 x 200 pixel cap of the fixture
     result = detector.score(files, [f.name for f in files])
     table = result.table
-    assert list(table.columns) == COLUMNS and list(table["file"]) == [f.name for f in files]
+    assert list(table.columns) == FACE_COLUMNS and list(table["file"]) == [f.name for f in files]
+    assert list(table["face"]) == [0, "", "", ""]  # one face, then files without one: one row each
     assert list(table["status"]) == ["ok", "no_face", "unreadable", "unreadable"]
     assert "over the app's cap of 40,000" in table["reason"].iloc[3]
     (expected,) = predict_files(files[:1], detector.model, detector.ckpt, detector.cropper, CPU)
     assert table["prob_fake"].iloc[0] == round(expected.prob_fake or -1, 6)
     assert len(result.gallery) == 1 and result.gallery[0][0].size == (520, 256)
-    assert result.gallery[0][1].startswith("face.png: p(fake) ")
+    assert result.gallery[0][1].startswith("face.png face 0: p(fake) ")
     picture = sheet(result.gallery + result.gallery)
     assert picture is not None and picture.size == (520, 2 * (256 + 22)) and sheet([]) is None
     assert [m.split(":")[0] for m in result.messages] == ["black.png", "broken.jpg", "big.png"]
+
+
+def test_detector_shows_every_face_of_a_photo(tmp_path: Path) -> None:
+    faces = FacesParams(crop_size=32, device="cpu")
+    write_checkpoint(tmp_path / "model.pt", faces, min_side=32)
+    model, ckpt = load_model(tmp_path / "model.pt")
+    cropper = FaceCropper(faces, device=CPU, detector=build_mtcnn(faces.min_face, CPU))
+    files = [tmp_path / n for n in ("two.png", "one.png", "none.png")]
+    for image, f in zip(astronauts(), files):
+        image.save(f)
+    result = Detector(model, ckpt, cropper, CPU, AppLimits()).score(files, [f.name for f in files])
+    table = result.table
+    assert list(table["file"]) == ["two.png", "two.png", "one.png", "none.png"]
+    assert list(table["face"]) == [0, 1, 0, ""] and list(table["status"]) == ["ok", "ok", "ok", "no_face"]
+    assert table["box_x1"].iloc[0] != table["box_x1"].iloc[1]  # two faces, two boxes
+    captions = [c for _, c in result.gallery]
+    assert [c.split(":")[0] for c in captions] == ["two.png face 0", "two.png face 1", "one.png face 0"]
+    first, second = (np.asarray(im) for im, _ in result.gallery[:2])
+    assert first.shape == second.shape and not np.array_equal(first, second)  # each its own box and Grad-CAM
+    assert [m.split(":")[0] for m in result.messages] == ["none.png"]
+    best = Detector(model, ckpt, cropper, CPU, AppLimits(), every_face=False).score(files, [f.name for f in files])
+    assert list(best.table.columns) == COLUMNS and list(best.table["file"]) == ["two.png", "one.png", "none.png"]
+    assert best.table["prob_fake"].iloc[0] == table["prob_fake"].iloc[0]
 
 
 def test_caption_shows_every_column_predict_adds() -> None:
@@ -199,7 +224,7 @@ def test_the_real_app_in_chromium(detector: Detector, tmp_path: Path, monkeypatc
         page_app.close()
     expected = detector.score([photo], [photo.name]).table
     score = f"{expected['prob_fake'].iloc[0]}"
-    assert "1 face(s) scored" in summary and f"portrait.png: p(fake) {score}" in summary
+    assert "1 face(s) scored" in summary and f"portrait.png face 0: p(fake) {score}" in summary
     assert "portrait.png" in table_text and score in table_text
     assert heat_width == 520, "the box + Grad-CAM picture did not load"  # 2 x 256 px + 8 px gap
     assert n_samples == 8, "the Generate tab did not show its 8 default samples"

@@ -22,7 +22,7 @@ from core.params import FacesParams, ParamsError, parse_block
 from core.schema import FACE_COLUMNS, RAW_COLUMNS
 from faces.cache import FaceCache, cache_key
 from faces.crop import FaceCropper
-from faces.detect import Box, build_mtcnn
+from faces.detect import Box, all_detections, build_mtcnn
 from faces.pipeline import Job, process
 from faces.run import run_faces
 from tests.helpers import set_params
@@ -121,6 +121,39 @@ def test_box_from_the_downscaled_copy_lands_on_the_face_at_full_resolution(mtcnn
     # the crop is cut from the full-resolution image around that box
     (res,) = cropper.crop([big])
     assert res.status == "ok" and res.image is not None and res.image.size == (128, 128)
+
+
+def two_faces(astronaut: Image.Image, side: int = 160) -> Image.Image:
+    """The astronaut (scaled to ``side``) pasted twice side by side on a white canvas: two faces."""
+    small = astronaut.resize((side, side), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (2 * side + 16, side), (255, 255, 255))
+    canvas.paste(small, (0, 0))
+    canvas.paste(small, (side + 16, 0))
+    return canvas
+
+
+def test_all_detections_keeps_every_face_most_probable_first() -> None:
+    boxes = np.array([[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10]])
+    dets = all_detections(boxes, np.array([0.5, 0.9, None]), (2.0, 1.0))
+    assert [d.prob for d in dets] == [0.9, 0.5] and dets[0].box == Box(40, 0, 60, 10)
+    assert all_detections(None, [None], (1.0, 1.0)) == []
+
+
+def test_crop_every_crops_each_face_as_the_pipeline_and_crop_keeps_the_best(mtcnn: Any, astronaut: Image.Image) -> None:
+    cropper = cropper_for(mtcnn, crop_size=32)
+    images = [two_faces(astronaut), astronaut, flat_image()]
+    (left, right), (one,), (miss,) = cropper.crop_every(images)
+    assert left.status == right.status == "ok" and left.prob >= right.prob >= cropper.params.min_prob
+    assert left.region is not None and right.region is not None and left.region != right.region
+    assert {left.region[0] < 176, right.region[0] < 176} == {True, False}  # one face in each half
+    for res in (left, right):  # each as the pipeline's finish crops its detection
+        assert res.detection is not None
+        again = cropper.finish(images[0], res.detection)
+        assert again.region == res.region and again.image is not None and res.image is not None
+        assert np.array_equal(np.asarray(again.image), np.asarray(res.image))
+    best, single, dropped = cropper.crop(images)  # the faces stage: still one crop per photo, the best
+    assert best.region == left.region and single.region == one.region
+    assert miss.status == dropped.status == "dropped" and miss.image is None
 
 
 # --------------------------------------------------------------------------- crop / encode path

@@ -9,19 +9,22 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from skimage import data as skdata
 
 from classifier.checkpoint import ClassifierCheckpoint, load_model, save_checkpoint
 from classifier.infer import infer_logits
 from classifier.metrics import calibrated
-from classifier.predict import collect_files, faces_params_for, predict_files
+from classifier.predict import FACE_COLUMNS, collect_files, faces_params_for, predict_files, predict_images
 from core.errors import InputError
 from core.images import square_pixels
 from core.params import FacesParams, as_dict
 from faces.crop import FaceCropper
+from faces.detect import build_mtcnn
 from models.classifier import ArchSpec, build_classifier
 from stages import predict
 from tests.classifier_fixtures import synthetic_face
 from tests.conftest import SHARED_DATA
+from tests.test_faces import two_faces
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -43,6 +46,15 @@ class CentreBoxDetector:
             boxes.append(np.array([[x2 * 0.25, y2 * 0.25, x2 * 0.75, y2 * 0.75]]))
             probs.append(np.array([0.99]))
         return boxes, probs
+
+
+class TwoBoxDetector:
+    """Stands in for MTCNN: two faces (left and right half) in every image, the left one more probable."""
+
+    def detect(self, canvas: np.ndarray) -> tuple[list, list]:
+        side = canvas.shape[1]
+        two = np.array([[0.55, 0.3, 0.95, 0.7], [0.05, 0.3, 0.4, 0.7]]) * side  # MTCNN's order: not by probability
+        return [two for _ in canvas], [np.array([0.95, 0.99]) for _ in canvas]
 
 
 def write_checkpoint(
@@ -196,3 +208,47 @@ def test_cli_without_images_is_a_user_error(in_tmp_project: Path) -> None:
     (in_tmp_project / "empty").mkdir()
     with pytest.raises(InputError, match="no image files under"):
         predict.main([str(in_tmp_project / "empty")])
+
+
+def astronauts() -> list[Image.Image]:
+    """A photo with two faces, one with one face, one with none."""
+    one = Image.fromarray(skdata.astronaut())
+    return [two_faces(one), one.resize((160, 160), Image.Resampling.LANCZOS), Image.new("RGB", (160, 160))]
+
+
+def test_every_face_mode_scores_each_face_of_a_photo(tmp_path: Path) -> None:
+    faces = FacesParams(crop_size=32, device="cpu")
+    write_checkpoint(tmp_path / "model.pt", faces)
+    model, ckpt = load_model(tmp_path / "model.pt")
+    cropper = FaceCropper(faces, device=CPU, detector=build_mtcnn(faces.min_face, CPU))
+    images = astronauts()
+    every = predict_images(images, model, ckpt, cropper, CPU, every_face=True)
+    best = predict_images(images, model, ckpt, cropper, CPU)
+    assert [p.status for p in every] == ["ok", "ok", "ok", "no_face"] and [p.face for p in every] == [0, 1, 0, None]
+    assert [p.status for p in best] == ["ok", "ok", "no_face"] and all(p.face is None for p in best)
+    first, second, one, none = every
+    assert first.box is not None and second.box is not None and first.box != second.box
+    assert (first.box[0] < 176) != (second.box[0] < 176)  # one face in each half of the canvas
+    assert first.face_prob is not None and second.face_prob is not None and first.face_prob >= second.face_prob
+    assert second.pixels is not None and first.pixels is not None and not np.array_equal(first.pixels, second.pixels)
+    assert second.prob_fake is not None and second.predicted in ("real", "fake")
+    # the best face and the one-face and no-face photos score exactly as without every-face
+    for a, b in zip((first, one, none), best):
+        assert (a.box, a.prob_fake, a.status, a.reason) == (b.box, b.prob_fake, b.status, b.reason)
+    assert first.row()["face"] == 0 and none.row()["face"] == ""
+
+
+def test_cli_every_face_writes_a_row_per_face(in_tmp_project: Path) -> None:
+    write_checkpoint(in_tmp_project / "results/classifier/model.pt", FacesParams(crop_size=32, device="cpu"))
+    names = ["two.png", "one.png", "none.png"]
+    for image, name in zip(astronauts(), names):
+        image.save(in_tmp_project / name)
+    files = [str(in_tmp_project / n) for n in names]
+    assert predict.main([*files, "--out", "every.csv", "--device", "cpu", "--every-face"]) == 0
+    assert predict.main([*files, "--out", "best.csv", "--device", "cpu"]) == 0
+    every = pd.read_csv(in_tmp_project / "every.csv", keep_default_na=False)
+    best = pd.read_csv(in_tmp_project / "best.csv", keep_default_na=False)
+    assert list(every.columns) == FACE_COLUMNS and "face" not in best.columns
+    assert [Path(f).name for f in every["file"]] == ["two.png", "two.png", "one.png", "none.png"]
+    assert list(every["face"].astype(str)) == ["0", "1", "0", ""] and list(best["status"]) == ["ok", "ok", "no_face"]
+    assert every["box_x1"].iloc[0] != every["box_x1"].iloc[1]

@@ -20,7 +20,7 @@ from models.ensemble import DeepfakeEnsemble, members_of
 from sources.split import split_faces
 from tests.classifier_fixtures import make_splits, synthetic_face, tiny_classifier_params
 from tests.helpers import set_params
-from tests.test_predict import CentreBoxDetector
+from tests.test_predict import CentreBoxDetector, TwoBoxDetector
 from tests.test_split import faces_frame
 from uncertainty.conformal import ConformalSets, set_metrics, set_names
 from uncertainty.predictive import Predictive, head_samples, method_samples, predictive_samples
@@ -267,6 +267,11 @@ def test_predict_gives_uncertainty_and_the_calibrated_set(tmp_path: Path) -> Non
     assert all(p.prediction_set == "real|fake" for p in preds)  # alpha 0: every label, never empty
     assert all(p.uncertainty is not None and 0 <= p.uncertainty <= 1 for p in preds)
     assert scorer.passes == 5
+    two = FaceCropper(faces, device=CPU, detector=TwoBoxDetector())
+    every = predict_files(files[:2], model, ckpt, two, CPU, 4, scorer, every_face=True)
+    assert [p.face for p in every] == [0, 1, 0, 1] and every[0].box != every[1].box
+    assert every[0].box is not None and every[0].box[0] < every[1].box[0]  # the more probable (left) face first
+    assert all(p.prediction_set == "real|fake" and p.uncertainty is not None for p in every)
 
 
 def test_report_compares_uncertainty_across_iterations() -> None:
