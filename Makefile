@@ -29,7 +29,8 @@ demo: setup  ## the whole DAG offline on the generated synthetic set (checks mec
 
 # small and quick: mechanics, not accuracy
 DEMO_ARGS ?= -S data.source=synthetic -S faces.on_miss=center -S classifier.epochs=2 -S pretrain.epochs=2 \
-	-S generator.epochs=5 -S fid.n_samples=100 -S "tracking.note='make demo'"
+	-S generator.epochs=5 -S fid.n_samples=100 -S federated.rounds=2 -S federated.baselines=false \
+	-S "tracking.note='make demo'"
 
 # The web app on this workspace's checkpoints (after make demo or make run): http://$(APP_HOST):$(APP_PORT)
 # APP_ARGS="--classifier path/model.pt --generator path/model.pt" serves other checkpoints.
