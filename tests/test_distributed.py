@@ -142,7 +142,7 @@ def test_train_classifier_with_two_processes(in_tmp_project: Path) -> None:
     proc = run([sys.executable, "-m", "stages.train_classifier"], in_tmp_project)  # relaunches under torchrun
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "stages.train_classifier: 2 data-parallel processes" in proc.stdout
-    assert proc.stdout.count("train_classifier: best epoch") == 1  # only rank 0 reports and writes
+    assert proc.stdout.count("train_classifier: 1 member(s); member 0 best epoch") == 1  # only rank 0 reports
     out = in_tmp_project / "results/classifier"
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["processes"] == 2 and summary["n_train"] == 32 and summary["epochs_run"] == 2

@@ -598,5 +598,5 @@ def test_chromium_renders_the_report(built: tuple[Path, dict[str, list[str]]], t
         [str(CHROMIUM), *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180, check=False
     ).stdout
     assert "Classifier iterations" in dom and "lower the learning rate" in dom
-    assert dom.count('src="data:image/png;base64,') == 9
+    assert dom.count('src="data:image/png;base64,') == 10
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
