@@ -1,6 +1,7 @@
 """Benchmark of the generator track on this machine (prints figures; nothing is asserted).
 
-    python -m bench.generator [--models vae,dcgan,wgan_gp,ddpm] [--size 64] [--n-train 256] [--n-fid 500]
+    python -m bench.generator [--models vae,dcgan,wgan_gp,ddpm] [--threads 2,1] [--size 64] [--n-train 256]
+                              [--n-fid 500] [--rounds 5 | --quick]
     python -m bench.generator --table [--set hardfakevsreal] [--models dcgan,ddpm] [--budgets 5,10,20]
 
 ``--table``: model x time budget -> fd_mobilenet_matched, its ratio to the reference row (a real
@@ -12,7 +13,9 @@ not part of the run's identity), so a 20-minute cell costs 20 minutes, not 5 + 1
 Without --table:
 
 1. generator training throughput (real images through the model per second) per model, with the
-   params.yaml generator block (widths, batch size, DiffAugment, n_critic) at --size;
+   params.yaml generator block (widths, batch size, DiffAugment, n_critic) at --size, each --threads
+   count in turn (bench/interleave.py: a warm-up round, then --rounds rounds; median [min–max] and the
+   per-round ratio to the first count);
 2. wall time of the fid stage's computations for --n-fid generated vs --n-fid real images:
    fd_mobilenet (feature extraction + Fréchet distance) and, for Inception, extraction + FID + KID.
    Without the real Inception weights the Inception timing uses a randomly initialised state dict
@@ -29,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -37,6 +41,7 @@ import torch
 from torch_fidelity import feature_extractor_inceptionv3 as inception_module
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
+from bench.interleave import Figures, add_rounds_arguments, interleaved, rounds_from
 from core.device import pick_device, set_threads
 from core.params import GENERATOR_MODELS, FidParams, GeneratorParams, as_dict, load_block, parse_block
 from generator import extractors as ex
@@ -112,23 +117,37 @@ def set_generator(workdir: Path, **values: Any) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def train_throughput(model: str, size: int, n: int, epochs: int, base: GeneratorParams) -> dict[str, float | str]:
+def throughput_path(model: str, size: int, n: int, threads: int, base: GeneratorParams) -> Callable[[], Figures]:
+    """One epoch of ``n`` random uint8 images through ``model`` on ``threads`` torch threads, per call."""
     raw = as_dict(base) | {"model": model, "image_size": size, "device": "auto", "n_critic": "auto"}
     p = parse_block("generator", GeneratorParams, raw)
-    device = pick_device(p.device)
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    trainer = build_trainer(p, device)
-    trainer.train_epoch(1, images)  # warm-up
-    t0 = time.perf_counter()
-    for e in range(epochs):
-        trainer.train_epoch(e + 2, images)
-    seconds = time.perf_counter() - t0
-    return {
-        "images_per_second": n * epochs / seconds,
-        "seconds_per_epoch": seconds / epochs,
-        "critic_steps": p.critic_steps,
-        "device": str(device),
-    }
+    trainer = build_trainer(p, pick_device(p.device))
+    epoch = 0
+
+    def run() -> Figures:
+        nonlocal epoch
+        epoch += 1
+        set_threads(threads)
+        t0 = time.perf_counter()
+        trainer.train_epoch(epoch, images)
+        return {"images_per_s": n / (time.perf_counter() - t0)}
+
+    return run
+
+
+def throughput_table(args: argparse.Namespace, base: GeneratorParams) -> dict[str, object]:
+    """Per model: training images/s on each --threads count, interleaved; ratios to the first count."""
+    counts = [int(t) for t in args.threads.split(",")]
+    names = [f"{t} thread{'s' if t != 1 else ''}" for t in counts]
+    out: dict[str, object] = {}
+    for model in args.models.split(","):
+        paths = {name: throughput_path(model, args.size, args.n_train, t, base) for name, t in zip(names, counts)}
+        comparison = interleaved(paths, rounds_from(args))
+        print(f"\ntrain {model} at {args.size} px, {args.n_train} images per run ({comparison.header()})")
+        print(comparison.table(["images_per_s"], baseline=names[0], ratio_of="images_per_s"))
+        out[model] = {name: comparison.values(name, "images_per_s") for name in names}
+    return out
 
 
 def random_inception(path: Path) -> Path:
@@ -188,46 +207,30 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(GENERATOR_MODELS))
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--n-train", type=int, default=256)
-    ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--n-fid", type=int, default=500)
     ap.add_argument("--skip-fid", action="store_true")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = every available core)")
+    ap.add_argument("--threads", default="2,1", help="torch thread counts compared (interleaved)")
     ap.add_argument("--table", action="store_true", help="model x budget table through the real stages")
     ap.add_argument("--set", default="hardfakevsreal", help="--table: a set under ../shared/data")
     ap.add_argument("--budgets", default="5,10,20", help="--table: cumulative minutes")
     ap.add_argument("--workdir", default="bench/out/generator_table")
     ap.add_argument("-S", dest="override", action="append", default=[], help="--table: block.key=value")
+    add_rounds_arguments(ap)
     args = ap.parse_args()
     if args.table:
         rows = budget_table(args)
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.with_name("generator_table.json").write_text(json.dumps(rows, indent=2))
         return
-    set_threads(args.threads)
     base = load_block("generator", GeneratorParams)
     fid_params = load_block("fid", FidParams)
-    results: dict[str, object] = {
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-        "load_average_at_start": os.getloadavg()[0],
-        "train": {},
-    }
-    print(
-        f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} "
-        f"(other processes on this machine slow every figure below)"
-    )
-    for model in args.models.split(","):
-        r = train_throughput(model, args.size, args.n_train, args.epochs, base)
-        results["train"][model] = r  # type: ignore[index]
-        print(
-            f"train {model:8s} {args.size}px: {r['images_per_second']:7.1f} img/s "
-            f"({r['seconds_per_epoch']:.2f} s/epoch of {args.n_train}, n_critic {r['critic_steps']}, {r['device']})"
-        )
+    results: dict[str, object] = {"cuda": torch.cuda.is_available(), "train_images_per_s": throughput_table(args, base)}
     if not args.skip_fid:
+        set_threads(0)
         with tempfile.TemporaryDirectory() as tmp:
             t = fid_timings(args.n_fid, args.size, fid_params.batch_size, fid_params.inception_weights, Path(tmp))
         results["fid"] = t
-        print(f"fid stage, {args.n_fid} vs {args.n_fid} images at {args.size}px:")
+        print(f"fid stage, {args.n_fid} vs {args.n_fid} images at {args.size}px (one run; not a comparison):")
         for key in ("fd_mobilenet", "inception"):
             timing = t[key]
             assert isinstance(timing, dict)

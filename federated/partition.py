@@ -3,10 +3,10 @@
 The unit is the group (core.schema ``group``: a person, a source photo): a group lands whole at one
 client, so no client sees a face another client holds. Three schemes (``federated.partition``):
 
-- ``by_generator``: one client per fake generator, each holding that generator's fakes and a share of
-  the real images. A group goes to the client of one of its generators (the one furthest below its
-  share); the group's fakes of *other* generators are left out (counted in ``dropped``): each
-  organisation has met one kind of fake only. Real-only groups are dealt to balance the reals.
+- ``by_generator``: one client per fake generator (``num_clients`` does not apply), each holding that
+  generator's fakes and a share of the real images. A group goes to the client of one of its generators
+  (the one furthest below its share); the group's fakes of *other* generators are left out (counted in
+  ``dropped``): each organisation has met one kind of fake only. Real-only groups are dealt to balance the reals.
 - ``iid``: groups shuffled and dealt so every client gets about the same number of rows.
 - ``dirichlet``: per stratum (the group's first fake generator, or real), client shares drawn from
   Dirichlet(``dirichlet_alpha``): small alpha = skewed clients, large alpha = close to iid.
@@ -112,13 +112,11 @@ def dirichlet(frame: pd.DataFrame, n: int, alpha: float, rng: np.random.Generato
 def partition(frame: pd.DataFrame, p: FederatedParams) -> Partition:
     """The clients of ``frame`` (the train split) as ``federated.partition`` says; every client non-empty."""
     rng = np.random.default_rng(p.seed)
-    if p.partition == "by_generator":
-        gens = fake_generators(frame)
-        if len(gens) != p.num_clients:
+    if p.partition == "by_generator":  # one client per fake generator in train: num_clients does not apply
+        if not fake_generators(frame):
             raise InputError(
-                f"federated.partition by_generator makes one client per fake generator: the train split has "
-                f"{len(gens)} ({', '.join(gens) or 'none'}) but federated.num_clients is {p.num_clients}",
-                f"set federated.num_clients: {len(gens)} (or use partition iid or dirichlet)",
+                "federated.partition by_generator makes one client per fake generator: the train split has none",
+                "re-split so that train holds fakes",
             )
         part = by_generator(frame, rng)
     elif p.partition == "iid":

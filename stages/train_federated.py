@@ -13,6 +13,7 @@ and epochs. Everything is scored on the test split into metrics.json and compari
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,9 @@ def main() -> None:
     if len(np.unique(val.labels)) < 2:
         raise InputError("the validation split needs real and fake images", "re-split with more data")
     part = partition(train.frame, p)
+    if len(part.clients) != p.num_clients:  # by_generator: the clients are the generators found in train
+        print(f"train_federated: {len(part.clients)} clients, one per fake generator ({', '.join(part.names)})")
+        p = replace(p, num_clients=len(part.clients))
     write_csv(OUT_DIR / "partitions.csv", part.table(train.frame))
     local = recipe(p, p.local_epochs)
     spec = ArchSpec.from_params(local)
@@ -147,7 +151,8 @@ def main() -> None:
         )
         if p.baselines:
             everyone = np.arange(len(train))
-            for name, rows in [("central", everyone), *[(f"alone_{n}", r) for n, r in zip(part.names, part.clients)]]:
+            alone = [(f"alone_{n}", r) for n, r in zip(part.names, part.clients)] if len(part.clients) > 1 else []
+            for name, rows in [("central", everyone), *alone]:  # one client alone would repeat central
                 if len(np.unique(train.labels[rows])) < 2:
                     print(f"train_federated: baseline {name} skipped (its rows hold one class)")
                     continue

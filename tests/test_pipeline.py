@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import PROJECT_ROOT, shared_set
+from tests.conftest import PROJECT_ROOT
 from tests.helpers import set_params
 from tests.test_dag import CODE_PACKAGES
 
@@ -103,13 +103,9 @@ def test_dvc_repro_and_snakemake_build_the_same_data(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_data_stages_on_hardfakevsreal(tmp_path: Path) -> None:
+def test_data_stages_on_hardfakevsreal(hardfakevsreal_project: Path) -> None:
     """The three data stages on a real photo set; MTCNN must find faces in >= 90% of real photos."""
-    folder = shared_set("hardfakevsreal")
-    root = project_copy(tmp_path / "proj")
-    set_params(root / "params.yaml", "data", source=f"folder:{folder}", per_source="all")
-    for stage in DATA_STAGES:
-        run([sys.executable, "-m", f"stages.{stage}"], root)
+    root = hardfakevsreal_project
     import json
 
     metrics = json.loads((root / "data/faces/metrics.json").read_text())
