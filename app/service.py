@@ -21,13 +21,11 @@ from torch import nn
 
 from app.limits import AppLimits, pixel_count
 from classifier.checkpoint import ClassifierCheckpoint
-from classifier.predict import COLUMNS, FACE_COLUMNS, Prediction, explain_predictions, predict_file_faces
+from classifier.predict import COLUMNS, FACE_COLUMNS, Prediction, Predictor
 from core.images import decode_rgb
 from core.params import DataParams, load_block
-from faces.crop import FaceCropper
 from generator.data import to_uint8
 from generator.sampling import generate
-from uncertainty.score import UncertaintyScorer
 
 PANEL = 256  # side of each picture in the results gallery
 SHOWN = ("prob_fake", "predicted")  # the head of each face's caption; every other new column follows
@@ -44,13 +42,8 @@ class Scored:
 
 @dataclass
 class Detector:
-    model: nn.Module  # a classifier or a deep ensemble (models.ensemble)
-    ckpt: ClassifierCheckpoint
-    cropper: FaceCropper
-    device: torch.device
+    predictor: Predictor  # the app scores every face of a photo by default (every_face), with its scorer if any
     limits: AppLimits
-    scorer: UncertaintyScorer | None = None  # uncertainty + conformal prediction set per face (evaluate's calibration)
-    every_face: bool = True  # score every face of a photo (False: the most probable one, as predict by default)
 
     def score(self, files: list[Path], names: list[str]) -> Scored:
         """Score ``files`` (shown as ``names``); images over the pixel cap are reported, not decoded."""
@@ -64,15 +57,14 @@ class Detector:
             else:
                 preds.append(None)
                 todo.append(f)
-        args = (self.model, self.ckpt, self.cropper, self.device)
-        scored = iter(predict_file_faces(todo, *args, scorer=self.scorer, every_face=self.every_face) if todo else [])
+        scored = iter(self.predictor.file_groups(todo) if todo else [])
         groups = [g if g is not None else next(scored) for g in preds]
         for group, name in zip(groups, names):
             for p in group:
                 p.file = name
         done = [p for group in groups for p in group]
-        overlays = {id(p): im for p, im in explain_predictions(done, self.model, self.ckpt, self.device, PANEL)}
-        known = FACE_COLUMNS if self.every_face else COLUMNS
+        overlays = {id(p): im for p, im in self.predictor.explain(done, PANEL)}
+        known = FACE_COLUMNS if self.predictor.every_face else COLUMNS
         rows = [p.row() for p in done]
         columns = known + [k for k in rows[0] if k not in FACE_COLUMNS] if rows else known
         out = Scored(pd.DataFrame(rows, columns=columns))

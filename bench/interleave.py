@@ -26,8 +26,8 @@ QUICK_ROUNDS = 2
 Figures = dict[str, float]
 
 
-def add_rounds_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"counted rounds of every path (default {ROUNDS})")
+def add_rounds_arguments(parser: argparse.ArgumentParser, default: int = ROUNDS) -> None:
+    parser.add_argument("--rounds", type=int, default=default, help=f"counted rounds of every path (default {default})")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROUNDS} rounds: a smoke run, not a figure")
 
 

@@ -14,7 +14,7 @@ temperature and validation threshold. Every file gets a status:
 
 With an ``UncertaintyScorer`` (uncertainty.score) each scored face also gets ``uncertainty`` (predictive
 entropy in bits of the ensemble / MC dropout samples; higher = less certain) and ``prediction_set`` (the
-conformal set evaluate calibrated: real, fake, real|fake = abstain, or empty). ``predict_images`` does
+conformal set evaluate calibrated: real, fake, real|fake = abstain, or empty). ``Predictor.images`` does
 the same for images already in memory.
 
 ``every_face=True`` (``predict --every-face``, the app) scores every face found at faces.min_prob
@@ -135,131 +135,111 @@ def min_side_for(ckpt: ClassifierCheckpoint) -> tuple[int, str]:
     return DataParams().min_side, "params default"
 
 
-def predict_files(
-    files: list[Path],
-    model: nn.Module,
-    ckpt: ClassifierCheckpoint,
-    cropper: FaceCropper,
-    device: torch.device,
-    batch_size: int = 16,
-    scorer: UncertaintyScorer | None = None,
-    every_face: bool = False,
-) -> list[Prediction]:
-    """One Prediction per file, in order (with ``every_face``, one per face: see ``predict_file_faces``)."""
-    groups = predict_file_faces(files, model, ckpt, cropper, device, batch_size, scorer, every_face)
-    return [p for group in groups for p in group]
+@dataclass
+class Predictor:
+    """A checkpoint ready to score photos the way training saw its faces (model, its faces path, options)."""
 
+    model: nn.Module  # a classifier or a deep ensemble (models.ensemble)
+    ckpt: ClassifierCheckpoint
+    cropper: FaceCropper
+    device: torch.device
+    batch_size: int = 16
+    scorer: UncertaintyScorer | None = None
+    every_face: bool = False  # every face found at faces.min_prob, else the most probable one
 
-def predict_file_faces(
-    files: list[Path],
-    model: nn.Module,
-    ckpt: ClassifierCheckpoint,
-    cropper: FaceCropper,
-    device: torch.device,
-    batch_size: int = 16,
-    scorer: UncertaintyScorer | None = None,
-    every_face: bool = True,
-) -> list[list[Prediction]]:
-    """Per file, in order, its Predictions: one per face found (``every_face``; else the most probable face
-    only), or the one row of a file without a face, too small or unreadable."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    min_side, _ = min_side_for(ckpt)
-    out: list[list[Prediction]] = []
-    for chunk in tqdm(list(chunks(files, batch_size)), desc="predict", unit="batch", mininterval=1.0):
-        preds = [Prediction(str(f), "unreadable") for f in chunk]
-        decoded: list[tuple[int, Any]] = []
-        for i, f in enumerate(chunk):
-            if not f.exists():
-                preds[i].reason = "no such file"
-                continue
-            try:
-                image = decode_rgb(f).image
-            except ImageDecodeError as e:
-                preds[i].reason = str(e)
-            except OSError as e:
-                preds[i].reason = f"cannot read ({e.strerror or e})"
-            else:
-                if min(image.size) < min_side:  # the download stage skips these: never score them
-                    preds[i].status = "too_small"
-                    preds[i].reason = f"too small ({image.width}x{image.height}; data.min_side is {min_side})"
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def files(self, files: list[Path]) -> list[Prediction]:
+        """One Prediction per file, in order (with ``every_face``, one per face: see ``file_groups``)."""
+        return [p for group in self.file_groups(files) for p in group]
+
+    def file_groups(self, files: list[Path]) -> list[list[Prediction]]:
+        """Per file, in order, its Predictions: one per face found (``every_face``; else the most probable face
+        only), or the one row of a file without a face, too small or unreadable."""
+        min_side, _ = min_side_for(self.ckpt)
+        out: list[list[Prediction]] = []
+        for chunk in tqdm(list(chunks(files, self.batch_size)), desc="predict", unit="batch", mininterval=1.0):
+            preds = [Prediction(str(f), "unreadable") for f in chunk]
+            decoded: list[tuple[int, Any]] = []
+            for i, f in enumerate(chunk):
+                if not f.exists():
+                    preds[i].reason = "no such file"
+                    continue
+                try:
+                    image = decode_rgb(f).image
+                except ImageDecodeError as e:
+                    preds[i].reason = str(e)
+                except OSError as e:
+                    preds[i].reason = f"cannot read ({e.strerror or e})"
                 else:
-                    decoded.append((i, image))
-        groups: list[list[Prediction]] = [[p] for p in preds]
-        images = [im for _, im in decoded]
-        scored = predict_image_faces(images, model, ckpt, cropper, device, batch_size, scorer, every_face)
-        for (i, _), group in zip(decoded, scored):
-            groups[i] = [dataclasses.replace(pred, file=preds[i].file) for pred in group]
-        out.extend(groups)
-    return out
+                    if min(image.size) < min_side:  # the download stage skips these: never score them
+                        preds[i].status = "too_small"
+                        preds[i].reason = f"too small ({image.width}x{image.height}; data.min_side is {min_side})"
+                    else:
+                        decoded.append((i, image))
+            groups: list[list[Prediction]] = [[p] for p in preds]
+            scored = self.image_groups([im for _, im in decoded])
+            for (i, _), group in zip(decoded, scored):
+                groups[i] = [dataclasses.replace(pred, file=preds[i].file) for pred in group]
+            out.extend(groups)
+        return out
 
+    def images(self, images: list[Any]) -> list[Prediction]:
+        """One Prediction per decoded RGB PIL image (status ok or no_face; ``file`` left empty): the face found
+        and cropped as in training, its calibrated probability of fake and, with ``scorer``, its uncertainty
+        and conformal prediction set. With ``every_face``, one Prediction per face (``face`` = 0, 1, ...: most
+        probable first), and still one for an image without a face."""
+        return [p for group in self.image_groups(images) for p in group]
 
-def predict_images(
-    images: list[Any],
-    model: nn.Module,
-    ckpt: ClassifierCheckpoint,
-    cropper: FaceCropper,
-    device: torch.device,
-    batch_size: int = 16,
-    scorer: UncertaintyScorer | None = None,
-    every_face: bool = False,
-) -> list[Prediction]:
-    """One Prediction per decoded RGB PIL image (status ok or no_face; ``file`` left empty): the face found
-    and cropped as in training, its calibrated probability of fake and, with ``scorer``, its uncertainty and
-    conformal prediction set. With ``every_face``, one Prediction per face (``face`` = 0, 1, ...: most
-    probable first), and still one for an image without a face."""
-    groups = predict_image_faces(images, model, ckpt, cropper, device, batch_size, scorer, every_face)
-    return [p for group in groups for p in group]
-
-
-def predict_image_faces(
-    images: list[Any],
-    model: nn.Module,
-    ckpt: ClassifierCheckpoint,
-    cropper: FaceCropper,
-    device: torch.device,
-    batch_size: int = 16,
-    scorer: UncertaintyScorer | None = None,
-    every_face: bool = True,
-) -> list[list[Prediction]]:
-    """``predict_images``, grouped by image: per image its faces' Predictions (or its one no_face row)."""
-    if not images:
-        return []
-    found = cropper.crop_every(images) if every_face else [[res] for res in cropper.crop(images)]
-    groups = [
-        [Prediction("", "no_face", face=k if every_face and r.status == "ok" else None) for k, r in enumerate(rs)]
-        for rs in found
-    ]
-    preds = [p for group in groups for p in group]
-    results = [res for group in found for res in group]
-    pixels, scored = [], []
-    for i, res in enumerate(results):
-        det = res.detection
-        preds[i].face_prob = det.prob if det else 0.0
-        preds[i].box = tuple(round(v, 1) for v in det.box.as_list()) if det else None  # type: ignore[assignment]
-        if res.status == "ok":
-            preds[i].status = "ok"
-        else:
-            preds[i].reason = res.reason
-        if res.image is not None:
-            stored = decode_rgb(cropper.encode(res.image)).image  # as the faces stage stored it
-            preds[i].pixels = face = square_pixels(stored, ckpt.image_size)
-            pixels.append(face)
-            scored.append(i)
-    if not pixels:
+    def image_groups(self, images: list[Any]) -> list[list[Prediction]]:
+        """``images``, grouped by image: per image its faces' Predictions (or its one no_face row)."""
+        if not images:
+            return []
+        every = self.every_face
+        found = self.cropper.crop_every(images) if every else [[res] for res in self.cropper.crop(images)]
+        groups = [
+            [Prediction("", "no_face", face=k if every and r.status == "ok" else None) for k, r in enumerate(rs)]
+            for rs in found
+        ]
+        preds = [p for group in groups for p in group]
+        results = [res for group in found for res in group]
+        pixels, scored = [], []
+        for i, res in enumerate(results):
+            det = res.detection
+            preds[i].face_prob = det.prob if det else 0.0
+            preds[i].box = tuple(round(v, 1) for v in det.box.as_list()) if det else None  # type: ignore[assignment]
+            if res.status == "ok":
+                preds[i].status = "ok"
+            else:
+                preds[i].reason = res.reason
+            if res.image is not None:
+                stored = decode_rgb(self.cropper.encode(res.image)).image  # as the faces stage stored it
+                preds[i].pixels = face = square_pixels(stored, self.ckpt.image_size)
+                pixels.append(face)
+                scored.append(i)
+        if pixels:
+            self._score(np.stack(pixels), [preds[i] for i in scored])
         return groups
-    batch = np.stack(pixels)
-    logits = infer_logits(model, batch, batch_size, device, tuple(ckpt.mean), tuple(ckpt.std), desc="score")
-    for i, prob in zip(scored, calibrated(logits, ckpt.temperature)):
-        preds[i].prob_fake = float(prob)
-        preds[i].threshold = ckpt.threshold
-        preds[i].predicted = "fake" if prob >= ckpt.threshold else "real"
-    if scorer is not None:
-        extra = scorer.score(batch)
-        for k, i in enumerate(scored):
-            preds[i].uncertainty = float(extra.uncertainty[k])
-            preds[i].prediction_set = extra.prediction_set[k]
-    return groups
+
+    def _score(self, batch: np.ndarray, preds: list[Prediction]) -> None:
+        ckpt = self.ckpt
+        mean, std = tuple(ckpt.mean), tuple(ckpt.std)
+        logits = infer_logits(self.model, batch, self.batch_size, self.device, mean, std, desc="score")
+        for pred, prob in zip(preds, calibrated(logits, ckpt.temperature)):
+            pred.prob_fake = float(prob)
+            pred.threshold = ckpt.threshold
+            pred.predicted = "fake" if prob >= ckpt.threshold else "real"
+        if self.scorer is not None:
+            extra = self.scorer.score(batch)
+            for k, pred in enumerate(preds):
+                pred.uncertainty = float(extra.uncertainty[k])
+                pred.prediction_set = extra.prediction_set[k]
+
+    def explain(self, preds: list[Prediction], side: int = 256) -> list[tuple[Prediction, Image.Image]]:
+        """A Grad-CAM overlay (``side`` px) of every scored face, explaining the decision at the threshold."""
+        return explain_predictions(preds, self.model, self.ckpt, self.device, side, self.batch_size)
 
 
 def explain_predictions(

@@ -99,7 +99,9 @@ def encode(image: Image.Image, encoding: str, jpeg_quality: int = 95) -> bytes:
     """Encode RGB pixels the same way for every image (so the file format carries no label)."""
     buf = io.BytesIO()
     if encoding == "png":
-        image.save(buf, format="PNG", optimize=False, compress_level=6)
+        # zlib level 1: the same pixels, files ~5% larger, encoding ~2.5x faster (it was an eighth of the faces
+        # stage's CPU time at level 6)
+        image.save(buf, format="PNG", optimize=False, compress_level=1)
     elif encoding == "jpeg":
         image.save(buf, format="JPEG", quality=jpeg_quality, subsampling=0, optimize=False)
     else:

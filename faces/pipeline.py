@@ -25,7 +25,6 @@ import torch
 
 from core.errors import PipelineError
 from core.images import DecodedImage, ImageDecodeError, decode_rgb
-from core.params import FacesParams
 from core.pixels import chunks
 from faces.cache import CacheEntry, FaceCache, entry_of
 from faces.crop import FaceCropper, window_of
@@ -118,13 +117,13 @@ def worker_count(requested: int) -> int:
     return requested or len(os.sched_getaffinity(0))
 
 
-# One cropper per worker process, built once by the pool's initializer (process-local, never shared).
+# The cropper the worker processes use: set by the parent just before it forks them, so every worker starts
+# with MTCNN already loaded (a spawned worker would spend seconds importing torch and loading it again).
 _WORKER_CROPPER: dict[str, FaceCropper] = {}
 
 
-def _start_worker(params: FacesParams) -> None:
-    torch.set_num_threads(1)
-    _WORKER_CROPPER["cropper"] = FaceCropper(params, device=torch.device("cpu"))
+def _start_worker() -> None:
+    torch.set_num_threads(1)  # one intra-op thread per process: no OpenMP pool inherited across the fork
 
 
 def _run_batch(todo: dict[str, Job], root: str, ext: str) -> int:
@@ -150,9 +149,8 @@ def process_on_workers(
     if n <= 1 or cropper.device.type != "cpu":
         process(todo, cropper, cache, progress)
         return
-    pool = ProcessPoolExecutor(
-        n, mp_context=get_context("spawn"), initializer=_start_worker, initargs=(cropper.params,)
-    )
+    _WORKER_CROPPER["cropper"] = cropper
+    pool = ProcessPoolExecutor(n, mp_context=get_context("fork"), initializer=_start_worker)
     try:
         with pool:
             futures = [pool.submit(_run_batch, {k: todo[k] for k in b}, str(cache.root), cache.ext) for b in batches]
@@ -165,3 +163,5 @@ def process_on_workers(
             "a faces worker process died (killed, or out of memory); the crops it finished are cached",
             "rerun the stage: it resumes from the cache (lower faces.workers if memory is short)",
         ) from None
+    finally:
+        _WORKER_CROPPER.clear()

@@ -19,7 +19,7 @@ from app.limits import AppLimits
 from app.service import Detector, Sampler, describe_classifier
 from app.ui import build_app
 from classifier.checkpoint import load_model
-from classifier.predict import faces_params_for
+from classifier.predict import Predictor, faces_params_for
 from core.device import pick_device, set_threads
 from core.errors import ArgumentParser, MissingInputError, positive_int, run_cli
 from faces.crop import FaceCropper
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     model, ckpt = load_model(args.classifier, device)
     faces, _ = faces_params_for(ckpt)
     scorer = load_scorer(model, ckpt, args.classifier, device, 16)  # evaluate's conformal.json when it fits
-    detector = Detector(model, ckpt, FaceCropper(faces, device=device), device, limits, scorer)
+    predictor = Predictor(model, ckpt, FaceCropper(faces, device=device), device, scorer=scorer, every_face=True)
+    detector = Detector(predictor, limits)
     about = describe_classifier(args.classifier, ckpt, args.eval_metrics, Path("params.yaml"))
     sampler = None
     if args.generator.is_file():

@@ -27,11 +27,10 @@ from classifier.checkpoint import load_model
 from classifier.predict import (
     COLUMNS,
     FACE_COLUMNS,
+    Predictor,
     collect_files,
-    explain_predictions,
     faces_params_for,
     min_side_for,
-    predict_files,
 )
 from core.device import pick_device
 from core.errors import ArgumentParser, InputError, positive_int, run_cli
@@ -91,12 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     min_side, min_side_from = min_side_for(ckpt)
     cropper = FaceCropper(faces, device=device)
     scorer = load_scorer(model, ckpt, args.checkpoint, device, args.batch_size, args.conformal, args.alpha)
-    preds = predict_files(files, model, ckpt, cropper, device, args.batch_size, scorer, args.every_face)
+    predictor = Predictor(model, ckpt, cropper, device, args.batch_size, scorer, args.every_face)
+    preds = predictor.files(files)
     table = pd.DataFrame([p.row() for p in preds], columns=FACE_COLUMNS if args.every_face else COLUMNS)
     if args.out is not None:
         write_csv(args.out, table)
     if args.explain is not None:
-        explained = explain_predictions(preds, model, ckpt, device, batch_size=args.batch_size)
+        explained = predictor.explain(preds)
         row_of = {id(p): i for i, p in enumerate(preds)}
         for pred, image in explained:  # file by file: DIR may hold other files, which stay
             buf = io.BytesIO()

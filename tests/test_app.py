@@ -18,7 +18,7 @@ from app.ui import build_app, upload_paths
 from classifier.checkpoint import load_model
 from classifier.explain import gradcam, overlay, target_layer, threshold_logit
 from classifier.metrics import calibrated
-from classifier.predict import COLUMNS, FACE_COLUMNS, predict_files
+from classifier.predict import COLUMNS, FACE_COLUMNS, Predictor
 from core.errors import InputError, MissingInputError
 from core.params import FacesParams
 from faces.crop import FaceCropper
@@ -42,7 +42,7 @@ def detector(tmp_path: Path) -> Detector:
     write_checkpoint(tmp_path / "model.pt", FACES, min_side=32)
     model, ckpt = load_model(tmp_path / "model.pt")
     cropper = FaceCropper(FACES, device=CPU, detector=CentreBoxDetector())
-    return Detector(model, ckpt, cropper, CPU, AppLimits(max_pixels=200 * 200, max_files=5))
+    return Detector(Predictor(model, ckpt, cropper, CPU, every_face=True), AppLimits(max_pixels=200 * 200, max_files=5))
 
 
 def face_png(path: Path, side: int = 128, seed: int = 0) -> Path:
@@ -103,7 +103,8 @@ def test_detector_scores_as_predict_does_and_explains_every_problem(detector: De
     assert list(table["face"]) == [0, "", "", ""]  # one face, then files without one: one row each
     assert list(table["status"]) == ["ok", "no_face", "unreadable", "unreadable"]
     assert "over the app's cap of 40,000" in table["reason"].iloc[3]
-    (expected,) = predict_files(files[:1], detector.model, detector.ckpt, detector.cropper, CPU)
+    p = detector.predictor
+    (expected,) = Predictor(p.model, p.ckpt, p.cropper, CPU).files(files[:1])
     assert table["prob_fake"].iloc[0] == round(expected.prob_fake or -1, 6)
     assert len(result.gallery) == 1 and result.gallery[0][0].size == (520, 256)
     assert result.gallery[0][1].startswith("face.png face 0: p(fake) ")
@@ -120,7 +121,9 @@ def test_detector_shows_every_face_of_a_photo(tmp_path: Path) -> None:
     files = [tmp_path / n for n in ("two.png", "one.png", "none.png")]
     for image, f in zip(astronauts(), files):
         image.save(f)
-    result = Detector(model, ckpt, cropper, CPU, AppLimits()).score(files, [f.name for f in files])
+    result = Detector(Predictor(model, ckpt, cropper, CPU, every_face=True), AppLimits()).score(
+        files, [f.name for f in files]
+    )
     table = result.table
     assert list(table["file"]) == ["two.png", "two.png", "one.png", "none.png"]
     assert list(table["face"]) == [0, 1, 0, ""] and list(table["status"]) == ["ok", "ok", "ok", "no_face"]
@@ -130,7 +133,7 @@ def test_detector_shows_every_face_of_a_photo(tmp_path: Path) -> None:
     first, second = (np.asarray(im) for im, _ in result.gallery[:2])
     assert first.shape == second.shape and not np.array_equal(first, second)  # each its own box and Grad-CAM
     assert [m.split(":")[0] for m in result.messages] == ["none.png"]
-    best = Detector(model, ckpt, cropper, CPU, AppLimits(), every_face=False).score(files, [f.name for f in files])
+    best = Detector(Predictor(model, ckpt, cropper, CPU), AppLimits()).score(files, [f.name for f in files])
     assert list(best.table.columns) == COLUMNS and list(best.table["file"]) == ["two.png", "one.png", "none.png"]
     assert best.table["prob_fake"].iloc[0] == table["prob_fake"].iloc[0]
 

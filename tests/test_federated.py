@@ -121,7 +121,7 @@ def test_two_clients_two_rounds_through_flower_simulation(in_tmp_project: Path) 
     import ray
 
     from classifier.checkpoint import load_model
-    from classifier.predict import faces_params_for, predict_files
+    from classifier.predict import Predictor, faces_params_for
     from faces.crop import FaceCropper
     from stages import train_federated
     from tests.test_predict import CPU, CentreBoxDetector
@@ -158,7 +158,7 @@ def test_two_clients_two_rounds_through_flower_simulation(in_tmp_project: Path) 
     faces, _ = faces_params_for(ckpt)
     cropper = FaceCropper(FacesParams(**{**as_dict(faces), "device": "cpu"}), device=CPU, detector=CentreBoxDetector())
     photos = sorted((in_tmp_project / "data/raw/images").glob("test*.jpg"))
-    scored = [p for p in predict_files(photos, model, ckpt, cropper, CPU) if p.status == "ok"]
+    scored = [p for p in Predictor(model, ckpt, cropper, CPU).files(photos) if p.status == "ok"]
     assert len(scored) >= 4  # the rest are under data.min_side
     assert all(0.0 <= p.prob_fake <= 1.0 for p in scored)
 

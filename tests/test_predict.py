@@ -14,7 +14,7 @@ from skimage import data as skdata
 from classifier.checkpoint import ClassifierCheckpoint, load_model, save_checkpoint
 from classifier.infer import infer_logits
 from classifier.metrics import calibrated
-from classifier.predict import FACE_COLUMNS, collect_files, faces_params_for, predict_files, predict_images
+from classifier.predict import FACE_COLUMNS, Predictor, collect_files, faces_params_for
 from core.errors import InputError
 from core.images import square_pixels
 from core.params import FacesParams, as_dict
@@ -120,7 +120,7 @@ def test_predict_folder_reports_corrupt_files_and_scores_the_rest(tmp_path: Path
     model, ckpt = load_model(tmp_path / "model.pt")
     cropper = FaceCropper(faces, device=CPU, detector=CentreBoxDetector())
     files, _ = collect_files([image_folder(tmp_path), tmp_path / "missing.png"])
-    preds = {Path(p.file).name: p for p in predict_files(files, model, ckpt, cropper, CPU, batch_size=3)}
+    preds = {Path(p.file).name: p for p in Predictor(model, ckpt, cropper, CPU, batch_size=3).files(files)}
     assert {n: p.status for n, p in preds.items()} == {
         "a_real.png": "ok",
         "b_fake.jpg": "ok",
@@ -151,7 +151,7 @@ def test_on_miss_center_scores_a_centred_crop(tmp_path: Path) -> None:
     model, ckpt = load_model(tmp_path / "model.pt")
     Image.new("RGB", (50, 40)).save(tmp_path / "black.png")
     cropper = FaceCropper(faces, device=CPU, detector=CentreBoxDetector())
-    (pred,) = predict_files([tmp_path / "black.png"], model, ckpt, cropper, CPU)
+    (pred,) = Predictor(model, ckpt, cropper, CPU).files([tmp_path / "black.png"])
     assert pred.status == "no_face" and "centred crop" in pred.reason and pred.prob_fake is not None
 
 
@@ -198,7 +198,7 @@ def test_images_smaller_than_min_side_are_not_scored(tmp_path: Path) -> None:
     ):
         write_checkpoint(tmp_path / "model.pt", faces, min_side=min_side)  # None: the params default, 64
         model, ckpt = load_model(tmp_path / "model.pt")
-        preds = {Path(p.file).name: p for p in predict_files(files, model, ckpt, cropper, CPU)}
+        preds = {Path(p.file).name: p for p in Predictor(model, ckpt, cropper, CPU).files(files)}
         assert {n: p.status for n, p in preds.items()} == expected, min_side
         assert preds["tiny.png"].reason == f"too small (10x10; data.min_side is {min_side or 64})"
         assert preds["tiny.png"].prob_fake is None and preds["tiny.png"].predicted == ""
@@ -222,8 +222,8 @@ def test_every_face_mode_scores_each_face_of_a_photo(tmp_path: Path) -> None:
     model, ckpt = load_model(tmp_path / "model.pt")
     cropper = FaceCropper(faces, device=CPU, detector=build_mtcnn(faces.min_face, CPU))
     images = astronauts()
-    every = predict_images(images, model, ckpt, cropper, CPU, every_face=True)
-    best = predict_images(images, model, ckpt, cropper, CPU)
+    every = Predictor(model, ckpt, cropper, CPU, every_face=True).images(images)
+    best = Predictor(model, ckpt, cropper, CPU).images(images)
     assert [p.status for p in every] == ["ok", "ok", "ok", "no_face"] and [p.face for p in every] == [0, 1, 0, None]
     assert [p.status for p in best] == ["ok", "ok", "no_face"] and all(p.face is None for p in best)
     first, second, one, none = every

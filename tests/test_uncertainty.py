@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from classifier.checkpoint import ClassifierCheckpoint, load_checkpoint, load_model, save_checkpoint
-from classifier.predict import predict_files
+from classifier.predict import Predictor
 from core.params import FacesParams, SplitParams, as_dict
 from faces.crop import FaceCropper
 from models.classifier import ArchSpec, build_classifier
@@ -263,12 +263,12 @@ def test_predict_gives_uncertainty_and_the_calibrated_set(tmp_path: Path) -> Non
 
     conformal.write_text(json.dumps({**payload, "checkpoint_sha1": sha1_file(ckpt_path)}))
     scorer = load_scorer(model, ckpt, ckpt_path, CPU, 4, conformal)
-    preds = predict_files(files, model, ckpt, cropper, CPU, 4, scorer)
+    preds = Predictor(model, ckpt, cropper, CPU, 4, scorer).files(files)
     assert all(p.prediction_set == "real|fake" for p in preds)  # alpha 0: every label, never empty
     assert all(p.uncertainty is not None and 0 <= p.uncertainty <= 1 for p in preds)
     assert scorer.passes == 5
     two = FaceCropper(faces, device=CPU, detector=TwoBoxDetector())
-    every = predict_files(files[:2], model, ckpt, two, CPU, 4, scorer, every_face=True)
+    every = Predictor(model, ckpt, two, CPU, 4, scorer, every_face=True).files(files[:2])
     assert [p.face for p in every] == [0, 1, 0, 1] and every[0].box != every[1].box
     assert every[0].box is not None and every[0].box[0] < every[1].box[0]  # the more probable (left) face first
     assert all(p.prediction_set == "real|fake" and p.uncertainty is not None for p in every)
