@@ -29,7 +29,7 @@ from PIL import Image
 from app.limits import AppLimits
 from app.service import Detector
 from app.ui import detect_handler
-from bench.interleave import Figures, add_rounds_arguments, interleaved, rounds_from
+from bench.interleave import Figures, add_rounds_arguments, interleaved, rounds_from, thread_counts
 from classifier.checkpoint import ClassifierCheckpoint, load_model
 from classifier.predict import Predictor, faces_params_for
 from core.params import ClassifierParams, FacesParams, as_dict, load_block
@@ -81,8 +81,8 @@ def main() -> None:
     predictor = Predictor(model, ckpt, FaceCropper(faces, device=device), device, every_face=True)
     detector = Detector(predictor, AppLimits())
     source = args.photo or sorted((SHARED / "hardfakevsreal" / "real").glob("*.jpg"))[0]
-    counts = [int(t) for t in args.threads.split(",")]
-    names = [f"{t} thread{'s' if t != 1 else ''}" for t in counts]
+    counts = thread_counts(args.threads)
+    names = list(counts)
     with tempfile.TemporaryDirectory() as tmp:
         image = Image.open(source).convert("RGB")
         scale = args.side / max(image.size)
@@ -90,7 +90,7 @@ def main() -> None:
         image.resize((round(image.width * scale), round(image.height * scale))).save(photo, quality=95)
         handler = detect_handler(detector, Path(tmp))
         picture, table, _, _ = handler([str(photo)])
-        paths = {name: request_path(handler, photo, t) for name, t in zip(names, counts)}
+        paths = {name: request_path(handler, photo, t) for name, t in counts.items()}
         comparison = interleaved(paths, rounds_from(args))
     row = table.iloc[0]
     print(

@@ -41,7 +41,7 @@ import torch
 from torch_fidelity import feature_extractor_inceptionv3 as inception_module
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
-from bench.interleave import Figures, add_rounds_arguments, interleaved, rounds_from
+from bench.interleave import Figures, add_rounds_arguments, interleaved, rounds_from, thread_counts
 from core.device import pick_device, set_threads
 from core.params import GENERATOR_MODELS, FidParams, GeneratorParams, as_dict, load_block, parse_block
 from generator import extractors as ex
@@ -138,11 +138,11 @@ def throughput_path(model: str, size: int, n: int, threads: int, base: Generator
 
 def throughput_table(args: argparse.Namespace, base: GeneratorParams) -> dict[str, object]:
     """Per model: training images/s on each --threads count, interleaved; ratios to the first count."""
-    counts = [int(t) for t in args.threads.split(",")]
-    names = [f"{t} thread{'s' if t != 1 else ''}" for t in counts]
+    counts = thread_counts(args.threads)
+    names = list(counts)
     out: dict[str, object] = {}
     for model in args.models.split(","):
-        paths = {name: throughput_path(model, args.size, args.n_train, t, base) for name, t in zip(names, counts)}
+        paths = {name: throughput_path(model, args.size, args.n_train, t, base) for name, t in counts.items()}
         comparison = interleaved(paths, rounds_from(args))
         print(f"\ntrain {model} at {args.size} px, {args.n_train} images per run ({comparison.header()})")
         print(comparison.table(["images_per_s"], baseline=names[0], ratio_of="images_per_s"))

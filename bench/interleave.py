@@ -38,6 +38,11 @@ def rounds_from(args: argparse.Namespace) -> int:
     return rounds
 
 
+def thread_counts(text: str) -> dict[str, int]:
+    """``--threads 2,1`` as path names and torch thread counts: {"2 threads": 2, "1 thread": 1}."""
+    return {f"{t} thread{'s' if t != 1 else ''}": t for t in (int(v) for v in text.split(","))}
+
+
 def load_average() -> float:
     return os.getloadavg()[0]
 

@@ -239,23 +239,12 @@ class Predictor:
 
     def explain(self, preds: list[Prediction], side: int = 256) -> list[tuple[Prediction, Image.Image]]:
         """A Grad-CAM overlay (``side`` px) of every scored face, explaining the decision at the threshold."""
-        return explain_predictions(preds, self.model, self.ckpt, self.device, side, self.batch_size)
-
-
-def explain_predictions(
-    preds: list[Prediction],
-    model: nn.Module,
-    ckpt: ClassifierCheckpoint,
-    device: torch.device,
-    side: int = 256,
-    batch_size: int = 16,
-) -> list[tuple[Prediction, Image.Image]]:
-    """A Grad-CAM overlay (``side`` px) of every scored face, explaining the decision at the checkpoint's threshold."""
-    scored = [p for p in preds if p.pixels is not None]
-    flip = threshold_logit(ckpt.threshold, ckpt.temperature)
-    out: list[tuple[Prediction, Image.Image]] = []
-    for chunk in chunks(scored, batch_size):
-        batch = np.stack([p.pixels for p in chunk if p.pixels is not None])
-        maps = gradcam(model, batch, tuple(ckpt.mean), tuple(ckpt.std), device, flip)
-        out.extend((p, overlay(px, m, side)) for p, px, m in zip(chunk, batch, maps))
-    return out
+        ckpt = self.ckpt
+        scored = [p for p in preds if p.pixels is not None]
+        flip = threshold_logit(ckpt.threshold, ckpt.temperature)
+        out: list[tuple[Prediction, Image.Image]] = []
+        for chunk in chunks(scored, self.batch_size):
+            batch = np.stack([p.pixels for p in chunk if p.pixels is not None])
+            maps = gradcam(self.model, batch, tuple(ckpt.mean), tuple(ckpt.std), self.device, flip)
+            out.extend((p, overlay(px, m, side)) for p, px, m in zip(chunk, batch, maps))
+        return out
