@@ -8,9 +8,10 @@ Images are read in place from ../shared/data (never copied). Both paths decode, 
 resize and encode each image; they differ only in detection: the stage letterboxes a copy with
 longer side ``detect_side`` into equal canvases and runs MTCNN on ``batch_size`` of them at once;
 the naive loop calls ``MTCNN().detect`` once per full-size image, as notebooks do; the stage spreads
-its batches over ``faces.workers`` processes (one torch thread each). A naive detection (most
-probable face, prob >= min_prob) counts as found when the stage also has a face >= min_prob whose
-box has IoU >= 0.5 with it.
+its batches over ``faces.workers`` processes (one torch thread each) and resamples the pyramid and every
+candidate box from one integral image per batch (faces/mtcnn.py; same boxes as facenet-pytorch's loop).
+A naive detection (most probable face, prob >= min_prob) counts as found when the stage also has a face
+>= min_prob whose box has IoU >= 0.5 with it.
 
 The paths run interleaved (bench/interleave.py: a warm-up round, then ``--rounds`` rounds of every
 path in turn, ``--quick`` for 2); each figure is printed as median [min–max] over the rounds, the

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from core.io import sha1_file
+from faces.mtcnn import BatchedMTCNN
 
 DETECT_FILTER = Image.Resampling.BILINEAR  # scaling of the detection copy (antialiased when shrinking)
 # Bump when the detect/crop code (faces.detect, faces.crop) changes outputs: invalidates the faces cache.
@@ -82,14 +83,14 @@ def detector_version() -> str:
     )
 
 
-def build_mtcnn(min_face: int, device: torch.device) -> Any:
+def build_mtcnn(min_face: int, device: torch.device) -> BatchedMTCNN:
     """MTCNN returning every face with its probability (we pick the most probable ourselves)."""
     from facenet_pytorch import MTCNN
 
     model = MTCNN(min_face_size=min_face, keep_all=True, select_largest=False, post_process=False, device=device)
     # channels-last conv weights make the CPU max-pool/conv kernels ~1.3-1.5x faster here (the
     # input canvas is NHWC already); boxes/probs agree with the default layout to ~1e-4.
-    return model.to(memory_format=torch.channels_last).eval()
+    return BatchedMTCNN(model.to(memory_format=torch.channels_last).eval())
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,18 @@ def shared_set(name: str) -> Path:
     if not (path / "manifest.csv").exists():
         pytest.skip(f"{path} is absent: the integration test needs ../shared/data/{name}")
     return path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (pyproject addopts): one worker per core this process may use, at most 4."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with slow tests first, so their long fixtures start at once on the xdist workers."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
 
 
 @pytest.fixture
@@ -55,23 +66,6 @@ def mlflow_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
     SqlAlchemyStore(f"sqlite:///{path}", str(path.parent / "mlruns"))
     return path
-
-
-@pytest.fixture(scope="session")
-def hardfakevsreal_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project copy on ../shared/data/hardfakevsreal (per_source all) after download -> faces -> split.
-
-    Run once per session: the data-stage test reads it, the full-DAG test trains and evaluates on it.
-    """
-    from tests.helpers import set_params
-    from tests.test_pipeline import DATA_STAGES, project_copy, run
-
-    source = shared_set("hardfakevsreal")
-    root = project_copy(tmp_path_factory.mktemp("hardfakevsreal") / "proj")
-    set_params(root / "params.yaml", "data", source=f"folder:{source.resolve()}", per_source="all")
-    for stage in DATA_STAGES:
-        run([sys.executable, "-m", f"stages.{stage}"], root)
-    return root
 
 
 @pytest.fixture

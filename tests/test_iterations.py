@@ -55,7 +55,7 @@ TINY = {
         "threads": 1,
         "device": "cpu",
     },
-    "evaluate": {"worst_k": 4, "threads": 1, "device": "cpu"},
+    "evaluate": {"worst_k": 4, "threads": 1, "device": "cpu", "counterfactual": False, "mc_dropout_passes": 2},
     "generator": {
         "model": "dcgan",
         "image_size": 32,

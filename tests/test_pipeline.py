@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import set_params
@@ -100,23 +99,3 @@ def test_dvc_repro_and_snakemake_build_the_same_data(tmp_path: Path) -> None:
     train = pd.read_csv(dvc_root / "data/splits/train.csv")
     test = pd.read_csv(dvc_root / "data/splits/test.csv")
     assert not set(train["group"].astype(str)) & set(test["group"].astype(str))
-
-
-@pytest.mark.slow
-def test_data_stages_on_hardfakevsreal(hardfakevsreal_project: Path) -> None:
-    """The three data stages on a real photo set; MTCNN must find faces in >= 90% of real photos."""
-    root = hardfakevsreal_project
-    import json
-
-    metrics = json.loads((root / "data/faces/metrics.json").read_text())
-    faces = pd.read_csv(root / "data/faces/manifest.csv")
-    real = faces[faces["label"] == "real"]
-    rate = float((real["status"] == "ok").mean())
-    print(
-        f"\nMTCNN detection rate on hardfakevsreal real photos: {rate:.3f} ({len(real)} images); "
-        f"faces metrics: {metrics}"
-    )
-    assert len(real) == 409
-    assert rate >= 0.90
-    summary = json.loads((root / "data/splits/summary.json").read_text())
-    assert summary["groups_crossing_splits"] == 0
