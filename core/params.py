@@ -272,7 +272,7 @@ DIFFAUGMENT_OPS = ("translation", "color", "cutout")  # generator.augment implem
 @dataclass(frozen=True)
 class GeneratorParams:
     model: str = choice(*GENERATOR_MODELS, default="dcgan")
-    image_size: int = bounded(64, 8, 512)
+    image_size: int = bounded(32, 8, 512)
     train_on: str = choice(*GENERATOR_TRAIN_ON, default=REAL)
     latent_dim: int = bounded(64, 2, 2048)
     g_width: int = bounded(32, 2, 1024)
@@ -282,7 +282,7 @@ class GeneratorParams:
     blocks: str = choice(*GENERATOR_BLOCKS, default="plain")
     upsample: str = choice(*GENERATOR_UPSAMPLE, default="resize")
     loss: str = choice(*GAN_LOSSES, default="hinge")
-    epochs: int = bounded(60, 1, 100000)
+    epochs: int = bounded(600, 1, 100000)
     batch_size: int = bounded(32, 2, 4096)
     lr_g: float = bounded(2e-4, 1e-7, 1.0)
     lr_d: float = bounded(2e-4, 1e-7, 1.0)
@@ -303,7 +303,7 @@ class GeneratorParams:
     amp: bool = True
     max_minutes: float = bounded(10.0, 0.0)
     grid_size: int = bounded(8, 1, 32)
-    fd_every_epochs: int = bounded(10, 0, 100_000)
+    fd_every_epochs: int = bounded(100, 0, 100_000)
     fd_every_samples: int = bounded(128, 2, 100_000)
     device: str = choice("auto", "cpu", "cuda", default="auto")
     threads: int = bounded(0, 0, 256)
