@@ -28,12 +28,12 @@ def shared_set(name: str) -> Path:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``-n auto`` (pyproject addopts): one worker more than the cores this process may use, at most 4.
+    """``-n auto`` (pyproject addopts): one worker per core this process may use, at most 4.
 
-    Much of the suite waits on subprocesses starting (imports) and on files; the extra worker keeps the
-    cores busy meanwhile (2 cores: 709 s with 3 workers, 792 s with 2, 1056 s without xdist; 2026-11-26).
+    Fresh-clone CI on 2 cores, 2026-11-26: 2 workers 1113 s of tests, 3 workers 1305 s (the DAG tests slow down
+    more than the waits on subprocess starts gain); serially (commit c361c70) 1190 s.
     """
-    return max(1, min(4, len(os.sched_getaffinity(0)) + 1))
+    return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
 # The two longest files (each runs the DAG: minutes) start first, one per xdist worker; then the other slow ones.
