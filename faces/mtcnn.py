@@ -55,7 +55,7 @@ def area_resample(
     """(K, C, out_h, out_w) float32: rows top..bottom-1, columns left..right-1 of image ``index[k]``,
     resampled as ``interpolate(mode="area")`` does. ``window`` = (top, bottom, left, right), each (K,)."""
     top, bottom, left, right = window
-    n, h1, w1, c = integral.shape
+    _, h1, w1, c = integral.shape
     row0, row1 = area_bins(bottom - top, out[0])
     col0, col1 = area_bins(right - left, out[1])
     base = index[:, None, None] * h1
@@ -160,17 +160,22 @@ class BatchedMTCNN:
         crops = resample_boxes(integral, index[mask], box, out)
         return boxes[mask], index[mask], (crops - 127.5) * 0.0078125
 
+    def _scored(
+        self, integral: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor, hw: Any, out: int, net: Any, at: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One refining network on ``out``-px crops: the boxes scoring above ``at`` (score as 5th column), their
+        index and their box regressions."""
+        boxes, index, crops = self._crops(integral, boxes, index, hw, out)
+        outputs = fixed_batch_process(crops, net)  # (regression, [landmarks,] class probabilities)
+        reg, score = outputs[0], outputs[-1][:, 1]
+        ok = score > at
+        return torch.cat((boxes[ok, :4], score[ok].unsqueeze(1)), dim=1), index[ok], reg[ok]
+
     def _refine(
         self, integral: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor, hw: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Second network (24 px): drop weak candidates, regress, merge."""
-        m = self.mtcnn
-        boxes, index, crops = self._crops(integral, boxes, index, hw, 24)
-        reg, scores = fixed_batch_process(crops, m.rnet)
-        score = scores[:, 1]
-        ok = score > m.thresholds[1]
-        boxes = torch.cat((boxes[ok, :4], score[ok].unsqueeze(1)), dim=1)
-        index, reg = index[ok], reg[ok]
+        boxes, index, reg = self._scored(integral, boxes, index, hw, 24, self.mtcnn.rnet, self.mtcnn.thresholds[1])
         keep = batched_nms(boxes[:, :4], boxes[:, 4], index, 0.7)
         return rerec(bbreg(boxes[keep], reg[keep])), index[keep]
 
@@ -178,13 +183,7 @@ class BatchedMTCNN:
         self, integral: torch.Tensor, boxes: torch.Tensor, index: torch.Tensor, hw: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Third network (48 px): final scores and boxes, merged by the "Min" overlap."""
-        m = self.mtcnn
-        boxes, index, crops = self._crops(integral, boxes, index, hw, 48)
-        reg, _, scores = fixed_batch_process(crops, m.onet)
-        score = scores[:, 1]
-        ok = score > m.thresholds[2]
-        boxes = torch.cat((boxes[ok, :4], score[ok].unsqueeze(1)), dim=1)
-        index = index[ok]
-        boxes = bbreg(boxes, reg[ok])
+        boxes, index, reg = self._scored(integral, boxes, index, hw, 48, self.mtcnn.onet, self.mtcnn.thresholds[2])
+        boxes = bbreg(boxes, reg)
         keep = batched_nms_numpy(boxes[:, :4], boxes[:, 4], index, 0.7, "Min")
         return boxes[keep], index[keep]
