@@ -9,7 +9,9 @@ generator's fakes scored against the same real test faces in the same fid run) a
 through the real stages in a scratch project (bench.quality's: ``data.source: folder:<set>``,
 ``data.per_source: all``; -S block.key=value overrides). Budgets are cumulative: each model trains
 for the first budget, is scored, then resumes from its checkpoint for the difference (max_minutes is
-not part of the run's identity), so a 20-minute cell costs 20 minutes, not 5 + 10 + 20.
+not part of the run's identity), so a 20-minute cell costs 20 minutes, not 5 + 10 + 20; checkpoints
+of an earlier --table run in the same workdir are removed first. Set ``-S generator.epochs=100000`` for
+cells that the budget, not the epoch count, ends.
 Without --table:
 
 1. generator training throughput (real images through the model per second) per model, with the
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,6 +76,9 @@ def budget_table(args: argparse.Namespace) -> list[dict[str, Any]]:
     prepare(workdir, SHARED / args.set, overrides)
     for stage in PREP_STAGES:
         run_stage(workdir, stage, env, "prep")
+    # a checkpoint left by an earlier --table run has the same params hash (max_minutes is not part of it)
+    # and would be resumed: every model starts from scratch
+    shutil.rmtree(workdir / "data/cache/generator", ignore_errors=True)
     for model in args.models.split(","):
         done = 0.0
         for budget in budgets:

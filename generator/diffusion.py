@@ -23,6 +23,8 @@ from models.diffusion import TRAIN_TIMESTEPS, DiffusionSampler, training_schedul
 class DiffusionTrainer(BaseTrainer):
     """U-Net noise prediction with AdamW (lr_g, betas), gradient clipping at norm 1 and an EMA sampler."""
 
+    channels_last_on_cpu = False  # measured 1.2x slower per epoch on the CPU with it
+
     def __init__(self, p: GeneratorParams, device: torch.device, world: World) -> None:
         super().__init__(p, device, world)
         self.model = self.place(DiffusionSampler(p.image_size, p.g_width, p.g_depth, p.sample_steps))

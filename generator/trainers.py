@@ -1,6 +1,8 @@
 """The trainers of the image generators (VAE, DCGAN, WGAN-GP; the DDPM's is generator.diffusion): losses,
 EMA, one epoch of updates. On CUDA with ``generator.amp``, forward passes run under bfloat16 autocast
-(no loss scaling needed) on channels_last tensors.
+(no loss scaling needed) on channels_last tensors. On the CPU the convolutional trainers use channels_last
+too: measured 1.3-1.6x faster per epoch at 32 px on 2 cores (oneDNN's convolutions prefer it; the
+diffusers U-Net does not, so the DDPM keeps the default layout there).
 
 Randomness: the batch order of epoch ``e`` comes from a generator seeded by (seed, e), and everything
 else drawn during it (flips, latent noise, augmentation, interpolation weights, instance noise) from
@@ -111,20 +113,23 @@ def arch_of(p: GeneratorParams) -> GeneratorArch:
 
 
 class BaseTrainer:
+    channels_last_on_cpu = True
+
     def __init__(self, p: GeneratorParams, device: torch.device, world: World) -> None:
         self.p, self.device, self.world = p, device, world
         self.arch = arch_of(p)
         self.order_rng = torch.Generator()
         self.rng = torch.Generator()
         self.amp = p.amp and device.type == "cuda"
+        self.channels_last = self.amp or (device.type == "cpu" and self.channels_last_on_cpu)
 
     def autocast(self) -> torch.autocast:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp)
 
     def place(self, module: ModuleT) -> ModuleT:
-        """On the device; channels_last when AMP runs (tensor-core friendly convolutions)."""
+        """On the device; channels_last under AMP (tensor-core friendly convolutions) and on the CPU."""
         module = module.to(self.device)
-        return module.to(memory_format=torch.channels_last) if self.amp else module
+        return module.to(memory_format=torch.channels_last) if self.channels_last else module
 
     def _epoch_batches(self, epoch: int, n: int) -> list[np.ndarray]:
         """Reseed for ``epoch`` and return this rank's share of each of its global batches: a shuffled pass
@@ -147,7 +152,7 @@ class BaseTrainer:
         if self.p.hflip:
             flip = (torch.rand(len(idx), generator=self.rng) < 0.5).to(self.device)
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-        return x.contiguous(memory_format=torch.channels_last) if self.amp else x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _noise(self, n: int) -> torch.Tensor:
         return torch.randn((n, self.p.latent_dim), generator=self.rng).to(self.device)

@@ -12,7 +12,7 @@ import torch
 import torch_fidelity
 from torch_fidelity import feature_extractor_inceptionv3 as inception_module
 
-from core.params import GeneratorParams, parse_block
+from core.params import GENERATOR_MODELS, GeneratorParams, parse_block
 from generator import extractors as ex
 from generator import fidelity as fd
 from generator.train import model_payload, save_torch
@@ -172,7 +172,7 @@ def _write_checkpoint(root: Path, model: str = "dcgan") -> None:
     save_torch(root / "results/generator/model.pt", model_payload(trainer, p, "hash", 3))
 
 
-@pytest.mark.parametrize("model", ["dcgan", "ddpm"])
+@pytest.mark.parametrize("model", GENERATOR_MODELS)
 def test_fid_stage_report_with_and_without_inception(
     in_tmp_project: Path, random_inception: Path, capsys: pytest.CaptureFixture, model: str
 ) -> None:

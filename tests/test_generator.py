@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from classifier.data import load_split
 from core import pixels
 from core.io import read_csv
-from core.params import GeneratorParams, ParamsError, parse_block
+from core.params import GENERATOR_MODELS, GeneratorParams, ParamsError, parse_block
 from core.schema import SPLIT_COLUMNS
 from generator.augment import AUGMENTATIONS, aug_color, aug_cutout, aug_translation, augment
 from generator.data import load_image_cache, training_rows
@@ -287,6 +287,30 @@ def test_vae_reconstruction_loss_falls() -> None:
     assert recon[-1] < 0.7 * recon[0]
 
 
+def _conv_weights(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [w for w in module.parameters() if w.dim() == 4]
+
+
+@pytest.mark.parametrize("model", ["vae", "dcgan", "ddpm"])
+def test_cpu_layout_channels_last_except_ddpm_and_the_saved_weights_sample_alike(model: str) -> None:
+    trainer = build_trainer(tiny_params(model=model), torch.device("cpu"))
+    images = synthetic_images(8)
+    assert trainer.channels_last == (model != "ddpm")
+    weights = [w for m in trainer.modules() for w in _conv_weights(m)]
+    assert weights and all(
+        w.is_contiguous(memory_format=torch.channels_last) == (model != "ddpm") for w in weights if w.shape[-1] > 1
+    )
+    if model == "ddpm":
+        return
+    trainer.train_epoch(1, images)
+    sampler = trainer.sampler().eval()
+    fresh = ConvGenerator(8, SIZE, 8, 1, "plain", "resize").eval()  # the default layout, as `sample` rebuilds it
+    fresh.load_state_dict({k: v.detach().cpu() for k, v in sampler.state_dict().items()})
+    z = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(z), sampler(z), atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("model", ["dcgan", "wgan_gp"])
 def test_gan_epoch_logs_d_outputs_and_ema_differs(model: str) -> None:
     trainer = build_trainer(tiny_params(model=model, n_critic=2, instance_noise=0.1), torch.device("cpu"))
@@ -323,7 +347,7 @@ def test_training_faces_come_from_the_one_image_cache(project: Path, monkeypatch
     assert torch.equal(load_image_cache(paths, 16, cache_name="generator-train-all"), images)
 
 
-@pytest.mark.parametrize("model", ["dcgan", "ddpm"])
+@pytest.mark.parametrize("model", GENERATOR_MODELS)
 def test_kill_during_training_resumes_from_last_checkpoint(tmp_path: Path, model: str) -> None:
     p = tiny_params(model=model, epochs=3, r1_gamma=1.0)
     images = synthetic_images(16)
@@ -358,7 +382,7 @@ def _run_stage(root: Path, **generator: object) -> dict:
     return json.loads((root / "results/generator/summary.json").read_text())
 
 
-@pytest.mark.parametrize("model", ["vae", "dcgan", "wgan_gp", "ddpm"])
+@pytest.mark.parametrize("model", GENERATOR_MODELS)
 def test_stage_trains_logs_and_writes_outputs(project: Path, model: str) -> None:
     from stages import train_generator
 
@@ -420,7 +444,7 @@ def test_stage_budget_stop_then_rerun_continues_epoch_count(project: Path) -> No
     assert load_torch(ckpt)["epoch"] == 3  # loads with weights_only=True
 
 
-@pytest.mark.parametrize("model", ["dcgan", "ddpm"])
+@pytest.mark.parametrize("model", GENERATOR_MODELS)
 def test_sample_cli_writes_n_seeded_images(tmp_path: Path, model: str) -> None:
     from stages import sample
 
