@@ -24,7 +24,7 @@ from generator.sampling import load_generator, load_torch
 from generator.train import model_payload, save_torch, train
 from generator.trainers import build_trainer, d_loss_hinge, ema_of, gradient_penalty, r1_penalty
 from models.diffusion import DiffusionSampler
-from models.generator import VAE, ConvDiscriminator, ConvGenerator, GeneratorArch, kl_divergence
+from models.generator import VAE, ConvDiscriminator, ConvGenerator, GeneratorArch, build_generator, kl_divergence
 from tests.helpers import set_params
 
 SIZE = 32
@@ -304,9 +304,9 @@ def test_cpu_layout_channels_last_except_ddpm_and_the_saved_weights_sample_alike
         return
     trainer.train_epoch(1, images)
     sampler = trainer.sampler().eval()
-    fresh = ConvGenerator(8, SIZE, 8, 1, "plain", "resize").eval()  # the default layout, as `sample` rebuilds it
+    fresh = build_generator(trainer.arch).eval()  # the default layout, as `sample` and `fid` rebuild it
     fresh.load_state_dict({k: v.detach().cpu() for k, v in sampler.state_dict().items()})
-    z = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    z = torch.randn(4, trainer.arch.noise_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(fresh(z), sampler(z), atol=1e-5, rtol=1e-4)
 
